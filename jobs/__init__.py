@@ -1,0 +1,1 @@
+"""PyFlink jobs: each module wires sources, operators and sinks; the logic lives in udfs/."""

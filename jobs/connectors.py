@@ -1,0 +1,68 @@
+"""Kafka sources and sinks of raw bytes, configured the same way for every job."""
+
+from __future__ import annotations
+
+from pyflink.common import Types, WatermarkStrategy
+from pyflink.common.serialization import ByteArraySchema
+from pyflink.datastream import DataStream, StreamExecutionEnvironment
+from pyflink.datastream.connectors.base import DeliveryGuarantee
+from pyflink.datastream.connectors.kafka import (
+    KafkaOffsetResetStrategy,
+    KafkaOffsetsInitializer,
+    KafkaRecordSerializationSchema,
+    KafkaSink,
+    KafkaSource,
+)
+
+from mailroom.settings import Settings
+
+BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
+# Must stay below the broker's transaction.max.timeout.ms (15 min, see mailroom/stack.py).
+TRANSACTION_TIMEOUT_MS = "600000"
+
+
+def read_bytes(
+    env: StreamExecutionEnvironment,
+    settings: Settings,
+    topics: list[str],
+    group_id: str,
+    uid: str,
+    bounded: bool = False,
+    watermarks: WatermarkStrategy | None = None,
+) -> DataStream:
+    """A stream of raw message values (`bytes`) from `topics`, read_committed.
+
+    Decoding happens downstream in a process function: a deserializer could only drop or fail.
+    `bounded=True` stops at the offsets that were latest when the job started.
+    """
+    builder = (
+        KafkaSource.builder()
+        .set_bootstrap_servers(settings.bootstrap_servers)
+        .set_topics(*topics)
+        .set_group_id(group_id)
+        .set_starting_offsets(KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST))
+        .set_value_only_deserializer(ByteArraySchema())
+        .set_property("isolation.level", "read_committed")
+        .set_property("commit.offsets.on.checkpoint", "true")
+    )
+    if bounded:
+        builder = builder.set_bounded(KafkaOffsetsInitializer.latest())
+    source = builder.build()
+    return env.from_source(source, watermarks or WatermarkStrategy.no_watermarks(), f"kafka: {', '.join(topics)}", BYTES).uid(uid)
+
+
+def write_bytes(settings: Settings, topic: str, transactional_id_prefix: str, exactly_once: bool = True) -> KafkaSink:
+    """A transactional (exactly-once) sink of raw `bytes` values into one topic."""
+    builder = (
+        KafkaSink.builder()
+        .set_bootstrap_servers(settings.bootstrap_servers)
+        .set_record_serializer(
+            KafkaRecordSerializationSchema.builder().set_topic(topic).set_value_serialization_schema(ByteArraySchema()).build()
+        )
+        .set_property("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS)
+    )
+    if exactly_once:
+        builder = builder.set_delivery_guarantee(DeliveryGuarantee.EXACTLY_ONCE).set_transactional_id_prefix(transactional_id_prefix)
+    else:
+        builder = builder.set_delivery_guarantee(DeliveryGuarantee.AT_LEAST_ONCE)
+    return builder.build()

@@ -1,0 +1,38 @@
+"""Smoke job (a test fixture): Kafka bytes -> a Python function that touches Redis -> Kafka.
+
+It proves the plumbing: the connector jar, the Python workers, Redis from a worker, and the
+transactional KafkaSink. The bytes pass through unchanged; Redis counts them per run id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pyflink.datastream import DataStream
+
+from jobs.connectors import BYTES, read_bytes, write_bytes
+from mailroom.flink import make_env
+from mailroom.settings import Settings
+from udfs.functions import CountInRedisFunction
+
+
+def build(raw: DataStream, settings: Settings, run_id: str) -> DataStream:
+    return raw.map(CountInRedisFunction(settings, run_id), output_type=BYTES).name("count in redis").uid("smoke-count-in-redis")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="jobs/smoke.py", description=__doc__)
+    parser.add_argument("--input", required=True, help="topic to read (bounded: up to its latest offset at start)")
+    parser.add_argument("--output", required=True, help="topic to write")
+    parser.add_argument("--run-id", required=True, help="Redis counter key suffix: mailroom:smoke:<run-id>")
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    env = make_env(settings)
+    raw = read_bytes(env, settings, [args.input], f"smoke-{args.run_id}", uid="smoke-source", bounded=True)
+    build(raw, settings, args.run_id).sink_to(write_bytes(settings, args.output, f"smoke-{args.run_id}")).name("kafka sink").uid("smoke-sink")
+    env.execute(f"mailroom-smoke-{args.run_id}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,131 @@
+"""The `mailroom` command line. Every subcommand has --help; errors say what to do next."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from mailroom.settings import ENV_VARS, Settings
+
+console = Console(stderr=False)
+err = Console(stderr=True)
+
+
+def _settings_help() -> str:
+    return "environment variables: " + ", ".join(sorted(ENV_VARS.values()))
+
+
+# --- stack -----------------------------------------------------------------------------------
+
+
+def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
+    from mailroom.stack import Stack, StackError
+
+    stack = Stack(settings)
+    try:
+        if args.action == "up":
+            result = stack.up(with_flink=args.flink)
+            started = ", ".join(result["started"]) or "nothing (all running)"
+            console.print(f"started: {started}; topics created: {len(result['topics_created'])}")
+        elif args.action == "down":
+            stopped = stack.down()
+            console.print(f"stopped: {', '.join(stopped) or 'nothing (none was running)'}")
+            return 0
+    except StackError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        return 1
+    statuses = stack.status()
+    if args.json:
+        print(json.dumps([s.as_dict() for s in statuses], indent=2))
+    else:
+        table = Table(title="Mailroom stack")
+        for col in ("service", "state", "where", "pid", "rss MB", "log"):
+            table.add_column(col)
+        for s in statuses:
+            state = "[green]up[/green]" if s.running else "[red]down[/red]"
+            table.add_row(s.name, state, s.detail, str(s.pid or "-"), str(s.rss_mb or "-"), str(s.log or "-"))
+        console.print(table)
+    # `status` exits 0 only if Kafka and Redis both run (handy in scripts)
+    if args.action == "status":
+        return 0 if all(s.running for s in statuses if s.name != "flink") else 3
+    return 0
+
+
+# --- run -------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from mailroom import demo
+    from mailroom.stack import StackError
+
+    try:
+        report = demo.run(settings, count=args.count, cluster=args.cluster)
+    except (StackError, RuntimeError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        return 1
+    smoke = report["smoke"]
+    console.print(
+        f"smoke job on the {smoke['where']}: sent {smoke['sent']}, received {smoke['received']}, "
+        f"every message once and unchanged: {smoke['unchanged_once']}, counted in Redis: {smoke['redis_count']}, "
+        f"job took {smoke['job_seconds']} s"
+    )
+    return 0 if smoke["unchanged_once"] and smoke["redis_count"] == smoke["sent"] else 1
+
+
+def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
+    from mailroom.topics import TOPICS
+
+    table = Table(title="Declared topics (mailroom/topics.py)")
+    for col in ("topic", "partitions", "retention (days)", "purpose"):
+        table.add_column(col)
+    for t in TOPICS:
+        table.add_row(t.name(settings.topic_prefix), str(t.partitions), f"{t.retention_ms / 86_400_000:g}", t.purpose)
+    console.print(table)
+    return 0
+
+
+# --- parser ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mailroom",
+        description="Streaming document classification on Kafka, Redis and PyFlink.",
+        epilog=_settings_help(),
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    stack = sub.add_parser("stack", help="start, stop or inspect Kafka, Redis and the Flink session cluster",
+                           description="Run the local stack: a KRaft Kafka broker and Redis on 127.0.0.1 (password required), "
+                           "optionally a standalone Flink session cluster. `up` is idempotent; `down` stops only what `up` started.",
+                           epilog=_settings_help())
+    stack.add_argument("action", choices=["up", "down", "status"], help="up: start what is missing and create topics; "
+                       "down: stop what up started; status: check each service for real (exit 3 if Kafka or Redis is down)")
+    stack.add_argument("--flink", action="store_true", help="with up: also start the Flink session cluster (REST + web UI)")
+    stack.add_argument("--json", action="store_true", help="print the status as JSON")
+    stack.set_defaults(func=cmd_stack)
+
+    run = sub.add_parser("run", help="bring the stack up and run the pipeline end to end (what `make run` does)",
+                         description="Bring the stack up, then run the smoke job end to end and print what happened.")
+    run.add_argument("--count", type=int, default=200, help="messages to send through (default 200)")
+    run.add_argument("--cluster", action="store_true", help="submit to the Flink session cluster instead of the embedded MiniCluster")
+    run.set_defaults(func=cmd_run)
+
+    topics = sub.add_parser("topics", help="list the declared Kafka topics", description="List the topics declared in mailroom/topics.py.")
+    topics.set_defaults(func=cmd_topics)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    return args.func(args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Flink configuration: flink-conf/config.yaml plus the values that depend on this machine.
+
+Both the embedded MiniCluster and the standalone session cluster start from the same file,
+so a job behaves the same on either.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sysconfig
+from pathlib import Path
+
+import yaml
+
+from mailroom.settings import PROJECT_DIR, Settings
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = "true" if value is True else "false" if value is False else str(value)
+    return flat
+
+
+def base_config(settings: Settings) -> dict[str, str]:
+    """The settings from flink-conf/config.yaml, flattened to dotted keys."""
+    with open(settings.flink_conf_file) as fh:
+        return _flatten(yaml.safe_load(fh) or {})
+
+
+def job_config(settings: Settings) -> dict[str, str]:
+    """What a job needs on any cluster: the shared file + interpreter + checkpoint directory."""
+    return {
+        **base_config(settings),
+        "python.executable": settings.python_executable,
+        "python.client.executable": settings.python_executable,
+        # thread mode embeds Python in the JVM, which does not see the venv by itself
+        "python.pythonpath": os.pathsep.join([sysconfig.get_paths()["purelib"], str(PROJECT_DIR)]),
+        "execution.checkpointing.dir": (settings.run_dir / "checkpoints").resolve().as_uri(),
+        "execution.checkpointing.savepoint-dir": (settings.run_dir / "savepoints").resolve().as_uri(),
+        "rest.bind-address": settings.host,  # the MiniCluster's REST endpoint: loopback only
+        "rest.address": settings.host,
+    }
+
+
+def cluster_config(settings: Settings) -> dict[str, str]:
+    """The standalone session cluster's config.yaml: loopback only, fixed ports, modest memory."""
+    host = settings.host
+    return {
+        **job_config(settings),
+        "jobmanager.rpc.address": host,
+        "jobmanager.rpc.port": str(settings.flink_rest_port + 1),
+        "jobmanager.bind-host": host,
+        "taskmanager.bind-host": host,
+        "taskmanager.host": host,
+        "rest.port": str(settings.flink_rest_port),
+        "jobmanager.memory.process.size": "1024m",
+        "taskmanager.memory.process.size": "2048m",
+    }
+
+
+def write_flat_yaml(config: dict[str, str], path: Path) -> None:
+    """Flat `key: "value"` lines; a JSON string is a valid YAML scalar, quoted safely."""
+    path.write_text("".join(f"{key}: {json.dumps(value)}\n" for key, value in sorted(config.items())))

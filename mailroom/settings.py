@@ -1,0 +1,117 @@
+"""All of Mailroom's configuration, in one frozen object.
+
+Every field can be overridden by the environment variable named in its comment. Jobs and
+tools receive a `Settings` instance (it is picklable, so it travels into Flink workers as a
+constructor argument); nothing else reads the environment.
+
+>>> s = Settings.from_env({"MAILROOM_KAFKA_PORT": "29092", "MAILROOM_REDIS_PASSWORD": "pw"})
+>>> s.bootstrap_servers
+'127.0.0.1:29092'
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Mapping
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+# field name -> environment variable that overrides it
+ENV_VARS = {
+    "run_dir": "MAILROOM_RUN_DIR",
+    "cache_dir": "MAILROOM_CACHE_DIR",
+    "host": "MAILROOM_HOST",
+    "kafka_port": "MAILROOM_KAFKA_PORT",
+    "kafka_controller_port": "MAILROOM_KAFKA_CONTROLLER_PORT",
+    "kafka_heap": "MAILROOM_KAFKA_HEAP",
+    "redis_port": "MAILROOM_REDIS_PORT",
+    "redis_password": "MAILROOM_REDIS_PASSWORD",
+    "flink_rest_port": "MAILROOM_FLINK_REST_PORT",
+    "flink_conf_file": "MAILROOM_FLINK_CONF",
+    "topic_prefix": "MAILROOM_TOPIC_PREFIX",
+    "python_executable": "MAILROOM_PYTHON",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where Mailroom's services run and where it keeps its files."""
+
+    run_dir: Path = PROJECT_DIR / ".run"  # MAILROOM_RUN_DIR: data, logs, PID files (git-ignored)
+    cache_dir: Path = PROJECT_DIR / ".cache"  # MAILROOM_CACHE_DIR: fetched jars (git-ignored)
+    host: str = "127.0.0.1"  # MAILROOM_HOST: every service binds here, loopback only
+    kafka_port: int = 39092  # MAILROOM_KAFKA_PORT: the broker's client listener
+    kafka_controller_port: int = 39093  # MAILROOM_KAFKA_CONTROLLER_PORT: the KRaft controller
+    kafka_heap: str = "512m"  # MAILROOM_KAFKA_HEAP: the broker JVM's -Xmx
+    redis_port: int = 36379  # MAILROOM_REDIS_PORT
+    redis_password: str = ""  # MAILROOM_REDIS_PASSWORD: default generated once into run_dir
+    flink_rest_port: int = 38081  # MAILROOM_FLINK_REST_PORT: session cluster REST API and web UI
+    flink_conf_file: Path = PROJECT_DIR / "flink-conf" / "config.yaml"  # MAILROOM_FLINK_CONF
+    topic_prefix: str = "mailroom."  # MAILROOM_TOPIC_PREFIX: namespaces every topic name
+    python_executable: str = sys.executable  # MAILROOM_PYTHON: the interpreter Flink workers run
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":
+        """Defaults, then the environment, then explicit keyword overrides."""
+        environ = os.environ if environ is None else environ
+        values: dict = {}
+        for f in fields(cls):
+            raw = environ.get(ENV_VARS[f.name])
+            if raw is None or raw == "":
+                continue
+            if f.type in ("int", int):
+                try:
+                    values[f.name] = int(raw)
+                except ValueError:
+                    raise SystemExit(f"{ENV_VARS[f.name]}={raw!r} is not a whole number; unset it or give a port number.") from None
+            elif f.type in ("Path", Path):
+                values[f.name] = Path(raw).expanduser().resolve()
+            else:
+                values[f.name] = raw
+        values.update(overrides)
+        settings = cls(**values)
+        if not settings.redis_password:
+            settings = replace(settings, redis_password=_stored_password(settings.run_dir))
+        return settings
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{self.host}:{self.kafka_port}"
+
+    @property
+    def flink_rest_url(self) -> str:
+        return f"http://{self.host}:{self.flink_rest_port}"
+
+    @property
+    def jar_dir(self) -> Path:
+        return self.cache_dir / "jars"
+
+    @property
+    def connector_jar(self) -> Path:
+        jars = sorted((self.jar_dir / "connector").glob("flink-sql-connector-kafka-*.jar"))
+        if not jars:
+            raise SystemExit(f"The Flink Kafka connector jar is missing under {self.jar_dir}/connector. Run `make jars` (or `make setup`).")
+        return jars[-1]
+
+    def redis_client(self, **kwargs):
+        """A redis-py client for the project's Redis, authenticated."""
+        import redis
+
+        return redis.Redis(host=self.host, port=self.redis_port, password=self.redis_password, **kwargs)
+
+
+def _stored_password(run_dir: Path) -> str:
+    """The Redis password kept in run_dir (mode 0600), generated on first use."""
+    path = run_dir / "redis.password"
+    if path.exists():
+        return path.read_text().strip()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    password = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(password + "\n")
+    return password

@@ -1,0 +1,475 @@
+"""The local stack: a KRaft Kafka broker, Redis and (optionally) a Flink session cluster.
+
+`up` starts what is not running, waits until each service answers a real request and creates
+missing topics; a second `up` changes nothing. `down` stops only what `up` started (tracked by
+PID and process start time under the run directory). `status` checks every service for real.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from mailroom.flinkconf import cluster_config, write_flat_yaml
+from mailroom.settings import Settings
+from mailroom.topics import TOPICS
+
+
+class StackError(RuntimeError):
+    """A service could not start or answer; the message says what to do."""
+
+
+@dataclass
+class ServiceStatus:
+    name: str
+    running: bool
+    detail: str  # where it listens, or why it is down
+    pid: int | None = None
+    log: Path | None = None
+    rss_mb: float | None = None
+
+    def as_dict(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+
+
+# --- process bookkeeping ---------------------------------------------------------------------
+
+
+def _record(path: Path, pid: int) -> None:
+    path.write_text(json.dumps({"pid": pid, "create_time": psutil.Process(pid).create_time()}))
+
+
+def _tracked(path: Path) -> psutil.Process | None:
+    """The process recorded in `path`, if it still runs (same PID *and* start time)."""
+    try:
+        rec = json.loads(path.read_text())
+        proc = psutil.Process(rec["pid"])
+        if abs(proc.create_time() - rec["create_time"]) < 0.5 and proc.status() != psutil.STATUS_ZOMBIE:
+            return proc
+    except (FileNotFoundError, ValueError, KeyError, psutil.Error):
+        pass
+    return None
+
+
+def _stop(proc: psutil.Process, timeout: float = 30) -> None:
+    try:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout)
+    except psutil.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+    except psutil.NoSuchProcess:
+        pass
+
+
+def _rss_mb(proc: psutil.Process | None) -> float | None:
+    try:
+        return round(proc.memory_info().rss / 2**20, 1) if proc else None
+    except psutil.Error:
+        return None
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
+def _require_free(host: str, port: int, what: str, env_var: str) -> None:
+    if not port_free(host, port):
+        raise StackError(
+            f"Port {port} on {host} is already taken, so {what} cannot start there. "
+            f"Stop whatever listens on {port} (`ss -ltnp 'sport = :{port}'` shows it) or pick another port with {env_var}."
+        )
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def _wait(check, proc: psutil.Process | None, timeout: float, what: str, log: Path) -> None:
+    """Poll `check()` until it returns True; fail early if the process died."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and (not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE):
+            raise StackError(f"{what} exited during start-up. Last lines of {log}:\n{_tail(log)}")
+        try:
+            if check():
+                return
+        except Exception as exc:  # the service is not answering yet
+            last_error = exc
+        time.sleep(0.5)
+    raise StackError(f"{what} did not answer within {timeout:.0f}s ({last_error}). See {log}:\n{_tail(log)}")
+
+
+# --- Kafka -----------------------------------------------------------------------------------
+
+
+class Kafka:
+    """A single-node Kafka broker + controller (KRaft) from the jars in .cache/jars/broker."""
+
+    name = "kafka"
+
+    def __init__(self, settings: Settings):
+        self.s = settings
+        self.dir = settings.run_dir / "kafka"
+        self.data = self.dir / "data"
+        self.log = self.dir / "kafka.out"
+        self.pidfile = self.dir / "process.json"
+
+    @property
+    def classpath(self) -> str:
+        jar_dir = self.s.jar_dir / "broker"
+        if not any(jar_dir.glob("kafka_2.13-*.jar")):
+            raise StackError(f"Kafka broker jars are missing under {jar_dir}. Run `make jars` (or `make setup`).")
+        return str(jar_dir / "*")
+
+    def _write_config(self) -> Path:
+        s = self.s
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@{s.host}:{s.kafka_controller_port}",
+            "listeners": f"PLAINTEXT://{s.host}:{s.kafka_port},CONTROLLER://{s.host}:{s.kafka_controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{s.host}:{s.kafka_port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(self.data),
+            # a single broker cannot meet the default replication factor of 3
+            "offsets.topic.replication.factor": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            # topics are declared in mailroom/topics.py; a typo must not create a new one
+            "auto.create.topics.enable": "false",
+            # Flink's exactly-once sink keeps transactions open up to its timeout (15 min cap)
+            "transaction.max.timeout.ms": "900000",
+        }
+        path = self.dir / "server.properties"
+        path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        log4j = self.dir / "log4j2.properties"
+        log4j.write_text(
+            "status = warn\n"
+            "appender.file.type = File\n"
+            "appender.file.name = FILE\n"
+            "appender.file.fileName = ${sys:kafka.logs.dir}/server.log\n"
+            "appender.file.layout.type = PatternLayout\n"
+            "appender.file.layout.pattern = [%d] %p %m (%c)%n\n"
+            "rootLogger.level = INFO\n"
+            "rootLogger.appenderRef.file.ref = FILE\n"
+            "logger.kafka.name = kafka\nlogger.kafka.level = INFO\n"
+            "logger.state.name = state.change.logger\nlogger.state.level = WARN\n"
+        )
+        return path
+
+    def _java(self, main_class: str, *args: str) -> list[str]:
+        return [
+            "java",
+            f"-Xmx{self.s.kafka_heap}",
+            "-Xms128m",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dkafka.logs.dir={self.dir}",
+            f"-Dlog4j2.configurationFile={self.dir / 'log4j2.properties'}",
+            "-cp",
+            self.classpath,
+            main_class,
+            *args,
+        ]
+
+    def process(self) -> psutil.Process | None:
+        return _tracked(self.pidfile)
+
+    def start(self) -> None:
+        if proc := self.process():  # started earlier, maybe still booting
+            _wait(self._answers, proc, 90, "Kafka", self.log)
+            return
+        _require_free(self.s.host, self.s.kafka_port, "Kafka", "MAILROOM_KAFKA_PORT")
+        _require_free(self.s.host, self.s.kafka_controller_port, "the Kafka controller", "MAILROOM_KAFKA_CONTROLLER_PORT")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        config = self._write_config()
+        if not (self.data / "meta.properties").exists():  # format storage once
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            out = subprocess.run(
+                self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)),
+                capture_output=True,
+                text=True,
+            )
+            if out.returncode != 0:
+                raise StackError(f"Formatting Kafka storage failed:\n{out.stdout}\n{out.stderr}")
+        with open(self.log, "ab") as log:
+            popen = subprocess.Popen(
+                self._java("kafka.Kafka", str(config)),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        _record(self.pidfile, popen.pid)
+        _wait(self._answers, psutil.Process(popen.pid), 90, "Kafka", self.log)
+
+    def _answers(self) -> bool:
+        from kafka import KafkaAdminClient
+
+        admin = KafkaAdminClient(bootstrap_servers=self.s.bootstrap_servers, request_timeout_ms=5000)
+        try:
+            return bool(admin.describe_cluster()["brokers"])
+        finally:
+            admin.close()
+
+    def create_topics(self) -> list[str]:
+        """Create the declared topics that do not exist yet; return their names."""
+        from kafka import KafkaAdminClient
+        from kafka.admin import NewTopic
+
+        admin = KafkaAdminClient(bootstrap_servers=self.s.bootstrap_servers, request_timeout_ms=10000)
+        try:
+            existing = set(admin.list_topics())
+            missing = [t for t in TOPICS if t.name(self.s.topic_prefix) not in existing]
+            if missing:
+                admin.create_topics(
+                    [
+                        NewTopic(
+                            t.name(self.s.topic_prefix),
+                            num_partitions=t.partitions,
+                            replication_factor=1,
+                            topic_configs={"retention.ms": str(t.retention_ms)},
+                        )
+                        for t in missing
+                    ]
+                )
+            return [t.name(self.s.topic_prefix) for t in missing]
+        finally:
+            admin.close()
+
+    def status(self) -> ServiceStatus:
+        proc = self.process()
+        if not proc:
+            return ServiceStatus(self.name, False, "not running", log=self.log)
+        try:
+            answers = self._answers()
+        except Exception as exc:
+            return ServiceStatus(self.name, False, f"process {proc.pid} runs but does not answer: {exc}", proc.pid, self.log)
+        where = f"{self.s.bootstrap_servers} (controller {self.s.host}:{self.s.kafka_controller_port})"
+        return ServiceStatus(self.name, answers, where, proc.pid, self.log, _rss_mb(proc))
+
+    def stop(self) -> bool:
+        proc = self.process()
+        if proc:
+            _stop(proc)
+        self.pidfile.unlink(missing_ok=True)
+        return proc is not None
+
+
+# --- Redis -----------------------------------------------------------------------------------
+
+
+class Redis:
+    """Debian's redis-server on loopback, password required, no persistence (a cache)."""
+
+    name = "redis"
+
+    def __init__(self, settings: Settings):
+        self.s = settings
+        self.dir = settings.run_dir / "redis"
+        self.log = self.dir / "redis.log"
+        self.pidfile = self.dir / "process.json"
+
+    def process(self) -> psutil.Process | None:
+        return _tracked(self.pidfile)
+
+    def start(self) -> None:
+        if proc := self.process():
+            _wait(self._answers, proc, 30, "Redis", self.log)
+            return
+        binary = shutil.which("redis-server")
+        if not binary:
+            raise StackError("redis-server is not installed. Run `make setup` (it installs Debian's redis-server).")
+        _require_free(self.s.host, self.s.redis_port, "Redis", "MAILROOM_REDIS_PORT")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        conf = self.dir / "redis.conf"
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the password
+        with os.fdopen(fd, "w") as fh:
+            fh.write(
+                f"bind {self.s.host}\nport {self.s.redis_port}\nprotected-mode yes\n"
+                f"requirepass {self.s.redis_password}\n"
+                f"dir {self.dir}\nlogfile {self.log}\ndaemonize no\n"
+                'save ""\nappendonly no\n'  # a feature cache: Flink state is the source of truth
+                "maxmemory 256mb\nmaxmemory-policy volatile-ttl\n"
+            )
+        popen = subprocess.Popen(
+            [binary, str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        _record(self.pidfile, popen.pid)
+        _wait(self._answers, psutil.Process(popen.pid), 30, "Redis", self.log)
+
+    def _answers(self) -> bool:
+        client = self.s.redis_client(socket_timeout=2)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+
+    def status(self) -> ServiceStatus:
+        proc = self.process()
+        if not proc:
+            return ServiceStatus(self.name, False, "not running", log=self.log)
+        try:
+            self._answers()
+        except Exception as exc:
+            return ServiceStatus(self.name, False, f"process {proc.pid} runs but does not answer: {exc}", proc.pid, self.log)
+        return ServiceStatus(self.name, True, f"{self.s.host}:{self.s.redis_port} (password required)", proc.pid, self.log, _rss_mb(proc))
+
+    def stop(self) -> bool:
+        proc = self.process()
+        if proc:
+            _stop(proc)
+        self.pidfile.unlink(missing_ok=True)
+        return proc is not None
+
+
+# --- Flink session cluster -------------------------------------------------------------------
+
+
+def flink_home() -> Path:
+    """The pip package's Flink distribution (bin/, lib/, opt/, conf/)."""
+    import pyflink
+
+    return Path(pyflink.__file__).parent
+
+
+class FlinkCluster:
+    """A standalone Flink session cluster (1 JobManager + 1 TaskManager) from pyflink's bin/."""
+
+    name = "flink"
+
+    def __init__(self, settings: Settings):
+        self.s = settings
+        self.dir = settings.run_dir / "flink"
+        self.conf_dir = self.dir / "conf"
+        self.log_dir = self.dir / "log"
+
+    @property
+    def env(self) -> dict:
+        return {**os.environ, "FLINK_CONF_DIR": str(self.conf_dir), "FLINK_LOG_DIR": str(self.log_dir), "FLINK_PID_DIR": str(self.dir)}
+
+    def _daemon_pids(self, kind: str) -> list[int]:
+        pidfile = self.dir / f"flink-{os.environ.get('USER', 'root')}-{kind}.pid"
+        try:
+            return [int(x) for x in pidfile.read_text().split()]
+        except FileNotFoundError:
+            return []
+
+    def processes(self) -> list[psutil.Process]:
+        procs = []
+        for kind in ("standalonesession", "taskexecutor"):
+            for pid in self._daemon_pids(kind):
+                try:
+                    proc = psutil.Process(pid)
+                    if proc.is_running() and "java" in proc.name():
+                        procs.append(proc)
+                except psutil.Error:
+                    pass
+        return procs
+
+    def start(self) -> None:
+        if len(self.processes()) == 2:
+            return
+        _require_free(self.s.host, self.s.flink_rest_port, "the Flink REST API", "MAILROOM_FLINK_REST_PORT")
+        _require_free(self.s.host, self.s.flink_rest_port + 1, "the Flink JobManager RPC (REST port + 1)", "MAILROOM_FLINK_REST_PORT")
+        home = flink_home()
+        self.conf_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("log4j.properties", "log4j-console.properties", "log4j-cli.properties", "logback.xml"):
+            shutil.copy(home / "conf" / name, self.conf_dir / name)
+        write_flat_yaml(cluster_config(self.s), self.conf_dir / "config.yaml")
+        # thread-mode Python needs flink-python in lib/, or a second job on the TaskManager fails (pemja)
+        for jar in (home / "opt").glob("flink-python-*.jar"):
+            if not (home / "lib" / jar.name).exists():
+                shutil.copy(jar, home / "lib" / jar.name)
+        for script in ("jobmanager.sh", "taskmanager.sh"):
+            out = subprocess.run(["bash", str(home / "bin" / script), "start"], env=self.env, capture_output=True, text=True)
+            if out.returncode != 0:
+                raise StackError(f"{script} start failed:\n{out.stdout}\n{out.stderr}")
+        jm = self._daemon_pids("standalonesession")
+        _wait(self._answers, psutil.Process(jm[0]) if jm else None, 120, "Flink", self.log_dir)
+
+    def _answers(self) -> bool:
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.s.flink_rest_url}/overview", timeout=3) as resp:
+            overview = json.load(resp)
+        return overview.get("taskmanagers", 0) >= 1
+
+    def status(self) -> ServiceStatus:
+        procs = self.processes()
+        if not procs:
+            return ServiceStatus(self.name, False, "not running", log=self.log_dir)
+        try:
+            ok = self._answers()
+        except Exception as exc:
+            return ServiceStatus(self.name, False, f"processes {[p.pid for p in procs]} run but REST does not answer: {exc}", procs[0].pid, self.log_dir)
+        rss = sum(_rss_mb(p) or 0 for p in procs)
+        detail = f"REST + web UI {self.s.flink_rest_url} ({len(procs)} JVMs)" + ("" if ok else ", no TaskManager registered")
+        return ServiceStatus(self.name, ok, detail, procs[0].pid, self.log_dir, round(rss, 1))
+
+    def stop(self) -> bool:
+        procs = self.processes()
+        home = flink_home()
+        for script in ("taskmanager.sh", "jobmanager.sh"):
+            subprocess.run(["bash", str(home / "bin" / script), "stop"], env=self.env, capture_output=True)
+        for proc in procs:
+            if proc.is_running():
+                _stop(proc)
+        return bool(procs)
+
+
+# --- the stack as a whole --------------------------------------------------------------------
+
+
+class Stack:
+    """Kafka and Redis always; the Flink session cluster on request."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.kafka = Kafka(settings)
+        self.redis = Redis(settings)
+        self.flink = FlinkCluster(settings)
+
+    def up(self, with_flink: bool = False) -> dict:
+        """Start what is missing; return what was started and which topics were created."""
+        started = []
+        for service in (self.redis, self.kafka) + ((self.flink,) if with_flink else ()):
+            if not service.status().running:
+                service.start()
+                started.append(service.name)
+        created = self.kafka.create_topics()
+        return {"started": started, "topics_created": created}
+
+    def down(self) -> list[str]:
+        return [s.name for s in (self.flink, self.kafka, self.redis) if s.stop()]
+
+    def status(self) -> list[ServiceStatus]:
+        return [self.kafka.status(), self.redis.status(), self.flink.status()]

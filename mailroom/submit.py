@@ -1,0 +1,56 @@
+"""Run a job module on the embedded MiniCluster or submit it to the session cluster.
+
+Embedded: `python -m jobs.<name> ...` in a child process (the MiniCluster lives and dies with
+it). Cluster: `flink run -py jobs/<name>.py ...` from the pip package's own bin/flink.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+
+from mailroom.settings import Settings
+from mailroom.stack import FlinkCluster, flink_home
+
+
+def job_command(settings: Settings, module: str, args: list[str], cluster: bool = False, detached: bool = False) -> tuple[list[str], dict]:
+    """The command line and environment that run `module` (e.g. 'jobs.smoke') with `args`."""
+    env = {**os.environ, **_settings_env(settings)}
+    if not cluster:
+        return [settings.python_executable, "-m", module, *args], env
+    script = importlib.util.find_spec(module).origin
+    flink = FlinkCluster(settings)
+    env.update(FLINK_CONF_DIR=str(flink.conf_dir), FLINK_LOG_DIR=str(flink.log_dir))
+    cmd = [
+        "bash", str(flink_home() / "bin" / "flink"), "run",
+        "-m", f"{settings.host}:{settings.flink_rest_port}",
+        *(["--detached"] if detached else []),
+        "-pyexec", settings.python_executable,
+        "-pyclientexec", settings.python_executable,
+        "-py", script,
+        *args,
+    ]
+    return cmd, env
+
+
+def run_job(settings: Settings, module: str, args: list[str], cluster: bool = False, detached: bool = False, timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run a job to completion (or, detached, until the cluster accepted it)."""
+    cmd, env = job_command(settings, module, args, cluster, detached)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def start_job(settings: Settings, module: str, args: list[str], log_path, cluster: bool = False) -> subprocess.Popen:
+    """Start a (long-running) job in the background, its output going to `log_path`."""
+    cmd, env = job_command(settings, module, args, cluster)
+    log = open(log_path, "ab")
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def _settings_env(settings: Settings) -> dict[str, str]:
+    """Settings as the environment variables a child process reads them from."""
+    from dataclasses import fields
+
+    from mailroom.settings import ENV_VARS
+
+    return {ENV_VARS[f.name]: str(getattr(settings, f.name)) for f in fields(settings)}

@@ -1,0 +1,65 @@
+"""Every Kafka topic Mailroom uses, declared once, with partitions and retention.
+
+`stack up` creates the missing ones; jobs and tools look names up here, never spell them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+
+# label -> department that handles it (and whose topic receives it)
+DEPARTMENTS = {
+    "invoice": "finance",
+    "offer": "sales",
+    "purchase_order": "procurement",
+    "job_application": "hr",
+    "complaint": "customer-care",
+    "service_request": "service-desk",
+    "other": "triage",
+}
+LABELS = tuple(DEPARTMENTS)
+
+
+@dataclass(frozen=True)
+class Topic:
+    """One topic: its short key, name suffix, partition count, retention and purpose."""
+
+    key: str
+    suffix: str
+    partitions: int
+    retention_ms: int
+    purpose: str
+
+    def name(self, prefix: str) -> str:
+        return prefix + self.suffix
+
+
+TOPICS: tuple[Topic, ...] = (
+    Topic("documents", "documents", 4, 7 * DAY_MS, "incoming documents from upstream systems"),
+    Topic("routed_text", "routed.text", 4, 7 * DAY_MS, "validated, cleaned text documents"),
+    Topic("routed_scans", "routed.scans", 4, 7 * DAY_MS, "validated, cleaned scanned images"),
+    Topic("dead_letters", "dead-letters", 1, 30 * DAY_MS, "what the router could not read: reason + original bytes"),
+    *(
+        Topic(f"dept_{dept}", f"dept.{dept}", 2, 14 * DAY_MS, f"classified documents for {dept} ({label})")
+        for label, dept in DEPARTMENTS.items()
+    ),
+    Topic("predictions", "predictions", 4, 30 * DAY_MS, "every prediction, for audit and the accuracy join"),
+    Topic("ground_truth", "ground-truth", 2, 30 * DAY_MS, "labels confirmed or corrected by departments"),
+    Topic("metrics", "metrics", 1, 30 * DAY_MS, "online accuracy reports"),
+    Topic("alerts", "alerts", 1, 30 * DAY_MS, "model quality alerts"),
+    Topic("retraining_requests", "retraining-requests", 1, 30 * DAY_MS, "requests to retrain a degraded model"),
+    Topic("labelled_examples", "labelled-examples", 2, 90 * DAY_MS, "matched prediction + truth pairs for retraining"),
+)
+BY_KEY = {t.key: t for t in TOPICS}
+
+
+def topic_name(key: str, prefix: str) -> str:
+    """The full name of a declared topic, e.g. topic_name('documents', 'mailroom.')."""
+    return BY_KEY[key].name(prefix)
+
+
+def department_topic_key(label: str) -> str:
+    return f"dept_{DEPARTMENTS[label]}"

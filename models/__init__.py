@@ -1,0 +1,1 @@
+"""Offline half: data, training, ONNX export and the model registry."""

@@ -1,0 +1,1 @@
+"""Avro schemas (*.avsc) and the one codec every job and tool uses."""
