@@ -11,7 +11,7 @@ from rich.table import Table
 
 from mailroom.settings import ENV_VARS, Settings
 
-console = Console(stderr=False)
+console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 
@@ -117,7 +117,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     topics = sub.add_parser("topics", help="list the declared Kafka topics", description="List the topics declared in mailroom/topics.py.")
     topics.set_defaults(func=cmd_topics)
+
+    for register in _command_modules():
+        register(sub)
     return parser
+
+
+def _command_modules():
+    """Subcommands that live beside their code: each module has register(subparsers)."""
+    import importlib
+
+    for name in ("models.cli", "mailroom.produce", "mailroom.deadletters"):
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        yield module.register
 
 
 def main(argv: list[str] | None = None) -> int:
