@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sysconfig
 from pathlib import Path
 
@@ -48,10 +49,21 @@ def job_config(settings: Settings) -> dict[str, str]:
     }
 
 
+def flink_home() -> Path:
+    """The pip package's Flink distribution (bin/, lib/, opt/, conf/)."""
+    import pyflink
+
+    return Path(pyflink.__file__).parent
+
+
 def cluster_config(settings: Settings) -> dict[str, str]:
-    """The standalone session cluster's config.yaml: loopback only, fixed ports, modest memory."""
+    """The session cluster's config.yaml: the distribution's defaults (JVM flags for Java 17),
+    then the shared file, then loopback-only addresses, fixed ports and modest memory."""
     host = settings.host
+    with open(flink_home() / "conf" / "config.yaml") as fh:
+        distribution = _flatten(yaml.safe_load(fh) or {})
     return {
+        **distribution,
         **job_config(settings),
         "jobmanager.rpc.address": host,
         "jobmanager.rpc.port": str(settings.flink_rest_port + 1),
@@ -67,3 +79,16 @@ def cluster_config(settings: Settings) -> dict[str, str]:
 def write_flat_yaml(config: dict[str, str], path: Path) -> None:
     """Flat `key: "value"` lines; a JSON string is a valid YAML scalar, quoted safely."""
     path.write_text("".join(f"{key}: {json.dumps(value)}\n" for key, value in sorted(config.items())))
+
+
+def write_cluster_conf(settings: Settings, conf_dir: Path) -> Path:
+    """A FLINK_CONF_DIR for the session cluster: config.yaml + the distribution's log4j files."""
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("log4j.properties", "log4j-console.properties", "log4j-cli.properties", "logback.xml"):
+        shutil.copy(flink_home() / "conf" / name, conf_dir / name)
+    write_flat_yaml(cluster_config(settings), conf_dir / "config.yaml")
+    return conf_dir
+
+
+if __name__ == "__main__":  # used by docker-compose.yml: python -m mailroom.flinkconf
+    print(write_cluster_conf(Settings.from_env(), Settings.from_env().run_dir / "flink" / "conf"))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 
-from mailroom.flinkconf import cluster_config, write_flat_yaml
+from mailroom.flinkconf import flink_home, write_cluster_conf
 from mailroom.settings import Settings
 from mailroom.topics import TOPICS
 
@@ -191,6 +191,7 @@ class Kafka:
             "-Xms128m",
             "-XX:+UseG1GC",
             "-Djava.awt.headless=true",
+            "-Djava.net.preferIPv4Stack=true",
             f"-Dkafka.logs.dir={self.dir}",
             f"-Dlog4j2.configurationFile={self.dir / 'log4j2.properties'}",
             "-cp",
@@ -353,13 +354,6 @@ class Redis:
 # --- Flink session cluster -------------------------------------------------------------------
 
 
-def flink_home() -> Path:
-    """The pip package's Flink distribution (bin/, lib/, opt/, conf/)."""
-    import pyflink
-
-    return Path(pyflink.__file__).parent
-
-
 class FlinkCluster:
     """A standalone Flink session cluster (1 JobManager + 1 TaskManager) from pyflink's bin/."""
 
@@ -376,11 +370,8 @@ class FlinkCluster:
         return {**os.environ, "FLINK_CONF_DIR": str(self.conf_dir), "FLINK_LOG_DIR": str(self.log_dir), "FLINK_PID_DIR": str(self.dir)}
 
     def _daemon_pids(self, kind: str) -> list[int]:
-        pidfile = self.dir / f"flink-{os.environ.get('USER', 'root')}-{kind}.pid"
-        try:
-            return [int(x) for x in pidfile.read_text().split()]
-        except FileNotFoundError:
-            return []
+        """PIDs that Flink's daemon scripts wrote (flink-$USER-<kind>.pid; $USER may be unset)."""
+        return [int(x) for pidfile in self.dir.glob(f"flink-*-{kind}.pid") for x in pidfile.read_text().split()]
 
     def processes(self) -> list[psutil.Process]:
         procs = []
@@ -400,11 +391,8 @@ class FlinkCluster:
         _require_free(self.s.host, self.s.flink_rest_port, "the Flink REST API", "MAILROOM_FLINK_REST_PORT")
         _require_free(self.s.host, self.s.flink_rest_port + 1, "the Flink JobManager RPC (REST port + 1)", "MAILROOM_FLINK_REST_PORT")
         home = flink_home()
-        self.conf_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("log4j.properties", "log4j-console.properties", "log4j-cli.properties", "logback.xml"):
-            shutil.copy(home / "conf" / name, self.conf_dir / name)
-        write_flat_yaml(cluster_config(self.s), self.conf_dir / "config.yaml")
+        write_cluster_conf(self.s, self.conf_dir)
         # thread-mode Python needs flink-python in lib/, or a second job on the TaskManager fails (pemja)
         for jar in (home / "opt").glob("flink-python-*.jar"):
             if not (home / "lib" / jar.name).exists():

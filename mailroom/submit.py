@@ -11,7 +11,8 @@ import os
 import subprocess
 
 from mailroom.settings import Settings
-from mailroom.stack import FlinkCluster, flink_home
+from mailroom.flinkconf import flink_home
+from mailroom.stack import FlinkCluster
 
 
 def job_command(settings: Settings, module: str, args: list[str], cluster: bool = False, detached: bool = False) -> tuple[list[str], dict]:

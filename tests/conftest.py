@@ -1,0 +1,62 @@
+"""Shared fixtures. Tests run their own stack on their own ports and run directory, so they
+never touch a stack started by `make run`; each test uses uniquely named topics."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from mailroom.settings import PROJECT_DIR, Settings
+
+LAYERS = {"unit": None, "flink": "flink", "integration": "integration"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        layer = Path(str(item.fspath)).parent.name
+        if LAYERS.get(layer):
+            item.add_marker(getattr(pytest.mark, LAYERS[layer]))
+
+
+@pytest.fixture(scope="session")
+def test_settings() -> Settings:
+    """Settings for the test stack: ports and run directory of its own."""
+    return Settings.from_env(
+        {},
+        run_dir=PROJECT_DIR / ".run" / "test",
+        kafka_port=39192,
+        kafka_controller_port=39193,
+        redis_port=36479,
+        flink_rest_port=38181,
+    )
+
+
+@pytest.fixture(scope="session")
+def stack(test_settings):
+    """Kafka + Redis for the whole session, stopped at the end."""
+    from mailroom.stack import Stack
+
+    running = Stack(test_settings)
+    running.up()
+    yield running
+    running.down()
+
+
+@pytest.fixture
+def topics(stack, test_settings):
+    """A factory of fresh, uniquely named topics, deleted after the test."""
+    from mailroom.kafkautil import delete_topics, ensure_topics
+
+    made: list[str] = []
+
+    def make(name: str, partitions: int = 1) -> str:
+        topic = f"test.{name}.{uuid.uuid4().hex[:8]}"
+        ensure_topics(test_settings, [topic], partitions)
+        made.append(topic)
+        return topic
+
+    yield make
+    if made:
+        delete_topics(test_settings, made)

@@ -1,0 +1,112 @@
+"""Settings, topic declarations, Flink configuration and docker-compose.yml, without a JVM."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mailroom.flinkconf import base_config, cluster_config, job_config
+from mailroom.settings import ENV_VARS, PROJECT_DIR, Settings
+from mailroom.topics import DEPARTMENTS, LABELS, TOPICS, department_topic_key, topic_name
+
+
+def test_environment_overrides_defaults(tmp_path):
+    s = Settings.from_env({"MAILROOM_KAFKA_PORT": "29092", "MAILROOM_RUN_DIR": str(tmp_path), "MAILROOM_REDIS_PASSWORD": "pw"})
+    assert s.kafka_port == 29092 and s.bootstrap_servers == "127.0.0.1:29092"
+    assert s.run_dir == tmp_path and s.redis_password == "pw"
+
+
+def test_every_setting_names_its_environment_variable():
+    source = (PROJECT_DIR / "mailroom" / "settings.py").read_text()
+    for field, var in ENV_VARS.items():
+        assert re.search(rf"^\s+{field}: .*# {var}", source, re.M), f"{field} has no comment naming {var}"
+
+
+def test_bad_port_says_which_variable(tmp_path):
+    with pytest.raises(SystemExit, match="MAILROOM_REDIS_PORT"):
+        Settings.from_env({"MAILROOM_REDIS_PORT": "six", "MAILROOM_RUN_DIR": str(tmp_path)})
+
+
+def test_generated_redis_password_is_stable_and_private(tmp_path):
+    first = Settings.from_env({"MAILROOM_RUN_DIR": str(tmp_path)})
+    second = Settings.from_env({"MAILROOM_RUN_DIR": str(tmp_path)})
+    assert len(first.redis_password) >= 24 and first.redis_password == second.redis_password
+    assert (tmp_path / "redis.password").stat().st_mode & 0o077 == 0
+
+
+def test_topics_are_declared_once_and_cover_every_department():
+    names = [t.name("mailroom.") for t in TOPICS]
+    assert len(names) == len(set(names))
+    assert set(DEPARTMENTS) == set(LABELS)
+    for label in LABELS:
+        assert department_topic_key(label) in {t.key for t in TOPICS}
+    for key in ("documents", "routed_text", "routed_scans", "dead_letters", "predictions", "ground_truth", "metrics"):
+        assert topic_name(key, "x.").startswith("x.")
+    assert all(t.partitions >= 1 and t.retention_ms > 0 for t in TOPICS)
+
+
+def test_every_flink_setting_has_a_comment_saying_why():
+    lines = (PROJECT_DIR / "flink-conf" / "config.yaml").read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line and not line.startswith("#"):
+            group_start = i
+            while group_start > 0 and lines[group_start - 1] and not lines[group_start - 1].startswith("#"):
+                group_start -= 1  # consecutive keys of one setting share the comment above them
+            assert group_start > 0 and lines[group_start - 1].startswith("#"), f"no comment above: {line}"
+
+
+def test_job_and_cluster_config(tmp_path):
+    s = Settings.from_env({"MAILROOM_RUN_DIR": str(tmp_path), "MAILROOM_REDIS_PASSWORD": "pw"})
+    base = base_config(s)
+    assert base["execution.checkpointing.mode"] == "EXACTLY_ONCE"
+    assert {"state.backend.type", "python.execution-mode", "python.fn-execution.bundle.size"} <= set(base)
+    job = job_config(s)
+    assert job["python.executable"] == s.python_executable
+    assert job["execution.checkpointing.dir"].startswith("file://")
+    cluster = cluster_config(s)
+    for key in ("rest.bind-address", "jobmanager.bind-host", "taskmanager.bind-host", "rest.address"):
+        assert cluster[key] == "127.0.0.1", key
+    assert cluster["rest.port"] == str(s.flink_rest_port)
+    assert "--add-opens=java.base/java.util=ALL-UNNAMED" in cluster["env.java.opts.all"]  # Java 17
+
+
+def _compose() -> dict:
+    return yaml.safe_load((PROJECT_DIR / "docker-compose.yml").read_text())
+
+
+def test_compose_has_the_stack_on_the_projects_loopback_ports():
+    compose, s = _compose(), Settings.from_env({"MAILROOM_REDIS_PASSWORD": "x"})
+    services = compose["services"]
+    assert set(services) == {"kafka", "redis", "jobmanager", "taskmanager"}
+    assert all(svc.get("network_mode") == "host" and "ports" not in svc for svc in services.values())
+
+    kafka = services["kafka"]["environment"]
+    assert kafka["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft, no ZooKeeper
+    assert kafka["KAFKA_LISTENERS"] == f"PLAINTEXT://{s.host}:{s.kafka_port},CONTROLLER://{s.host}:{s.kafka_controller_port}"
+    assert str(kafka["KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"]) == "1"
+    assert "kafka-data:/var/lib/kafka/data" in services["kafka"]["volumes"]
+    pom = (PROJECT_DIR / "mailroom" / "jvm" / "pom.xml").read_text()
+    kafka_version = re.search(r"<kafka.version>(.+)</kafka.version>", pom).group(1)
+    assert services["kafka"]["image"] == f"apache/kafka:{kafka_version}"
+
+    redis_cmd = services["redis"]["command"]
+    assert redis_cmd[redis_cmd.index("--bind") + 1] == s.host
+    assert redis_cmd[redis_cmd.index("--port") + 1] == str(s.redis_port)
+    assert "--requirepass" in redis_cmd
+
+
+def test_compose_flink_runs_python_jobs_with_the_projects_config():
+    services = _compose()["services"]
+    lock = (PROJECT_DIR / "requirements.lock").read_text()
+    for name in ("jobmanager", "taskmanager"):
+        svc = services[name]
+        dockerfile = svc["build"]["dockerfile_inline"]
+        assert "requirements.lock" in dockerfile and "openjdk-17" in dockerfile
+        assert "apache-flink==2.2.1" in lock and svc["image"].endswith(":2.2.1")
+        assert "./flink-conf/config.yaml:/opt/mailroom/flink-conf/config.yaml:ro" in svc["volumes"]
+        assert "python -m mailroom.flinkconf" in svc["command"][-1]
+        assert f"{'jobmanager' if name == 'jobmanager' else 'taskmanager'}.sh start-foreground" in svc["command"][-1]
+    assert set(_compose()["volumes"]) == {"kafka-data", "flink-state"}

@@ -1,0 +1,299 @@
+"""Text and image cleaning for the router: plain functions, no pyflink, no Kafka.
+
+>>> text, notes = clean_text("Hello  world\\r\\n\\r\\n\\r\\nBest regards,\\nBob")
+>>> text, notes.signature_removed
+('Hello world', True)
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import struct
+import unicodedata
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import ExifTags, Image, ImageOps
+
+# --- text ------------------------------------------------------------------------------------
+
+# UTF-8 lead byte followed by a continuation byte, both seen through Windows-1252 / Latin-1
+_MOJIBAKE_HINT = re.compile("[\u00c2-\u00f4][\u0080-\u00bf\u0152\u0153\u0160\u0161\u0178\u017d\u017e\u0192\u02c6\u02dc"
+                            "\u2013\u2014\u2018-\u201a\u201c-\u201e\u2020-\u2022\u2026\u2030\u2039\u203a\u20ac\u2122]")
+# Windows-1252 characters -> the byte they stand for; Latin-1 covers the rest of 0x00-0xFF
+_CP1252_TO_BYTE = {ord(bytes([b]).decode("cp1252")): b for b in range(0x80, 0xA0) if b not in (0x81, 0x8D, 0x8F, 0x90, 0x9D)}
+_REPLACEMENT = re.compile("[\ufffd\ud800-\udfff]")  # U+FFFD and lone surrogates
+_LINE_BREAK = re.compile("\r\n?|[\x0b\x0c\x85\u2028\u2029]")
+# control characters except \t and \n, and invisible format characters that only get in the way
+_INVISIBLE = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x9f\u00ad\u200b\u2060\ufeff\ufffe\uffff]")
+_SPACE = re.compile("[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
+_SPACE_RUN = re.compile("[ \t]{2,}")
+_BLANK_LINES = re.compile("\n{3,}")
+
+_REPLY_HEADER = re.compile(
+    r"^(?:-{2,}\s*(?:original message|ursprüngliche nachricht|message d'origine|mensaje original|oorspronkelijk bericht)\s*-{2,}"
+    r"|on\s.{1,300}\swrote:"
+    r"|am\s.{1,300}\sschrieb\b.{0,200}:"
+    r"|le\s.{1,300}\sa écrit\s?:"
+    r"|el\s.{1,300}\sescribió:"
+    r"|op\s.{1,300}\sschreef\b.{0,200}:)$",
+    re.IGNORECASE,
+)
+_OUTLOOK_FROM = re.compile(r"^(?:from|von|de|van):\s", re.IGNORECASE)
+_OUTLOOK_SENT = re.compile(r"^(?:sent|date|gesendet|datum|envoyé|verzonden|enviado):\s", re.IGNORECASE)
+_RULE = re.compile(r"^_{5,}$")
+_SIGNATURE_DELIMITER = re.compile(r"^--$")
+_SIGN_OFF = re.compile(
+    r"^(?:(?:best|kind|warm|warmest|many thanks and)\s+regards|regards|thanks(?: and regards| again| in advance)?|thank you|many thanks"
+    r"|cheers|sincerely|yours (?:sincerely|faithfully|truly)|best wishes|best|all the best"
+    r"|mit freundlichen grüßen|mit freundlichen grüssen|freundliche grüße|viele grüße|beste grüße|liebe grüße|mfg|gruß"
+    r"|cordialement|bien cordialement|salutations distinguées|bien à vous|saludos|atentamente|met vriendelijke groet(?:en)?)[\s,.!]*$",
+    re.IGNORECASE,
+)
+_SENT_FROM = re.compile(r"^(?:sent from my \w+|get outlook for \w+|von meinem \w+ gesendet|envoyé de mon \w+)", re.IGNORECASE)
+SIGNATURE_MAX_LINES = 12  # a "-- " block longer than this is not a signature
+SIGN_OFF_WINDOW = 8  # a sign-off counts only among the last lines
+
+
+@dataclass(frozen=True)
+class TextCleaning:
+    """What clean_text did; mirrors io.mailroom.TextCleaning in routed_document.v1.avsc."""
+
+    original_chars: int
+    final_chars: int
+    mojibake_repaired: bool
+    replacement_chars_removed: int
+    nfc_changed: bool
+    control_chars_removed: int
+    whitespace_collapsed: bool
+    quote_removed: bool
+    signature_removed: bool
+    removal_reverted: bool
+
+
+def repair_mojibake(text: str) -> str:
+    """Undo UTF-8 read as Windows-1252/Latin-1 ('GrÃ¼ÃŸe' -> 'Grüße'); otherwise return text unchanged."""
+    for _ in range(3):  # text can be garbled more than once
+        if not _MOJIBAKE_HINT.search(text):
+            break
+        try:
+            text = text.translate(_CP1252_TO_BYTE).encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            break
+    return text
+
+
+def normalize(text: str) -> tuple[str, dict]:
+    """Mojibake repaired, replacement characters dropped, NFC, no control characters, tidy whitespace."""
+    repaired = repair_mojibake(text)
+    without_replacements, replacements = _REPLACEMENT.subn("", repaired)
+    nfc = unicodedata.normalize("NFC", without_replacements)
+    visible, controls = _INVISIBLE.subn("", _LINE_BREAK.sub("\n", nfc))
+    lines = (_SPACE_RUN.sub(lambda m: "\t" if "\t" in m.group() else " ", line).strip() for line in _SPACE.sub(" ", visible).split("\n"))
+    tidy = _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
+    return tidy, {
+        "mojibake_repaired": repaired != text,
+        "replacement_chars_removed": replacements,
+        "nfc_changed": nfc != without_replacements,
+        "control_chars_removed": controls,
+        "whitespace_collapsed": tidy != visible,
+    }
+
+
+def clean_line(value: str) -> str:
+    """A one-line field (sender, subject): normalized, every run of whitespace one space."""
+    return " ".join(normalize(value)[0].split())
+
+
+def _quote_start(lines: list[str]) -> int | None:
+    """Index of the first line of a quoted original message (reply header or Outlook block)."""
+    for i, line in enumerate(lines):
+        joined = line
+        for extra in lines[i + 1:i + 3]:  # clients wrap long "On ... wrote:" lines
+            if _REPLY_HEADER.match(joined):
+                break
+            joined = f"{joined} {extra}"
+        if _REPLY_HEADER.match(joined):
+            return i
+        if _OUTLOOK_FROM.match(line) and any(_OUTLOOK_SENT.match(following) for following in lines[i + 1:i + 4]):
+            return i - 1 if i > 0 and _RULE.match(lines[i - 1]) else i
+    return None
+
+
+def _signature_start(lines: list[str]) -> int | None:
+    """Index of the first line of a trailing signature, if there is one."""
+    for i in range(len(lines) - 1, max(-1, len(lines) - 1 - SIGNATURE_MAX_LINES), -1):
+        if _SIGNATURE_DELIMITER.match(lines[i]):
+            return i
+    for i in range(max(0, len(lines) - SIGN_OFF_WINDOW), len(lines)):
+        if _SIGN_OFF.match(lines[i]) or _SENT_FROM.match(lines[i]):
+            return i
+    return None
+
+
+def strip_quotes_and_signature(text: str) -> tuple[str, bool, bool]:
+    """(text without quoted replies and signature, quote_removed, signature_removed)."""
+    lines = text.split("\n")
+    quote_at = _quote_start(lines)
+    kept = lines[:quote_at] if quote_at is not None else lines
+    unquoted = [line for line in kept if not line.startswith(">")]
+    quote_removed = len(unquoted) < len(lines)
+    signature_at = _signature_start(unquoted)
+    if signature_at is not None:
+        unquoted = unquoted[:signature_at]
+    return _BLANK_LINES.sub("\n\n", "\n".join(unquoted)).strip(), quote_removed, signature_at is not None
+
+
+def clean_text(text: str) -> tuple[str, TextCleaning]:
+    """The cleaned body and what was done. Empty only if nothing readable was there at all.
+
+    If removing quotes and signature would leave nothing, the normalized body is kept whole.
+    """
+    normalized, counts = normalize(text)
+    body, quote_removed, signature_removed = strip_quotes_and_signature(normalized)
+    reverted = not body and bool(normalized)
+    if reverted:
+        body, quote_removed, signature_removed = normalized, False, False
+    return body, TextCleaning(
+        original_chars=len(text),
+        final_chars=len(body),
+        quote_removed=quote_removed,
+        signature_removed=signature_removed,
+        removal_reverted=reverted,
+        **counts,
+    )
+
+
+# --- images ----------------------------------------------------------------------------------
+
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"II+\x00", "TIFF"),  # BigTIFF
+    (b"MM\x00+", "TIFF"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"%PDF-", "PDF"),
+    (b"BM", "BMP"),
+)
+# what Pillow raises on malformed image data (decoders differ)
+_PILLOW_DATA_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError, struct.error, zlib.error, ZeroDivisionError)
+
+
+class ImageProblem(Exception):
+    """The image bytes are not a usable image (subclasses say why)."""
+
+
+class FormatMismatch(ImageProblem):
+    """The bytes are a different format (or text) than the one claimed."""
+
+
+class CorruptImage(ImageProblem):
+    """Not decodable: truncated, broken, or no image at all."""
+
+
+class ImageTooLarge(ImageProblem):
+    """More pixels than allowed (decompression-bomb protection)."""
+
+
+@dataclass(frozen=True)
+class ImageCleaning:
+    """What clean_image did; mirrors io.mailroom.ImageCleaning in routed_document.v1.avsc."""
+
+    original_format: str
+    original_mode: str
+    original_width: int
+    original_height: int
+    original_bytes: int
+    final_width: int
+    final_height: int
+    final_bytes: int
+    frames: int
+    resized: bool
+    orientation_applied: bool
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The format the bytes' signature says (PNG, JPEG, TIFF, GIF, PDF, BMP, WEBP), TEXT, or None."""
+    for signature, name in _SIGNATURES:
+        if data.startswith(signature):
+            return name
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    sample = data[:4096].decode("utf-8", "replace")
+    readable = sum(c.isprintable() or c in "\n\r\t" for c in sample) - sample.count("\ufffd")
+    return "TEXT" if sample and readable >= 0.95 * len(sample) else None
+
+
+def fit_within(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """The size that fits max_side on the longest side, aspect ratio kept (never enlarged)."""
+    scale = min(1.0, max_side / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _grayscale(image: Image.Image) -> Image.Image:
+    """8-bit grayscale; transparency flattened onto white, 16-bit samples scaled down."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        white = Image.new("RGBA", image.size, "white")
+        return Image.alpha_composite(white, image.convert("RGBA")).convert("L")
+    if image.mode.startswith("I"):  # I;16* and I: 16-bit scans
+        return Image.fromarray((np.asarray(image).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8), "L")
+    if image.mode == "F":
+        return Image.fromarray(np.asarray(image).clip(0, 255).astype(np.uint8), "L")
+    return image.convert("L")
+
+
+def clean_image(data: bytes, claimed_format: str, max_pixels: int, max_side: int) -> tuple[bytes, ImageCleaning]:
+    """First page of the image as an 8-bit grayscale PNG, longest side <= max_side.
+
+    Checks the bytes really are `claimed_format` (PNG, JPEG or TIFF) and refuses more than
+    `max_pixels` before decoding any pixel. Raises FormatMismatch, CorruptImage or ImageTooLarge.
+    """
+    found = sniff_format(data)
+    if found is None:
+        raise CorruptImage(f"not a {claimed_format} file: no known image signature at the start")
+    if found != claimed_format:
+        what = "plain text" if found == "TEXT" else f"a {found} file"
+        raise FormatMismatch(f"the bytes are {what}, not the {claimed_format} the mime type claims")
+    try:
+        image = Image.open(io.BytesIO(data), formats=[claimed_format])
+        width, height = image.size
+        frames = getattr(image, "n_frames", 1)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(str(exc)) from None
+    except _PILLOW_DATA_ERRORS as exc:
+        raise CorruptImage(f"cannot read the {claimed_format} header: {exc}") from None
+    if width * height > max_pixels:
+        raise ImageTooLarge(f"{width}x{height} = {width * height:,} pixels, more than the limit of {max_pixels:,}")
+    mode = image.mode
+    image.draft("L", fit_within(width, height, max_side))  # JPEG decodes straight to a smaller gray image
+    try:
+        image.load()
+    except _PILLOW_DATA_ERRORS as exc:
+        raise CorruptImage(f"cannot decode the {claimed_format} image: {exc}") from None
+    orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    upright = ImageOps.exif_transpose(image) if orientation != 1 else image
+    gray = _grayscale(upright)
+    target = fit_within(*gray.size, max_side)
+    if target != gray.size:
+        gray = gray.resize(target, Image.Resampling.LANCZOS, reducing_gap=2.0)
+    out = io.BytesIO()
+    gray.save(out, "PNG", compress_level=3)
+    png = out.getvalue()
+    return png, ImageCleaning(
+        original_format=claimed_format,
+        original_mode=mode,
+        original_width=width,
+        original_height=height,
+        original_bytes=len(data),
+        final_width=gray.width,
+        final_height=gray.height,
+        final_bytes=len(png),
+        frames=frames,
+        resized=gray.size != (width, height),
+        orientation_applied=orientation != 1,
+    )
