@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 from pyflink.common import Types, WatermarkStrategy
 from pyflink.common.serialization import ByteArraySchema
 from pyflink.datastream import DataStream, StreamExecutionEnvironment
+from pyflink.table import StreamTableEnvironment
 from pyflink.datastream.connectors.base import DeliveryGuarantee
 from pyflink.datastream.connectors.kafka import (
     KafkaOffsetResetStrategy,
@@ -66,3 +69,42 @@ def write_bytes(settings: Settings, topic: str, transactional_id_prefix: str, ex
     else:
         builder = builder.set_delivery_guarantee(DeliveryGuarantee.AT_LEAST_ONCE)
     return builder.build()
+
+
+def read_records(
+    env: StreamExecutionEnvironment,
+    settings: Settings,
+    topic: str,
+    group_id: str,
+    bounded: bool = False,
+) -> DataStream:
+    """Rows of (value, topic, partition, offset) from `topic`, read_committed.
+
+    The DataStream KafkaSource in PyFlink only hands Python the value; a dead letter needs the
+    source coordinates too, so this reads through the Kafka table connector's metadata columns
+    (same KafkaSource underneath, same checkpointed offsets) with the `raw` format: the value
+    arrives as the original bytes, or None for a null (tombstone) message.
+    """
+    t_env = StreamTableEnvironment.create(env)
+    table = "kafka_" + re.sub(r"\W", "_", topic)
+    t_env.execute_sql(
+        f"""
+        CREATE TEMPORARY TABLE {table} (
+          `value` BYTES,
+          `topic` STRING METADATA VIRTUAL,
+          `partition` INT METADATA VIRTUAL,
+          `offset` BIGINT METADATA VIRTUAL
+        ) WITH (
+          'connector' = 'kafka',
+          'topic' = '{topic}',
+          'properties.bootstrap.servers' = '{settings.bootstrap_servers}',
+          'properties.group.id' = '{group_id}',
+          'properties.isolation.level' = 'read_committed',
+          'properties.auto.offset.reset' = 'earliest',
+          'properties.max.partition.fetch.bytes' = '{64 * 2**20}',
+          'scan.startup.mode' = 'group-offsets',
+          {"'scan.bounded.mode' = 'latest-offset'," if bounded else ""}
+          'format' = 'raw'
+        )"""
+    )
+    return t_env.to_data_stream(t_env.from_path(table))

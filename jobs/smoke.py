@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run-id", required=True, help="Redis counter key suffix: mailroom:smoke:<run-id>")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
-    env = make_env(settings)
+    env = make_env(settings, "smoke")
     raw = read_bytes(env, settings, [args.input], f"smoke-{args.run_id}", uid="smoke-source", bounded=True)
     build(raw, settings, args.run_id).sink_to(write_bytes(settings, args.output, f"smoke-{args.run_id}")).name("kafka sink").uid("smoke-sink")
     env.execute(f"mailroom-smoke-{args.run_id}")

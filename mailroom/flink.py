@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pyflink.common import Configuration
 from pyflink.datastream import StreamExecutionEnvironment
 
@@ -9,17 +11,31 @@ from mailroom.flinkconf import job_config
 from mailroom.settings import Settings
 
 
-def make_env(settings: Settings, parallelism: int | None = None) -> StreamExecutionEnvironment:
+def make_env(settings: Settings, job: str, parallelism: int | None = None, restore_from: str | None = None) -> StreamExecutionEnvironment:
     """An environment with the project's Flink config and the Kafka connector jar.
 
     Run as a plain Python program this starts a local MiniCluster; under `flink run -py` the
-    same call picks up the session cluster the program was submitted to.
+    same call picks up the session cluster the program was submitted to. Checkpoints go to
+    <run_dir>/checkpoints/<job>/; `restore_from` resumes from a checkpoint or savepoint path.
     """
     config = Configuration()
     for key, value in job_config(settings).items():
         config.set_string(key, value)
+    config.set_string("execution.checkpointing.dir", checkpoint_root(settings, job).as_uri())
+    if restore_from:
+        config.set_string("execution.state-recovery.path", restore_from)
     env = StreamExecutionEnvironment.get_execution_environment(config)
     env.add_jars(settings.connector_jar.resolve().as_uri())
     if parallelism:
         env.set_parallelism(parallelism)
     return env
+
+
+def checkpoint_root(settings: Settings, job: str) -> Path:
+    return (settings.run_dir / "checkpoints" / job).resolve()
+
+
+def latest_checkpoint(settings: Settings, job: str) -> Path | None:
+    """The newest complete checkpoint (a chk-N folder with _metadata) of `job`, if any."""
+    done = [p.parent for p in checkpoint_root(settings, job).glob("*/chk-*/_metadata")]
+    return max(done, key=lambda p: p.stat().st_mtime) if done else None

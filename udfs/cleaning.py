@@ -11,7 +11,6 @@ import io
 import re
 import struct
 import unicodedata
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -180,8 +179,9 @@ _SIGNATURES = (
     (b"%PDF-", "PDF"),
     (b"BM", "BMP"),
 )
-# what Pillow raises on malformed image data (decoders differ)
-_PILLOW_DATA_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError, struct.error, zlib.error, ZeroDivisionError)
+# what Pillow 13 raised when fuzzed with corrupt PNG, JPEG and TIFF files (the TIFF plugin raises
+# KeyError and TypeError on broken tags), plus struct.error from its header parsers
+_PILLOW_DATA_ERRORS = (OSError, SyntaxError, ValueError, EOFError, KeyError, TypeError, struct.error)
 
 
 class ImageProblem(Exception):
