@@ -98,7 +98,7 @@ class Facts(dict):
 
     def _make(self, key: str) -> str:
         r, lang, v = self.rng, self.lang, VOCAB[self.lang]
-        digits = lambda k: "".join(r.choice("0123456789") for _ in range(k))  # noqa: E731
+        digits = lambda k: str(r.randrange(10**k)).zfill(k)  # noqa: E731
         year = str(datetime.fromtimestamp(self.when_ms / 1000, timezone.utc).year)
         if key.endswith("2") and key[:-1] in v:  # a second, different product/skill/device
             return r.choice([x for x in v[key[:-1]] if x != self[key[:-1]]])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import random
 import textwrap
+import unicodedata
 from functools import lru_cache
 
 import numpy as np
@@ -28,12 +29,23 @@ def font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
 
 
+_GLYPHS = str.maketrans({"ß": "ss", "€": "EUR", "£": "GBP", "•": "-", "Ø": "O", "ø": "o", "ı": "i", "œ": "oe", "æ": "ae"})
+
+
+def drawable(text: str) -> str:
+    """The bundled font has ASCII glyphs only: fold accents (é -> e) and spell out symbols."""
+    if text.isascii():
+        return text
+    folded = unicodedata.normalize("NFKD", text.translate(_GLYPHS))
+    return "".join(c for c in folded if c.isascii() or c == "·")
+
+
 class Page:
     """A blank grayscale page with a writing cursor (y) and drawing helpers."""
 
     def __init__(self, rng: random.Random):
         self.rng = rng
-        self.h = rng.randint(720, 880)
+        self.h = rng.randint(680, 860)
         self.w = int(self.h / rng.uniform(1.38, 1.45))
         self.image = Image.new("L", (self.w, self.h), 255)
         self.draw = ImageDraw.Draw(self.image)
@@ -44,6 +56,7 @@ class Page:
 
     def text(self, x: int, y: int, s: str, size: int | None = None, bold: bool = False, fill: int = 0) -> None:
         f = font(size or self.size)
+        s = drawable(s)
         self.draw.text((x, y), s, font=f, fill=fill)
         if bold:
             self.draw.text((x + 1, y), s, font=f, fill=fill)
@@ -362,14 +375,15 @@ def degrade(rng: random.Random, page: Image.Image) -> bytes:
         side = rng.randrange(4)
         region = {0: np.s_[:edge, :], 1: np.s_[-edge:, :], 2: np.s_[:, :edge], 3: np.s_[:, -edge:]}[side]
         a[region] *= rng.uniform(0.1, 0.5)
+    amplitude = rng.randint(2, 7)
+    a += noise_rng.integers(-amplitude, amplitude + 1, (h, w), dtype=np.int16)
+    specks = noise_rng.random((h, w), dtype=np.float32) < rng.uniform(0.0002, 0.002)
+    a[specks] = rng.randint(0, 90)
     image = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
     image = image.rotate(rng.uniform(-2.5, 2.5), resample=Image.Resampling.BILINEAR, fillcolor=int(paper * rng.uniform(0.6, 1.0)))
     image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.1)))
-    a = np.asarray(image, dtype=np.int16) + noise_rng.integers(-rng.randint(3, 12), rng.randint(4, 13), (h, w), dtype=np.int16)
-    specks = noise_rng.random((h, w), dtype=np.float32) < rng.uniform(0.0002, 0.002)
-    a[specks] = rng.randint(0, 90)
     buffer = io.BytesIO()
-    Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=rng.randint(30, 75))
+    image.save(buffer, "JPEG", quality=rng.randint(30, 75))
     out = io.BytesIO()
-    Image.open(io.BytesIO(buffer.getvalue())).convert("L").save(out, "PNG")
+    Image.open(io.BytesIO(buffer.getvalue())).convert("L").save(out, "PNG", compress_level=3)
     return out.getvalue()

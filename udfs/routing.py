@@ -24,12 +24,11 @@ our code and propagates.
 | EMPTY_AFTER_CLEANING   | nothing left after cleaning (whitespace, control characters only)      |
 | DUPLICATE_ID           | the doc_id was routed before within the duplicate window               |
 
->>> from tests.unit.badinputs import valid_text_document
->>> router = Router(RouterConfig(), DuplicateWindow(RouterConfig().duplicate_window_ms))
->>> router.route(valid_text_document("d1"), "mailroom.documents", 0, 7, now_ms=1_750_000_000_000).destination
-<Destination.TEXT: 'routed_text'>
->>> router.route(b"junk", "mailroom.documents", 0, 8, now_ms=1_750_000_000_000).reason
-<Reason.UNDECODABLE: 'UNDECODABLE'>
+>>> config = RouterConfig()
+>>> router = Router(config, DuplicateWindow(config.duplicate_window_ms))
+>>> result = router.route(b"junk", "mailroom.documents", 0, 8, now_ms=1_750_000_000_000)
+>>> result.destination, result.reason
+(<Destination.DEAD_LETTER: 'dead_letters'>, <Reason.UNDECODABLE: 'UNDECODABLE'>)
 """
 
 from __future__ import annotations
@@ -218,7 +217,7 @@ class Router:
             _, version, doc = codec.decode(value, expected="document")
         except codec.DecodeError as exc:
             raise Rejected(next(reason for kind, reason in _DECODE_REASONS if isinstance(exc, kind)), str(exc)) from None
-        doc_id = self._check_fields(doc, now_ms)
+        doc_id, sender = self._check_fields(doc, now_ms)
         try:
             routed = self._clean_content(doc)
             if self.duplicates is not None and self.duplicates.seen(doc_id, now_ms):
@@ -231,7 +230,7 @@ class Router:
             doc_id=doc_id,
             received_ms=doc["received_ms"],
             channel=doc["channel"],
-            sender=clean_line(doc["sender"]),
+            sender=sender,
             subject=subject or None,
             content_type=doc["content_type"],
             page_count=doc["page_count"],
@@ -248,8 +247,8 @@ class Router:
         destination = Destination.TEXT if doc["content_type"] == "TEXT" else Destination.SCANS
         return RoutingResult(destination, codec.encode("routed_document", routed), doc_id)
 
-    def _check_fields(self, doc: dict, now_ms: int) -> str:
-        """The doc_id, once every field outside the content is valid."""
+    def _check_fields(self, doc: dict, now_ms: int) -> tuple[str, str]:
+        """(doc_id, cleaned sender), once every field outside the content is valid."""
         config, doc_id = self.config, doc["doc_id"]
 
         def reject(reason: Reason, message: str):
@@ -257,18 +256,23 @@ class Router:
 
         if not doc_id:
             reject(Reason.MISSING_FIELD, "doc_id is empty")
-        if len(doc_id) > config.max_doc_id_chars or _BAD_ID_CHARS.search(doc_id):
-            reject(Reason.INVALID_FIELD, f"doc_id {_short(doc_id)} is longer than {config.max_doc_id_chars} characters or contains whitespace or control characters")
-        if not clean_line(doc["sender"]):
+        if len(doc_id) > config.max_doc_id_chars:
+            reject(Reason.INVALID_FIELD, f"doc_id {_short(doc_id)} has {len(doc_id)} characters, the limit is {config.max_doc_id_chars}")
+        if _BAD_ID_CHARS.search(doc_id):
+            reject(Reason.INVALID_FIELD, f"doc_id {_short(doc_id)} contains whitespace or control characters")
+        sender = clean_line(doc["sender"])
+        if not sender:
             reject(Reason.MISSING_FIELD, "sender is empty")
         if not doc["mime_type"].strip():
             reject(Reason.MISSING_FIELD, "mime_type is empty")
         received_ms = doc["received_ms"]
-        if not config.min_received_ms <= received_ms <= now_ms + config.max_clock_skew_ms:
-            reject(Reason.INVALID_TIMESTAMP, f"received_ms {received_ms} is before {config.min_received_ms} (2000-01-01) or more than {config.max_clock_skew_ms} ms ahead of now ({now_ms})")
+        if received_ms < config.min_received_ms:
+            reject(Reason.INVALID_TIMESTAMP, f"received_ms {received_ms} is before {config.min_received_ms} (is it in seconds?)")
+        if received_ms > now_ms + config.max_clock_skew_ms:
+            reject(Reason.INVALID_TIMESTAMP, f"received_ms {received_ms} is {received_ms - now_ms:,} ms ahead of the router's clock ({now_ms}); the allowed skew is {config.max_clock_skew_ms:,} ms")
         if not 1 <= doc["page_count"] <= config.max_pages:
             reject(Reason.INVALID_FIELD, f"page_count {doc['page_count']} is not between 1 and {config.max_pages}")
-        return doc_id
+        return doc_id, sender
 
     def _clean_content(self, doc: dict) -> dict:
         """The content fields of the routed document; Rejected if the content is unusable."""
