@@ -18,6 +18,7 @@ from pyflink.datastream.connectors.kafka import (
 )
 
 from mailroom.settings import Settings
+from mailroom.topics import BIG_MESSAGE_BYTES
 
 BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
 # Must stay below the broker's transaction.max.timeout.ms (15 min, see mailroom/stack.py).
@@ -63,6 +64,8 @@ def write_bytes(settings: Settings, topic: str, transactional_id_prefix: str, ex
             KafkaRecordSerializationSchema.builder().set_topic(topic).set_value_serialization_schema(ByteArraySchema()).build()
         )
         .set_property("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS)
+        .set_property("max.request.size", str(BIG_MESSAGE_BYTES))  # dead letters carry originals
+        .set_property("buffer.memory", str(2 * BIG_MESSAGE_BYTES))  # an upper bound, allocated as needed
     )
     if exactly_once:
         builder = builder.set_delivery_guarantee(DeliveryGuarantee.EXACTLY_ONCE).set_transactional_id_prefix(transactional_id_prefix)
@@ -101,7 +104,7 @@ def read_records(
           'properties.group.id' = '{group_id}',
           'properties.isolation.level' = 'read_committed',
           'properties.auto.offset.reset' = 'earliest',
-          'properties.max.partition.fetch.bytes' = '{64 * 2**20}',
+          'properties.max.partition.fetch.bytes' = '{BIG_MESSAGE_BYTES}',
           'scan.startup.mode' = 'group-offsets',
           {"'scan.bounded.mode' = 'latest-offset'," if bounded else ""}
           'format' = 'raw'

@@ -10,7 +10,7 @@ from kafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
 from mailroom.settings import Settings
 
-MAX_MESSAGE_BYTES = 64 * 2**20  # large scans; the router rejects what exceeds its own limit
+from mailroom.topics import BIG_MESSAGE_BYTES as MAX_MESSAGE_BYTES  # large scans; the router rejects what exceeds its own limit
 
 
 def producer(settings: Settings, **overrides) -> KafkaProducer:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import shutil
 import signal
@@ -229,7 +230,13 @@ class Kafka:
                 start_new_session=True,
             )
         _record(self.pidfile, popen.pid)
-        _wait(self._answers, psutil.Process(popen.pid), 90, "Kafka", self.log)
+        kafka_log = logging.getLogger("kafka")
+        level = kafka_log.level
+        kafka_log.setLevel(logging.CRITICAL)  # connection refused is expected while it boots
+        try:
+            _wait(self._answers, psutil.Process(popen.pid), 90, "Kafka", self.log)
+        finally:
+            kafka_log.setLevel(level)
 
     def _answers(self) -> bool:
         from kafka import KafkaAdminClient
@@ -256,7 +263,7 @@ class Kafka:
                             t.name(self.s.topic_prefix),
                             num_partitions=t.partitions,
                             replication_factor=1,
-                            topic_configs={"retention.ms": str(t.retention_ms)},
+                            topic_configs=t.configs(),
                         )
                         for t in missing
                     ]

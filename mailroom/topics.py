@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 HOUR_MS = 3_600_000
+BIG_MESSAGE_BYTES = 64 * 2**20  # the input must accept oversized documents so the router can dead-letter them
 DAY_MS = 24 * HOUR_MS
 
 # label -> department that handles it (and whose topic receives it)
@@ -32,16 +33,20 @@ class Topic:
     partitions: int
     retention_ms: int
     purpose: str
+    max_message_bytes: int = 2**20  # Kafka's default; topics carrying scans take more
+
+    def configs(self) -> dict[str, str]:
+        return {"retention.ms": str(self.retention_ms), "max.message.bytes": str(self.max_message_bytes)}
 
     def name(self, prefix: str) -> str:
         return prefix + self.suffix
 
 
 TOPICS: tuple[Topic, ...] = (
-    Topic("documents", "documents", 4, 7 * DAY_MS, "incoming documents from upstream systems"),
-    Topic("routed_text", "routed.text", 4, 7 * DAY_MS, "validated, cleaned text documents"),
-    Topic("routed_scans", "routed.scans", 4, 7 * DAY_MS, "validated, cleaned scanned images"),
-    Topic("dead_letters", "dead-letters", 1, 30 * DAY_MS, "what the router could not read: reason + original bytes"),
+    Topic("documents", "documents", 4, 7 * DAY_MS, "incoming documents from upstream systems", BIG_MESSAGE_BYTES),
+    Topic("routed_text", "routed.text", 4, 7 * DAY_MS, "validated, cleaned text documents", BIG_MESSAGE_BYTES),
+    Topic("routed_scans", "routed.scans", 4, 7 * DAY_MS, "validated, cleaned scanned images", BIG_MESSAGE_BYTES),
+    Topic("dead_letters", "dead-letters", 1, 30 * DAY_MS, "what the router could not read: reason + original bytes", BIG_MESSAGE_BYTES),
     *(
         Topic(f"dept_{dept}", f"dept.{dept}", 2, 14 * DAY_MS, f"classified documents for {dept} ({label})")
         for label, dept in DEPARTMENTS.items()

@@ -143,7 +143,7 @@ CLASS_FRAGMENTS: dict[str, dict[str, dict[str, list[str]]]] = {
             "opener": ["Thank you for your message.", "I am out of the office until {date}.", "I am currently on annual leave."],
             "body": ["I will have limited access to e-mail during this time.", "For urgent matters please contact {first} at {phone}.",
                      "Your e-mail will not be forwarded.", "I will reply as soon as possible after my return."],
-            "request": ["Thank you for your understanding."],
+            "request": ["Thank you for your understanding.", "Best wishes from the beach."],
         },
         "memo": {
             "subject": ["Internal memo: {topic}", "Information for all staff", "Office closure on {date}", "Reminder: {topic}", "Update on the move to {city}"],
@@ -282,7 +282,7 @@ CLASS_FRAGMENTS: dict[str, dict[str, dict[str, list[str]]]] = {
             "opener": ["Vielen Dank für Ihre Nachricht.", "Ich bin bis einschließlich {date} nicht im Büro.", "Ich befinde mich im Urlaub."],
             "body": ["In dringenden Fällen wenden Sie sich bitte an {first} unter {phone}.", "Ihre E-Mail wird nicht weitergeleitet.",
                      "Ich melde mich nach meiner Rückkehr bei Ihnen."],
-            "request": ["Vielen Dank für Ihr Verständnis."],
+            "request": ["Vielen Dank für Ihr Verständnis.", "Ab {date} bin ich wieder erreichbar."],
         },
         "memo": {
             "subject": ["Interne Mitteilung: {topic}", "Information an alle Mitarbeitenden", "Schließung am {date}", "Erinnerung: {topic}"],
@@ -404,7 +404,7 @@ CLASS_FRAGMENTS: dict[str, dict[str, dict[str, list[str]]]] = {
             "subject": ["Absence du bureau", "Réponse automatique : {topic}", "Absent jusqu'au {date}"],
             "opener": ["Merci pour votre message.", "Je suis absent du bureau jusqu'au {date}.", "Je suis actuellement en congés."],
             "body": ["Pour toute urgence, contactez {first} au {phone}.", "Votre message ne sera pas transféré.", "Je vous répondrai dès mon retour."],
-            "request": ["Merci de votre compréhension."],
+            "request": ["Merci de votre compréhension.", "Je serai de retour le {date}."],
         },
         "memo": {
             "subject": ["Note interne : {topic}", "Information à tout le personnel", "Fermeture le {date}"],

@@ -197,7 +197,7 @@ class TextComposer:
     def common(self, rng, lang, part, used, k=1) -> list[str]:
         return self.pick(rng, COMMON[lang][part], f"{lang}/common/{part}", used, k)
 
-    def sentences(self, rng: random.Random, label: str, kind: str, lang: str, used: list[str], max_body: int = 7) -> list[str]:
+    def sentences(self, rng: random.Random, label: str, kind: str, lang: str, used: list[str], max_body: int = 5) -> list[str]:
         """Opener, shuffled body sentences, a distractor and noise, the request: the core of a text."""
         core = self.class_part(rng, lang, kind, "opener", used) if rng.random() < 0.85 else []
         body = self.class_part(rng, lang, kind, "body", used, k=rng.randint(1, max_body))

@@ -28,9 +28,10 @@ except DeadLetterReason whose default (OTHER) lets old readers read new reason c
 are strings, so a new class is not a schema change. A new version must change the canonical
 form (a doc-only edit is made in place: it does not change the fingerprint).
 
-Timestamps are ``long`` with logicalType timestamp-millis in the .avsc files, for external
-readers. This codec reads and writes them as plain epoch-millisecond ints (fastavro would
-return datetimes); logical types are not part of the canonical form, so fingerprints agree.
+Timestamps are plain ``long`` epoch milliseconds (UTC; the field names end in ``_ms``), without
+the timestamp-millis logical type on purpose: Apache Avro's Python library (1.12) leaves
+``{"type":"long"}`` in the Parsing Canonical Form of a logical-typed long where Java and
+fastavro write ``"long"``, so its fingerprints would not match ours.
 
 Reading our messages without this module (Python ``avro``, Java, ...): check the first two
 bytes are C3 01, look bytes 2..10 up among the fingerprints of the .avsc files (Java:
@@ -47,7 +48,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint as _fingerprint
@@ -111,10 +112,10 @@ class SchemaVersion:
 
     record_type: str
     version: int
-    schema: dict = field(repr=False)  # the .avsc as written, logical types included
+    schema: dict = field(repr=False)  # the .avsc as written
     canonical_form: str = field(repr=False)
     fingerprint: bytes  # CRC-64-AVRO of canonical_form, little-endian (wire order)
-    parsed: dict = field(repr=False, compare=False)  # fastavro's, timestamps as ints
+    parsed: dict = field(repr=False, compare=False)  # fastavro's parsed form
 
     @property
     def name(self) -> str:
@@ -131,14 +132,6 @@ class Decoded(NamedTuple):
     record: dict
 
 
-def _without_logical_types(schema: Any) -> Any:
-    if isinstance(schema, dict):
-        return {k: _without_logical_types(v) for k, v in schema.items() if k != "logicalType"}
-    if isinstance(schema, list):
-        return [_without_logical_types(s) for s in schema]
-    return schema
-
-
 def _load(schema_dir: Path) -> dict[str, dict[int, SchemaVersion]]:
     by_type: dict[str, dict[int, SchemaVersion]] = {}
     seen: dict[bytes, str] = {}
@@ -147,14 +140,15 @@ def _load(schema_dir: Path) -> dict[str, dict[int, SchemaVersion]]:
         if not match:
             raise RuntimeError(f"{path}: schema files are named <record_type>.v<N>.avsc")
         schema = json.loads(path.read_text(encoding="utf-8"))
-        canonical = to_parsing_canonical_form(parse_schema(schema))
+        parsed = parse_schema(schema)
+        canonical = to_parsing_canonical_form(parsed)
         loaded = SchemaVersion(
             record_type=match["type"],
             version=int(match["version"]),
             schema=schema,
             canonical_form=canonical,
             fingerprint=bytes.fromhex(_fingerprint(canonical, "CRC-64-AVRO")),
-            parsed=parse_schema(_without_logical_types(schema)),
+            parsed=parsed,
         )
         if loaded.fingerprint in seen:
             raise RuntimeError(f"{path.name} has the same canonical form as {seen[loaded.fingerprint]}: a new version must change the schema")
@@ -193,7 +187,7 @@ def encode(record_type: str, record: dict, version: int | None = None, *, valida
         try:
             _validate(record, target.parsed, raise_errors=True)
         except ValidationError as exc:
-            raise InvalidRecord(f"not a valid {target.name}: {'; '.join(exc.errors)}") from None
+            raise InvalidRecord(f"not a valid {target.name}: {'; '.join(map(_describe, exc.errors))}") from None
     buffer = io.BytesIO()
     buffer.write(target.header)
     try:
@@ -201,6 +195,16 @@ def encode(record_type: str, record: dict, version: int | None = None, *, valida
     except (ValueError, TypeError, AttributeError, KeyError, OverflowError) as exc:
         raise InvalidRecord(f"not a valid {target.name}: {exc}") from exc
     return buffer.getvalue()
+
+
+def _describe(error) -> str:
+    """One fastavro validation error, without dumping whole schemas."""
+    expected = error.schema
+    if isinstance(expected, dict):
+        symbols = expected.get("symbols")
+        expected = f"one of {', '.join(symbols)}" if symbols else expected.get("name", expected.get("type"))
+    value = repr(error.datum)
+    return f"{error.field} is {value if len(value) <= 60 else value[:60] + '...'}, expected {expected}"
 
 
 def writer_schema(data: bytes) -> SchemaVersion:

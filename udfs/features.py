@@ -47,13 +47,13 @@ MAX_TEXT_CHARS = 20_000
 
 
 def normalise_text(text: str) -> str:
-    """NFC, lower-case, whitespace collapsed, cut to MAX_TEXT_CHARS. Idempotent.
+    """Lower-case, NFC, whitespace collapsed, cut to MAX_TEXT_CHARS. Idempotent.
 
     The ONNX graph tokenises what this returns, so it must run before training and scoring
     alike (`Scorer.score_texts` applies it; training goes through `model_text`).
     """
-    text = unicodedata.normalize("NFC", text).lower()
-    return " ".join(text.split())[:MAX_TEXT_CHARS]
+    text = unicodedata.normalize("NFC", text.lower())
+    return " ".join(text.split())[:MAX_TEXT_CHARS].rstrip()
 
 
 def model_text(subject: str | None, body: str | None) -> str:

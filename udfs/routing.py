@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import Enum
 from typing import MutableMapping
 
@@ -88,7 +88,7 @@ class RouterConfig:
     max_image_side: int = 2000  # routed scans are scaled down to fit
     max_pages: int = 10_000
     max_doc_id_chars: int = 200
-    max_replacement_ratio: float = 0.5  # replacement characters / characters left after cleaning
+    max_replacement_ratio: float = 0.5  # more U+FFFD (and lone surrogates) than this share of the text: INVALID_TEXT_ENCODING
     min_received_ms: int = 946_684_800_000  # 2000-01-01T00:00:00Z
     max_clock_skew_ms: int = HOUR_MS  # how far received_ms may be ahead of the router's clock
     duplicate_window_ms: int = 24 * HOUR_MS
@@ -97,9 +97,10 @@ class RouterConfig:
 class DuplicateWindow:
     """Was this doc_id first seen less than `window_ms` ago? Then it is a duplicate.
 
-    The decision per key is pure (`is_duplicate(first_seen_ms, now_ms)`); the first-seen times
-    live in `first_seen`, any mutable mapping: by default a dict whose expired entries are
-    dropped as time passes; in the Flink job a keyed MapState view with a TTL of the window.
+    The decision per key is pure (`is_duplicate(first_seen_ms, now_ms)`), so the Flink job keys
+    the stream by doc_id and keeps the first sighting in keyed state with a TTL of the window.
+    `seen` keeps first sightings in `first_seen`: by default a dict that drops expired entries
+    as time passes; any mutable mapping you pass is used as it is.
 
     >>> window = DuplicateWindow(window_ms=1000)
     >>> window.seen("a", now_ms=0), window.seen("a", now_ms=999), window.seen("a", now_ms=1000)
@@ -209,6 +210,11 @@ class Router:
         }
         return RoutingResult(Destination.DEAD_LETTER, codec.encode("dead_letter", record), rejected.doc_id, rejected.reason, rejected.message)
 
+    def duplicate(self, value: bytes, topic: str, partition: int, offset: int, now_ms: int, doc_id: str) -> RoutingResult:
+        """The DUPLICATE_ID dead letter for `value` (also for a duplicate check kept in keyed state)."""
+        message = f"doc_id {_short(doc_id)} was already routed within the last {self.config.duplicate_window_ms:,} ms"
+        return self.dead_letter(value, topic, partition, offset, now_ms, Rejected(Reason.DUPLICATE_ID, message, doc_id))
+
     def _route(self, value: bytes, topic: str, partition: int, offset: int, now_ms: int) -> RoutingResult:
         config = self.config
         if len(value) > config.max_message_bytes:
@@ -220,11 +226,11 @@ class Router:
         doc_id, sender = self._check_fields(doc, now_ms)
         try:
             routed = self._clean_content(doc)
-            if self.duplicates is not None and self.duplicates.seen(doc_id, now_ms):
-                raise Rejected(Reason.DUPLICATE_ID, f"doc_id {_short(doc_id)} was already routed within the last {config.duplicate_window_ms:,} ms")
         except Rejected as rejected:
             rejected.doc_id = doc_id
             raise
+        if self.duplicates is not None and self.duplicates.seen(doc_id, now_ms):
+            return self.duplicate(value, topic, partition, offset, now_ms, doc_id)
         subject = clean_line(doc["subject"]) if doc["subject"] is not None else ""
         routed.update(
             doc_id=doc_id,
@@ -293,14 +299,14 @@ class Router:
             raise Rejected(Reason.MISSING_CONTENT, "a TEXT document without text" if text is None else "a TEXT document with empty text")
         if len(text) > config.max_text_chars:
             raise Rejected(Reason.OVERSIZED, f"text has {len(text):,} characters, the limit is {config.max_text_chars:,}")
-        body, cleaning = clean_text(text)
+        body, cleaning = clean_text(text, email=doc["channel"] == "EMAIL")
         replaced = cleaning.replacement_chars_removed
         if replaced and replaced > config.max_replacement_ratio * (replaced + len(body)):
             raise Rejected(Reason.INVALID_TEXT_ENCODING, f"{replaced} of the text's characters are U+FFFD replacement characters or lone surrogates: it was decoded wrongly upstream")
         if not body:
             raise Rejected(Reason.EMPTY_AFTER_CLEANING, f"nothing left of {len(text)} characters after removing control characters and whitespace")
         return {"text": body, "image": None, "mime_type": "text/plain", "original_mime_type": mime_type,
-                "text_cleaning": asdict(cleaning), "image_cleaning": None, "notes": []}
+                "text_cleaning": dict(vars(cleaning)), "image_cleaning": None, "notes": []}
 
     def _clean_image(self, doc: dict, mime_type: str) -> dict:
         config, image = self.config, doc["image"]
@@ -322,4 +328,4 @@ class Router:
         if cleaning.frames != doc["page_count"]:
             notes.append(f"page_count says {doc['page_count']}, the file has {cleaning.frames} page(s)")
         return {"text": None, "image": png, "mime_type": "image/png", "original_mime_type": mime_type,
-                "text_cleaning": None, "image_cleaning": asdict(cleaning), "notes": notes}
+                "text_cleaning": None, "image_cleaning": dict(vars(cleaning)), "notes": notes}

@@ -1,0 +1,62 @@
+"""Throughput of the champions: onnxruntime per batch size vs sklearn, on generated documents.
+
+A benchmark is a command (`mailroom bench-models`), not a test. Every figure is documents per
+second on one thread, measured for about `seconds` each, inputs prepared beforehand, so the rows
+isolate the model; the `features` rows show the cost of building the inputs from raw documents.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from models.generator import generate
+from models.modelio import KINDS, onnx_feeds, sklearn_matrix, take
+from models.registry import Registry, RegistryError
+from models.scoring import Scorer
+from models.training import build_dataset, context_vectors
+from models.image_features import image_features
+from udfs.features import model_text
+
+
+def _rate(work, batch: int, seconds: float) -> dict:
+    """Call work() repeatedly for about `seconds`; documents per second and ms per call."""
+    work()  # warm-up
+    calls, start = 0, time.perf_counter()
+    while True:
+        work()
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return {"batch": batch, "docs_per_s": calls * batch / elapsed, "ms_per_batch": elapsed / calls * 1000}
+
+
+def bench_models(registry_dir: Path, n_docs: int = 600, batch_sizes: tuple[int, ...] = (1, 32, 256), seconds: float = 2.0, seed: int = 99) -> list[dict]:
+    """One row per (model, engine, batch size). Kinds without a champion are skipped."""
+    registry = Registry(registry_dir)
+    docs = generate(n_docs, seed=seed, scan_share=0.3)
+    context = context_vectors(docs)
+    rows: list[dict] = []
+    for kind in KINDS:
+        try:
+            scorer = Scorer.from_registry(registry_dir, kind)
+        except RegistryError:
+            continue
+        name = f"{kind} v{scorer.version} ({scorer.card['kernel']})"
+        data = build_dataset(kind, docs, context)
+        raw = [d for d in docs if (d["content_type"] == "image") == (kind == "image")]
+        if kind == "text":
+            rows.append({"model": name, "engine": "features: model_text", **_rate(lambda: [model_text(d["subject"], d["text"]) for d in raw], len(raw), seconds)})
+        else:
+            rows.append({"model": name, "engine": "features: image_features (PNG in)", **_rate(lambda: [image_features(d["image"]) for d in raw[:50]], min(50, len(raw)), seconds)})
+        for batch in batch_sizes:
+            batches = [onnx_feeds(kind, take(data.inputs, [(start + i) % len(data) for i in range(batch)])) for start in range(0, len(data), batch)]
+            cursor = iter(range(10**12))
+            rows.append({"model": name, "engine": "onnxruntime", **_rate(lambda: scorer.session.run(["probabilities"], batches[next(cursor) % len(batches)]), batch, seconds)})
+        pipeline = registry.sklearn_model(kind, scorer.version)
+        if pipeline is not None:
+            for batch in sorted({batch_sizes[0], batch_sizes[-1]}):
+                matrices = [sklearn_matrix(kind, take(data.inputs, [(start + i) % len(data) for i in range(batch)])) for start in range(0, len(data), batch)]
+                cursor = iter(range(10**12))
+                rows.append({"model": name, "engine": "sklearn predict_proba", **_rate(lambda: pipeline.predict_proba(matrices[next(cursor) % len(matrices)]), batch, seconds)})
+    return rows

@@ -1,0 +1,264 @@
+"""`mailroom generate | train | models | bench-models`: the offline model half's commands.
+
+The registry directory comes from --registry, else $MAILROOM_REGISTRY_DIR, else <run_dir>/registry;
+this module is the only place that reads that variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from mailroom.settings import PROJECT_DIR, Settings
+
+console = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True)
+
+REGISTRY_ENV = "MAILROOM_REGISTRY_DIR"
+DEFAULT_REAL_DIR = PROJECT_DIR.parent / "shared" / "data" / "real"
+
+
+def registry_dir(args: argparse.Namespace, settings: Settings) -> Path:
+    if args.registry:
+        return Path(args.registry).expanduser().resolve()
+    if os.environ.get(REGISTRY_ENV):
+        return Path(os.environ[REGISTRY_ENV]).expanduser().resolve()
+    return settings.run_dir / "registry"
+
+
+def _add_registry(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--registry", metavar="DIR", help=f"model registry directory (default: ${REGISTRY_ENV}, else <run dir>/registry)")
+
+
+# --- generate --------------------------------------------------------------------------------
+
+
+def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
+    from models.generator import generate, write_directory, write_jsonl
+
+    start = time.perf_counter()
+    docs = generate(args.n, seed=args.seed, scan_share=args.scan_share)
+    if args.jsonl:
+        write_jsonl(docs, Path(args.jsonl))
+        where = args.jsonl
+    else:
+        where = str(write_directory(docs, Path(args.out)))
+    scans = sum(d["content_type"] == "image" for d in docs)
+    console.print(f"{len(docs)} documents ({scans} scans) from seed {args.seed} -> {where} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+# --- train -----------------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from models.registry import Registry
+    from models.training import TrainConfig, publish, train
+
+    real_dir = None if args.no_real else Path(args.real_dir) if args.real_dir else DEFAULT_REAL_DIR if DEFAULT_REAL_DIR.exists() else None
+    if real_dir is not None and not real_dir.exists():
+        err.print(f"[red]error:[/red] real data directory {real_dir} does not exist (use --no-real to train on generated data only)")
+        return 2
+    quick = args.quick
+    config = TrainConfig(generated=args.n if args.n is not None else (300 if quick else 3000), seed=args.seed, scan_share=args.scan_share,
+                         real_dir=real_dir, real_cap_per_source=(150 if quick else 1200) if args.real_cap is None else (args.real_cap or None),
+                         strategy=args.split, ratio=args.ratio, group_by=args.group_by, quick=quick, source_holdout=not args.no_source_holdout,
+                         kinds=tuple(args.kind) if args.kind else ("text", "image"))
+    console.print(f"training on {config.generated} generated documents (seed {config.seed})"
+                  + (f" + real data from {real_dir} (at most {config.real_cap_per_source} per source)" if real_dir else " (no real data)"))
+    try:
+        run = train(config, progress=not args.no_progress)
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        return 2
+    for warning in run.split_warnings:
+        console.print(f"[yellow]split warning:[/yellow] {warning}")
+    split = run.data["split"]
+    console.print(f"split {split['strategy']} {split['ratio']:.0%}: {split['train']} train / {split['held_out']} held out; "
+                  f"{split['merged_docs']} documents kept together with duplicates or near duplicates")
+    registry = Registry(registry_dir(args, settings))
+    failed = False
+    for kind, model in run.models.items():
+        _print_search(model)
+        _print_evaluation(f"{kind} model {model.candidate.name}: held-out evaluation", model.evaluation)
+        _print_sources(f"{kind} model: held-out figures per source", model.per_source)
+        if model.source_holdout:
+            _print_sources(f"{kind} model: leave-one-source-out (trained without the source, scored on all of it)", model.source_holdout)
+        if args.no_register:
+            continue
+        version, parity = publish(model, run, registry)
+        if version is None:
+            failed = True
+            err.print(f"[red]{kind} model NOT registered: ONNX parity failed[/red] ({parity.as_dict()})")
+            continue
+        ref = registry.get(kind, version)
+        champion = registry.champion(kind).version
+        console.print(f"{kind} model registered as v{version} ({ref.onnx_path.stat().st_size / 1e6:.2f} MB ONNX; parity: max |diff| "
+                      f"{parity.max_abs_diff:.1e} over {parity.n} inputs, {parity.label_mismatches} label mismatches); champion is v{champion}"
+                      + ("" if champion == version else f" - promote with `mailroom models promote {kind} {version}`"))
+    console.print(f"training took {run.seconds:.0f} s in total (" + ", ".join(f"{k} {m.seconds:.0f} s" for k, m in run.models.items()) + ")")
+    return 1 if failed else 0
+
+
+def _print_search(model) -> None:
+    table = Table(title=f"{model.kind} model: candidates (macro-F1 on the held-out side)")
+    for col in ("candidate", "macro-F1", "fit s"):
+        table.add_column(col, justify="right" if col != "candidate" else "left")
+    for row in model.search:
+        mark = " *" if row["candidate"] == model.candidate.name else ""
+        table.add_row(row["candidate"] + mark, f"{row['macro_f1']:.3f}", f"{row['seconds']:.1f}")
+    console.print(table)
+
+
+def _print_evaluation(title: str, evaluation: dict) -> None:
+    table = Table(title=title, caption=f"macro-F1 {evaluation['macro_f1']:.3f} over classes with support; accuracy {evaluation['accuracy']:.3f}; "
+                                       f"n={evaluation['n']}" + (f"; no support: {', '.join(evaluation['unsupported'])}" if evaluation["unsupported"] else ""))
+    for col in ("class", "precision", "recall", "F1", "support"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for label, m in evaluation["per_class"].items():
+        table.add_row(label, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
+    console.print(table)
+
+
+def _print_sources(title: str, sources: dict) -> None:
+    table = Table(title=title)
+    for col in ("source", "n", "accuracy", "recall per class", "most predicted"):
+        table.add_column(col, justify="right" if col in ("n", "accuracy") else "left")
+    for source, m in sources.items():
+        table.add_row(source, str(m["n"]), f"{m['accuracy']:.3f}", ", ".join(f"{k} {v:.2f}" for k, v in m["recall"].items()),
+                      ", ".join(f"{k} {v}" for k, v in m["predicted"].items()))
+    console.print(table)
+
+
+# --- models ----------------------------------------------------------------------------------
+
+
+def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    from models.registry import PromotionRefused, Registry, RegistryError
+
+    registry = Registry(registry_dir(args, settings))
+    try:
+        if args.action == "list":
+            for kind in args.kind or ("text", "image"):
+                _print_versions(kind, registry.list(kind))
+        elif args.action == "show":
+            print(json.dumps(registry.show(args.kind, args.version), indent=2, ensure_ascii=False))
+        elif args.action == "promote":
+            decision = registry.promote(args.kind, args.version, force_reason=args.force)
+            comparison = decision.get("comparison", {}).get("summary", decision.get("reason"))
+            state = "promoted" if decision["promoted"] else "unchanged"
+            console.print(f"{args.kind} v{args.version}: {state} ({comparison})" + (f"; forced: {decision['reason']}" if decision.get("forced") else ""))
+        elif args.action == "rollback":
+            ref = registry.rollback(args.kind)
+            console.print(f"{args.kind} champion is now v{ref.version} again")
+    except PromotionRefused as exc:
+        err.print(f"[yellow]refused:[/yellow] {exc}")
+        return 3
+    except RegistryError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        return 1
+    return 0
+
+
+def _print_versions(kind: str, rows: list[dict]) -> None:
+    table = Table(title=f"{kind} models")
+    for col in ("version", "champion", "created", "kernel", "macro-F1", "eval set", "feature set"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(f"v{row['version']}", "*" if row["champion"] else "", row["created"], str(row["kernel"]), f"{row['macro_f1']:.3f}",
+                      row["eval_set"], str(row["feature_set_id"]))
+    console.print(table if rows else f"no {kind} models registered")
+
+
+# --- bench-models ----------------------------------------------------------------------------
+
+
+def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    from models.bench import bench_models
+    from models.registry import RegistryError
+
+    try:
+        rows = bench_models(registry_dir(args, settings), n_docs=args.docs, batch_sizes=tuple(args.batch), seconds=args.seconds, seed=args.seed)
+    except RegistryError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        return 1
+    table = Table(title="model throughput (one thread)", caption="docs/s = documents scored per second; features = computing model inputs from the raw document")
+    for col in ("model", "engine", "batch", "docs/s", "ms/batch"):
+        table.add_column(col, justify="left" if col in ("model", "engine") else "right")
+    for row in rows:
+        table.add_row(row["model"], row["engine"], str(row["batch"]), f"{row['docs_per_s']:,.0f}", f"{row['ms_per_batch']:.3f}")
+    console.print(table)
+    return 0
+
+
+# --- registration ----------------------------------------------------------------------------
+
+
+def register(sub) -> None:
+    """Add generate, train, models and bench-models to the `mailroom` CLI."""
+    gen = sub.add_parser("generate", help="write a seeded synthetic labelled mailbox (texts and scans)",
+                         description="Generate a realistic labelled mailbox: e-mails, portal and API submissions and scanned pages of "
+                                     "7 classes in English, German and French. Same seed -> identical output.")
+    target = gen.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", metavar="DIR", help="one file per document (.eml/.txt/.png) plus labels.jsonl")
+    target.add_argument("--jsonl", metavar="FILE", help="one JSONL file (texts inline, images base64)")
+    gen.add_argument("-n", type=int, default=1000, help="number of documents (default 1000)")
+    gen.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    gen.add_argument("--scan-share", type=float, default=0.3, help="expected share of scanned documents (default 0.3)")
+    gen.set_defaults(func=cmd_generate)
+
+    tr = sub.add_parser("train", help="train, export, parity-check and register the text and image models",
+                        description="Train the text model (TF-IDF + kernel, raw text and sender context in) and the image model "
+                                    "(layout features + sender context) on generated and real documents; pick the best candidate by "
+                                    "held-out macro-F1; export to ONNX; register it if ONNX and sklearn agree.")
+    tr.add_argument("-n", type=int, help="generated documents (default 3000, --quick 300)")
+    tr.add_argument("--seed", type=int, default=7, help="seed for generation and splitting (default 7)")
+    tr.add_argument("--scan-share", type=float, default=0.3, help="share of generated scans (default 0.3)")
+    tr.add_argument("--real-dir", metavar="DIR", help=f"real labelled data (text.jsonl, images.jsonl); default {DEFAULT_REAL_DIR} if it exists")
+    tr.add_argument("--no-real", action="store_true", help="train on generated documents only")
+    tr.add_argument("--real-cap", type=int, help="at most this many documents per real source (default 1200, --quick 150; 0 = all)")
+    tr.add_argument("--split", choices=["stratified", "random", "sequential"], default="stratified", help="how to hold out evaluation data")
+    tr.add_argument("--ratio", type=float, default=0.2, help="held-out share (default 0.2)")
+    tr.add_argument("--group-by", choices=["sender", "source"], help="keep documents with the same sender/source on one side")
+    tr.add_argument("--kind", action="append", choices=["text", "image"], help="train only this kind (repeatable; default both)")
+    tr.add_argument("--quick", action="store_true", help="small data and two candidates per kind: seconds, for tests and smoke runs")
+    tr.add_argument("--no-source-holdout", action="store_true", help="skip the leave-one-real-source-out evaluation")
+    tr.add_argument("--no-register", action="store_true", help="train and evaluate only")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_registry(tr)
+    tr.set_defaults(func=cmd_train)
+
+    models = sub.add_parser("models", help="list, show, promote or roll back registered models",
+                            description="Inspect and manage the model registry. promote refuses a model that does not beat the champion's "
+                                        "macro-F1 on the same evaluation set unless --force gives a reason (recorded).")
+    actions = models.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ls = actions.add_parser("list", help="versions per kind, champion marked")
+    ls.add_argument("kind", nargs="*", choices=["text", "image"], help="kinds to list (default both)")
+    show = actions.add_parser("show", help="print a model card as JSON")
+    promote = actions.add_parser("promote", help="make a version champion if it beats the current one")
+    rollback = actions.add_parser("rollback", help="make the previous champion champion again")
+    for p in (show, promote, rollback):
+        p.add_argument("kind", choices=["text", "image"])
+    for p in (show, promote):
+        p.add_argument("version", type=int)
+    promote.add_argument("--force", metavar="REASON", help="promote even if it does not beat the champion; the reason is recorded")
+    for p in (ls, show, promote, rollback):
+        _add_registry(p)
+        p.set_defaults(func=cmd_models)
+
+    bench = sub.add_parser("bench-models", help="onnxruntime vs sklearn throughput of the champions, per batch size",
+                           description="Score generated documents with each champion through onnxruntime (one thread) at several batch "
+                                       "sizes and through sklearn predict_proba, and print documents per second.")
+    bench.add_argument("--batch", type=int, nargs="+", default=[1, 32, 256], help="batch sizes (default 1 32 256)")
+    bench.add_argument("--docs", type=int, default=600, help="generated documents to score (default 600)")
+    bench.add_argument("--seconds", type=float, default=2.0, help="time per measurement (default 2)")
+    bench.add_argument("--seed", type=int, default=99, help="seed of the benchmark documents (default 99)")
+    _add_registry(bench)
+    bench.set_defaults(func=cmd_bench)

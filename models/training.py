@@ -1,0 +1,395 @@
+"""Training the text and image models on generated and/or real documents.
+
+`train(config)`:
+1. documents: `generate(n, seed, scan_share)` plus, if `real_dir` is set, `load_real` (at most
+   `real_cap_per_source` per source, so the big real sources do not drown the rest);
+2. context: every document is replayed in receipt order through `udfs.features.SenderHistory`
+   (true labels recorded), the class the streaming job uses; real documents have no sender and
+   get an unknown sender's vector;
+3. a leakage-free split (`models.segregation.split`, duplicates and near duplicates together);
+4. per kind, every candidate (kernel x small grid) is fitted on train; the best macro-F1 on the
+   held-out side wins. Figures are per class where the held-out side has support, and per source;
+5. leave-one-source-out on the real data: the winner is refitted without one real source and
+   scored on it (each real source covers about one class, so this shows whether the model learned
+   document types or source style).
+`publish(model, registry)` exports to ONNX, checks parity and registers only on success.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+from sklearn.naive_bayes import ComplementNB
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import MaxAbsScaler, StandardScaler
+from sklearn.svm import LinearSVC
+from tqdm import tqdm
+
+from models.datasets import load_real
+from models.export import TOKEN_PATTERN, check_parity, parity_probes, to_onnx
+from models.generator import generate
+from models.image_features import image_features
+from models.modelio import INPUT_NAMES, KINDS, N_CONTEXT, N_IMAGE, input_signature, sklearn_matrix, take
+from models.segregation import split
+from mailroom.topics import LABELS
+from udfs.features import FEATURE_SET_ID, SenderHistory, model_text
+
+GENERATED_SOURCE = "generated"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What to train on and how. Paths are passed in; nothing here reads the environment."""
+
+    generated: int = 3000
+    seed: int = 7
+    scan_share: float = 0.3
+    real_dir: Path | None = None
+    real_cap_per_source: int | None = 1200
+    strategy: str = "stratified"
+    ratio: float = 0.2
+    group_by: str | None = None
+    quick: bool = False
+    source_holdout: bool = True
+    kinds: tuple[str, ...] = KINDS
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A kernel, its hyperparameters and the feature settings it is fitted on."""
+
+    kernel: str
+    params: tuple[tuple[str, object], ...]
+    features: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def name(self) -> str:
+        shown = ", ".join(f"{k}={v}" for k, v in self.params + self.features)
+        return f"{self.kernel}({shown})"
+
+    def as_dict(self) -> dict:
+        return {"kernel": self.kernel, "params": dict(self.params), "features": {k: list(v) if isinstance(v, tuple) else v for k, v in self.features}}
+
+
+def text_candidates(quick: bool) -> list[Candidate]:
+    """TF-IDF (in the ONNX graph) + a linear or naive Bayes kernel."""
+    unigrams = (("ngram_range", (1, 1)), ("min_df", 2))
+    if quick:
+        return [Candidate("logreg", (("C", 10.0),), unigrams), Candidate("complement_nb", (("alpha", 0.3),), unigrams)]
+    bigrams = (("ngram_range", (1, 2)), ("min_df", 2))
+    return [Candidate(kernel, params, feats) for feats in (unigrams, bigrams) for kernel, params in (
+        ("logreg", (("C", 10.0),)), ("logreg", (("C", 40.0),)), ("linear_svc", (("C", 0.5),)), ("complement_nb", (("alpha", 0.1),)), ("complement_nb", (("alpha", 0.5),)))]
+
+
+def image_candidates(quick: bool) -> list[Candidate]:
+    """Kernels on image_features + context that skl2onnx converts."""
+    scaled, raw = (("scale", True),), (("scale", False),)
+    if quick:
+        return [Candidate("logreg", (("C", 1.0),), scaled), Candidate("random_forest", (("n_estimators", 40), ("min_samples_leaf", 2)), raw)]
+    return [Candidate("logreg", (("C", 0.3),), scaled), Candidate("logreg", (("C", 3.0),), scaled),
+            Candidate("hist_gradient_boosting", (("max_iter", 150), ("learning_rate", 0.1), ("max_leaf_nodes", 15)), raw),
+            Candidate("random_forest", (("n_estimators", 200), ("min_samples_leaf", 2)), raw),
+            Candidate("random_forest", (("n_estimators", 200), ("min_samples_leaf", 1)), raw)]
+
+
+def make_classifier(candidate: Candidate, seed: int):
+    p = dict(candidate.params)
+    if candidate.kernel == "logreg":
+        return LogisticRegression(C=p["C"], max_iter=3000, class_weight="balanced")
+    if candidate.kernel == "linear_svc":
+        return CalibratedClassifierCV(LinearSVC(C=p["C"], class_weight="balanced"), cv=3, method="sigmoid")
+    if candidate.kernel == "complement_nb":
+        return ComplementNB(alpha=p["alpha"])
+    if candidate.kernel == "hist_gradient_boosting":
+        return HistGradientBoostingClassifier(**p, class_weight="balanced", random_state=seed)
+    if candidate.kernel == "random_forest":
+        return RandomForestClassifier(**p, max_depth=24, class_weight="balanced", n_jobs=1, random_state=seed)
+    raise ValueError(f"unknown kernel {candidate.kernel!r}")
+
+
+def make_features(kind: str, candidate: Candidate) -> ColumnTransformer:
+    """The preprocessing that goes into the ONNX graph, as column 0 / columns 1.. of the matrix."""
+    f = dict(candidate.features)
+    context = list(range(1, 1 + N_CONTEXT)) if kind == "text" else list(range(N_IMAGE, N_IMAGE + N_CONTEXT))
+    if kind == "text":
+        # lower-casing happens in model_text; sublinear_tf is left off: its ONNX conversion drifted by ~1e-2 here
+        tfidf = TfidfVectorizer(lowercase=False, token_pattern=TOKEN_PATTERN, ngram_range=f["ngram_range"], min_df=f["min_df"], max_features=200_000)
+        return ColumnTransformer([("text", tfidf, 0), ("context", MaxAbsScaler(), context)])
+    scaler = StandardScaler if f["scale"] else None
+    return ColumnTransformer([("image", scaler() if scaler else "passthrough", list(range(N_IMAGE))),
+                              ("context", scaler() if scaler else "passthrough", context)])
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Dataset:
+    """One kind's model inputs with labels, sources and document ids, row-aligned."""
+
+    kind: str
+    inputs: dict
+    labels: np.ndarray
+    sources: np.ndarray
+    doc_ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def rows(self, rows) -> "Dataset":
+        rows = np.asarray(rows, dtype=int)
+        return Dataset(self.kind, take(self.inputs, rows), self.labels[rows], self.sources[rows], [self.doc_ids[i] for i in rows])
+
+    def matrix(self) -> np.ndarray:
+        return sklearn_matrix(self.kind, self.inputs)
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for doc_id, label in sorted(zip(self.doc_ids, self.labels)):
+            digest.update(f"{doc_id}\t{label}\n".encode())
+        return digest.hexdigest()[:16]
+
+
+def context_vectors(docs: list[dict]) -> np.ndarray:
+    """Sender context for every document, by replaying all of them in receipt order through
+    SenderHistory and recording each true label (serving records the decided label instead)."""
+    out = np.zeros((len(docs), N_CONTEXT), dtype=np.float32)
+    histories: dict[str, SenderHistory] = {}
+    order = sorted(range(len(docs)), key=lambda i: (docs[i].get("received_ms") is None, docs[i].get("received_ms") or 0, i))
+    for i in order:
+        doc = docs[i]
+        history = histories.setdefault(doc["sender"], SenderHistory()) if doc.get("sender") else SenderHistory()
+        out[i] = history.observe(doc.get("received_ms") or 0, doc["content_type"] == "image")
+        history.record_label(doc["label"])
+    return out
+
+
+def build_dataset(kind: str, docs: list[dict], context: np.ndarray) -> Dataset:
+    """The model inputs of the documents of one kind (text documents or scans)."""
+    rows = [i for i, d in enumerate(docs) if (d["content_type"] == "image") == (kind == "image")]
+    chosen = [docs[i] for i in rows]
+    if kind == "text":
+        first = [model_text(d.get("subject"), d.get("text")) for d in chosen]
+    else:
+        first = np.stack([image_features(d["image"]) for d in chosen]) if chosen else np.zeros((0, N_IMAGE), np.float32)
+    inputs = {INPUT_NAMES[kind][0]: first, "context": context[rows]}
+    return Dataset(kind, inputs, np.array([d["label"] for d in chosen], dtype=object),
+                   np.array([d.get("source", GENERATED_SOURCE) for d in chosen], dtype=object), [d["doc_id"] for d in chosen])
+
+
+# --- evaluation ------------------------------------------------------------------------------
+
+
+def evaluate(y_true, y_pred, model_labels) -> dict:
+    """Per-class precision/recall/F1 for the classes with support, their macro-F1, accuracy and
+    the confusion matrix (rows: true, columns: predicted, over the model's labels)."""
+    y_true, y_pred = list(y_true), list(y_pred)
+    supported = [label for label in model_labels if label in set(y_true)]
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=supported, zero_division=0)
+    matrix_labels = list(model_labels) + sorted(set(y_true) - set(model_labels))
+    return {
+        "n": len(y_true),
+        "accuracy": float(np.mean(np.array(y_true, dtype=object) == np.array(y_pred, dtype=object))) if y_true else 0.0,
+        "macro_f1": float(np.mean(f)) if len(f) else 0.0,
+        "per_class": {label: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])} for i, label in enumerate(supported)},
+        "unsupported": [label for label in model_labels if label not in supported],
+        "confusion": {"labels": matrix_labels, "matrix": confusion_matrix(y_true, y_pred, labels=matrix_labels).tolist()},
+    }
+
+
+def per_source(dataset: Dataset, predicted: np.ndarray, model_labels) -> dict:
+    """Accuracy, macro-F1 and per-class recall on each source's share of `dataset`."""
+    out = {}
+    for source in sorted(set(dataset.sources)):
+        rows = dataset.sources == source
+        result = evaluate(dataset.labels[rows], predicted[rows], model_labels)
+        out[source] = {"n": result["n"], "accuracy": result["accuracy"], "macro_f1": result["macro_f1"],
+                       "recall": {label: m["recall"] for label, m in result["per_class"].items()},
+                       "predicted": dict(Counter(predicted[rows]).most_common(3))}
+    return out
+
+
+# --- training --------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainedModel:
+    """A fitted pipeline with everything its model card needs."""
+
+    kind: str
+    pipeline: Pipeline
+    candidate: Candidate
+    search: list[dict]
+    evaluation: dict
+    per_source: dict
+    held_out: Dataset
+    train_summary: dict
+    seconds: float
+    source_holdout: dict = field(default_factory=dict)
+
+
+@dataclass
+class TrainingRun:
+    config: TrainConfig
+    models: dict[str, TrainedModel]
+    split_warnings: list[str]
+    data: dict
+    seconds: float
+
+
+def fit(kind: str, candidate: Candidate, train: Dataset, seed: int) -> Pipeline:
+    """Fit one candidate's preprocessing and classifier on `train`."""
+    pipeline = Pipeline([("features", make_features(kind, candidate)), ("classifier", make_classifier(candidate, seed))])
+    return pipeline.fit(train.matrix(), train.labels.astype(str))
+
+
+def search(kind: str, candidates: list[Candidate], train: Dataset, held_out: Dataset, seed: int, bar) -> tuple[Pipeline, Candidate, list[dict]]:
+    """Fit every candidate (the preprocessing once per feature setting); best held-out macro-F1 wins."""
+    x_train, y_train, x_held = train.matrix(), train.labels.astype(str), held_out.matrix()
+    results, best = [], None
+    features_cache: dict[tuple, tuple] = {}
+    for candidate in candidates:
+        start = time.perf_counter()
+        if candidate.features not in features_cache:
+            features = make_features(kind, candidate)
+            z_train = features.fit_transform(x_train, y_train)
+            features_cache[candidate.features] = (features, z_train, features.transform(x_held))
+        features, z_train, z_held = features_cache[candidate.features]
+        classifier = make_classifier(candidate, seed).fit(z_train, y_train)
+        predicted = classifier.predict(z_held)
+        macro = evaluate(held_out.labels, predicted, classifier.classes_)["macro_f1"]
+        results.append({"candidate": candidate.name, "macro_f1": macro, "seconds": round(time.perf_counter() - start, 2)})
+        if best is None or macro > best[0]:
+            best = (macro, candidate, Pipeline([("features", features), ("classifier", classifier)]))
+        bar.update(1)
+    return best[2], best[1], results
+
+
+def leave_source_out(kind: str, candidate: Candidate, data: Dataset, seed: int, bar) -> dict:
+    """For each real source: fit without it, score it."""
+    out = {}
+    for source in sorted(set(data.sources) - {GENERATED_SOURCE}):
+        rows = data.sources == source
+        pipeline = fit(kind, candidate, data.rows(np.flatnonzero(~rows)), seed)
+        held = data.rows(np.flatnonzero(rows))
+        predicted = pipeline.predict(held.matrix())
+        out.update(per_source(held, predicted, pipeline.classes_))
+        bar.update(1)
+    return out
+
+
+def load_documents(config: TrainConfig) -> list[dict]:
+    docs = generate(config.generated, seed=config.seed, scan_share=config.scan_share) if config.generated else []
+    if config.real_dir is not None:
+        docs += load_real(config.real_dir, cap_per_source=config.real_cap_per_source, seed=config.seed)
+    if not docs:
+        raise ValueError("no training data: generate some documents or point real_dir at real data")
+    return docs
+
+
+def train(config: TrainConfig, progress: bool = True) -> TrainingRun:
+    """Train the configured kinds of model; see the module docstring."""
+    started = time.perf_counter()
+    with tqdm(total=3, desc="data", disable=not progress, leave=False) as bar:
+        docs = load_documents(config)
+        bar.update(1)
+        context = context_vectors(docs)
+        bar.update(1)
+        parts = split(docs, config.strategy, config.ratio, seed=config.seed, group_by=config.group_by, expected_labels=LABELS)
+        bar.update(1)
+    train_ids = {d["doc_id"] for d in parts.train}
+    models = {}
+    for kind in config.kinds:
+        kind_start = time.perf_counter()
+        data = build_dataset(kind, docs, context)
+        if len(data) == 0 or len(set(data.labels)) < 2:
+            continue
+        in_train = np.array([doc_id in train_ids for doc_id in data.doc_ids])
+        train_part, held_out = data.rows(np.flatnonzero(in_train)), data.rows(np.flatnonzero(~in_train))
+        if len(held_out) == 0 or len(set(train_part.labels)) < 2:
+            raise ValueError(f"too few {kind} documents to train and evaluate ({len(train_part)} train, {len(held_out)} held out)")
+        candidates = text_candidates(config.quick) if kind == "text" else image_candidates(config.quick)
+        real_sources = sorted(set(data.sources) - {GENERATED_SOURCE}) if config.source_holdout else []
+        with tqdm(total=len(candidates) + len(real_sources), desc=f"{kind} model", disable=not progress, leave=False) as bar:
+            pipeline, best, results = search(kind, candidates, train_part, held_out, config.seed, bar)
+            predicted = pipeline.predict(held_out.matrix())
+            model = TrainedModel(
+                kind, pipeline, best, results, evaluate(held_out.labels, predicted, pipeline.classes_),
+                per_source(held_out, predicted, pipeline.classes_), held_out,
+                {"fingerprint": train_part.fingerprint(), "n": len(train_part), "labels": dict(sorted(Counter(train_part.labels).items())),
+                 "sources": dict(sorted(Counter(train_part.sources).items()))}, 0.0)
+            if real_sources:
+                model.source_holdout = leave_source_out(kind, best, data, config.seed, bar)
+        model.seconds = round(time.perf_counter() - kind_start, 1)
+        models[kind] = model
+    summary = {"generated": {"n": config.generated, "seed": config.seed, "scan_share": config.scan_share},
+               "real": {"dir": str(config.real_dir), "cap_per_source": config.real_cap_per_source} if config.real_dir else None,
+               "documents": len(docs), "sources": dict(sorted(Counter(d.get("source", GENERATED_SOURCE) for d in docs).items())),
+               "split": {"strategy": config.strategy, "ratio": config.ratio, "group_by": config.group_by, "units": parts.units,
+                         "merged_docs": parts.merged_docs, "train": len(parts.train), "held_out": len(parts.held_out)}}
+    return TrainingRun(config, models, parts.warnings, summary, round(time.perf_counter() - started, 1))
+
+
+# --- export + registration -------------------------------------------------------------------
+
+
+def publish(model: TrainedModel, run: TrainingRun, registry):
+    """Export to ONNX, check parity on the held-out inputs plus non-ASCII probes, and register.
+    Returns (version or None when parity failed, parity)."""
+    onnx_bytes = to_onnx(model.pipeline, model.kind).SerializeToString()
+    probes = parity_probes(model.kind, N_IMAGE)
+    checked = {name: _concat(model.held_out.inputs[name], probes[name]) for name in probes}
+    parity = check_parity(model.pipeline, onnx_bytes, model.kind, checked)
+    if not parity.ok:
+        return None, parity
+    card = model_card(model, run, parity)
+    version = registry.register(model.kind, onnx_bytes, card, eval_inputs=model.held_out.inputs,
+                                eval_labels=[str(x) for x in model.held_out.labels], sklearn_model=model.pipeline)
+    return version, parity
+
+
+def _concat(a, b):
+    return list(a) + list(b) if isinstance(a, list) else np.concatenate([np.asarray(a), np.asarray(b)])
+
+
+def model_card(model: TrainedModel, run: TrainingRun, parity) -> dict:
+    """Everything known about a trained model, as JSON-ready data (the registry adds the rest)."""
+    return json.loads(json.dumps({
+        "kind": model.kind,
+        "kernel": model.candidate.kernel,
+        "hyperparameters": model.candidate.as_dict(),
+        "search": model.search,
+        "feature_set_id": FEATURE_SET_ID,
+        "labels": [str(x) for x in model.pipeline.classes_],
+        "inputs": input_signature(model.kind),
+        "outputs": [{"name": "label", "type": "string", "shape": [None]},
+                    {"name": "probabilities", "type": "float32", "shape": [None, len(model.pipeline.classes_)]}],
+        "training_data": {**model.train_summary, **run.data},
+        "evaluation": model.evaluation,
+        "evaluation_per_source": model.per_source,
+        "source_holdout": model.source_holdout,
+        "split_warnings": run.split_warnings,
+        "parity": parity.as_dict(),
+        "training_seconds": model.seconds,
+        "config": asdict(run.config),
+        "libraries": library_versions(),
+    }, default=str))
+
+
+def library_versions() -> dict[str, str]:
+    import platform
+    from importlib.metadata import version
+
+    return {"python": platform.python_version(), **{name: version(name) for name in ("scikit-learn", "skl2onnx", "onnx", "onnxruntime", "numpy", "pillow")}}
