@@ -9,7 +9,7 @@ from pyflink.common.time import Time
 from pyflink.datastream import KeyedProcessFunction, MapFunction, OutputTag, ProcessFunction, RuntimeContext
 from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
 
-from udfs.routing import Destination, DuplicateWindow, Reason, Rejected, Router
+from udfs.routing import Destination, DuplicateWindow, Router
 from udfs.smoke import RedisCounter
 
 BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
@@ -85,9 +85,7 @@ class DropDuplicateIds(KeyedProcessFunction):
         doc_id, destination, routed, original, topic, partition, offset = candidate
         now = _now_ms()
         if self.window.is_duplicate(self.first_seen.value(), now):
-            message = f"doc_id {doc_id!r} was already routed within the last {self.config.duplicate_window_ms:,} ms"
-            rejected = Rejected(Reason.DUPLICATE_ID, message, doc_id)
-            yield DEAD_LETTERS, self.router.dead_letter(original, topic, partition, offset, now, rejected).value
+            yield DEAD_LETTERS, self.router.duplicate(original, topic, partition, offset, now, doc_id).value
             return
         self.first_seen.update(now)
         yield (ROUTED_TEXT if destination == Destination.TEXT.value else ROUTED_SCANS), routed
