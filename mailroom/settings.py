@@ -34,6 +34,7 @@ ENV_VARS = {
     "flink_conf_file": "MAILROOM_FLINK_CONF",
     "topic_prefix": "MAILROOM_TOPIC_PREFIX",
     "python_executable": "MAILROOM_PYTHON",
+    "registry_dir": "MAILROOM_REGISTRY_DIR",
 }
 
 
@@ -53,6 +54,7 @@ class Settings:
     flink_conf_file: Path = PROJECT_DIR / "flink-conf" / "config.yaml"  # MAILROOM_FLINK_CONF
     topic_prefix: str = "mailroom."  # MAILROOM_TOPIC_PREFIX: namespaces every topic name
     python_executable: str = sys.executable  # MAILROOM_PYTHON: the interpreter Flink workers run
+    registry_dir: Path | None = None  # MAILROOM_REGISTRY_DIR: the model registry; default <run_dir>/registry
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":
@@ -68,12 +70,14 @@ class Settings:
                     values[f.name] = int(raw)
                 except ValueError:
                     raise SystemExit(f"{ENV_VARS[f.name]}={raw!r} is not a whole number; unset it or give a port number.") from None
-            elif f.type in ("Path", Path):
+            elif f.type in ("Path", Path, "Path | None"):
                 values[f.name] = Path(raw).expanduser().resolve()
             else:
                 values[f.name] = raw
         values.update(overrides)
         settings = cls(**values)
+        if settings.registry_dir is None:
+            settings = replace(settings, registry_dir=settings.run_dir / "registry")
         if not settings.redis_password:
             settings = replace(settings, redis_password=_stored_password(settings.run_dir))
         return settings

@@ -19,7 +19,7 @@ from rich.table import Table
 from mailroom.settings import PROJECT_DIR, Settings
 
 console = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 REGISTRY_ENV = "MAILROOM_REGISTRY_DIR"
 DEFAULT_REAL_DIR = PROJECT_DIR.parent / "shared" / "data" / "real"
@@ -146,7 +146,7 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     registry = Registry(registry_dir(args, settings))
     try:
         if args.action == "list":
-            for kind in args.kind or ("text", "image"):
+            for kind in [args.kind] if args.kind else ["text", "image"]:
                 _print_versions(kind, registry.list(kind))
         elif args.action == "show":
             print(json.dumps(registry.show(args.kind, args.version), indent=2, ensure_ascii=False))
@@ -240,7 +240,7 @@ def register(sub) -> None:
                                         "macro-F1 on the same evaluation set unless --force gives a reason (recorded).")
     actions = models.add_subparsers(dest="action", required=True, metavar="ACTION")
     ls = actions.add_parser("list", help="versions per kind, champion marked")
-    ls.add_argument("kind", nargs="*", choices=["text", "image"], help="kinds to list (default both)")
+    ls.add_argument("kind", nargs="?", choices=["text", "image"], help="the kind to list (default both)")
     show = actions.add_parser("show", help="print a model card as JSON")
     promote = actions.add_parser("promote", help="make a version champion if it beats the current one")
     rollback = actions.add_parser("rollback", help="make the previous champion champion again")

@@ -6,10 +6,16 @@ import time
 
 from pyflink.common import Types
 from pyflink.common.time import Time
-from pyflink.datastream import KeyedProcessFunction, MapFunction, OutputTag, ProcessFunction, RuntimeContext
-from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
+from pyflink.datastream import KeyedCoProcessFunction, KeyedProcessFunction, MapFunction, OutputTag, ProcessFunction, RuntimeContext
+from pyflink.datastream.state import ListStateDescriptor, StateTtlConfig, ValueStateDescriptor
+
+from mailroom.topics import DEPARTMENTS
+from schemas import codec
+from udfs.feature_cache import FeatureMirror
 
 from udfs.routing import Destination, DuplicateWindow, Router
+from udfs.scoring import BatchScorer, SenderFeatures
+from udfs.sharding import shard_keys
 from udfs.smoke import RedisCounter
 
 BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
@@ -102,3 +108,111 @@ def _ttl(ms: int) -> StateTtlConfig:
         .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
         .build()
     )
+
+
+# --- scoring ---------------------------------------------------------------------------------
+
+END_OF_INPUT_MS = 2**62  # an event-time timer that fires only when a bounded input ends
+DEPARTMENT_OUTPUTS = {dept: OutputTag(f"dept-{dept}", BYTES) for dept in DEPARTMENTS.values()}
+
+
+class ComputeSenderFeatures(KeyedCoProcessFunction):
+    """Keyed by sender. Input 1: routed documents -> (shard, PendingDocument) with features.
+    Input 2: this job's own predictions, read back from the predictions log, which feed the
+    sender's recent label shares (`SenderHistory.record_label`).
+
+    State: the sender's history (TTL), and an idle timer that clears a silent sender.
+    """
+
+    def __init__(self, settings, config):
+        self.settings, self.config = settings, config
+
+    def open(self, runtime_context: RuntimeContext):
+        history = ValueStateDescriptor("sender_history", Types.PICKLED_BYTE_ARRAY())
+        history.enable_time_to_live(_ttl(self.config.sender_state_ttl_ms))
+        self.history = runtime_context.get_state(history)
+        self.touched = runtime_context.get_state(ValueStateDescriptor("touched_ms", Types.LONG()))
+        settings = self.settings
+        self.mirror = FeatureMirror(lambda: settings.redis_client(socket_timeout=2, socket_connect_timeout=2),
+                                    self.config.redis_namespace, self.config.redis_ttl_s)
+        self.features = SenderFeatures(self.mirror)
+        group = runtime_context.get_metrics_group()
+        self.outages = 0
+        self.outage_counter = group.counter("redis_outages")
+        subtask = runtime_context.get_index_of_this_subtask()
+        self.shard = shard_keys(runtime_context.get_number_of_parallel_subtasks())[subtask]
+
+    def process_element1(self, value, ctx: KeyedCoProcessFunction.Context):
+        routed = codec.decode(value, expected="routed_document").record
+        history = self.history.value() or self.features.warm_start(routed["sender"])
+        pending = self.features.observe(history, routed)
+        self.history.update(history)
+        now = ctx.timer_service().current_processing_time()
+        if self.touched.value() is None:
+            ctx.timer_service().register_processing_time_timer(now + self.config.sender_idle_ms)
+        self.touched.update(now)
+        self._count_outages()
+        yield self.shard, pending
+
+    def process_element2(self, value, ctx: KeyedCoProcessFunction.Context):
+        history = self.history.value()
+        if history is not None:
+            history.record_label(codec.decode(value, expected="prediction").record["label"])
+            self.history.update(history)
+
+    def on_timer(self, timestamp: int, ctx: KeyedCoProcessFunction.OnTimerContext):
+        touched = self.touched.value()
+        if touched is not None and timestamp - touched < self.config.sender_idle_ms:
+            ctx.timer_service().register_processing_time_timer(touched + self.config.sender_idle_ms)
+            return
+        self.history.clear()
+        self.touched.clear()
+
+    def _count_outages(self):
+        if self.mirror.stats.outages != self.outages:
+            self.outage_counter.inc(self.mirror.stats.outages - self.outages)
+            self.outages = self.mirror.stats.outages
+
+    def close(self):
+        self.mirror.close()
+
+
+class ScoreMicroBatches(KeyedProcessFunction):
+    """Keyed by shard: buffers documents in checkpointed list state and scores them with one
+    onnxruntime call per model when the buffer is full or its oldest entry waited
+    `max_batch_delay_ms`. Emits predictions (main output) and each to its department's output.
+    """
+
+    def __init__(self, config):
+        self.config = config
+
+    def open(self, runtime_context: RuntimeContext):
+        self.buffer = runtime_context.get_list_state(ListStateDescriptor("batch", Types.PICKLED_BYTE_ARRAY()))
+        self.sizes: dict[int, int] = {}
+        self.scorer = BatchScorer(self.config)  # the ONNX sessions: once per operator instance
+
+    def process_element(self, item, ctx: KeyedProcessFunction.Context):
+        shard, pending = item
+        self.buffer.add(pending)
+        size = self.sizes.get(shard)
+        size = sum(1 for _ in self.buffer.get()) if size is None else size + 1  # after a restore: count
+        timers = ctx.timer_service()
+        if size == 1:
+            timers.register_processing_time_timer(timers.current_processing_time() + self.config.max_batch_delay_ms)
+            timers.register_event_time_timer(END_OF_INPUT_MS)
+        self.sizes[shard] = size
+        if size >= self.config.batch_size:
+            yield from self._flush(shard, timers.current_processing_time())
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
+        yield from self._flush(ctx.get_current_key(), ctx.timer_service().current_processing_time())
+
+    def _flush(self, shard: int, now_ms: int):
+        batch = list(self.buffer.get() or [])
+        self.buffer.clear()
+        self.sizes[shard] = 0
+        if not batch:
+            return
+        for department, prediction in self.scorer.score(batch, int(now_ms)):
+            yield DEPARTMENT_OUTPUTS[department], prediction
+            yield prediction

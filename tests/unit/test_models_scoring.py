@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
+from models.generator import generate
 from models.image_features import image_features
 from models.registry import Registry
 from models.scoring import FeatureSetMismatch, Scorer
@@ -62,7 +63,7 @@ def test_serving_normalisation_matches_training(trained):
 
 def test_image_scorer_takes_png_or_features(trained):
     run, registry, _ = trained
-    docs = [d for d in __import__("models.generator", fromlist=["generate"]).generate(40, seed=77) if d["content_type"] == "image"]
+    docs = [d for d in generate(40, seed=77) if d["content_type"] == "image"]
     scorer = Scorer.from_registry(registry.root, "image")
     context = np.zeros((len(docs), len(SENDER_FEATURES)), np.float32)
     from_png = scorer.score_images([d["image"] for d in docs], context)
@@ -72,7 +73,7 @@ def test_image_scorer_takes_png_or_features(trained):
     assert np.allclose(from_png[1].sum(axis=1), 1, atol=1e-4)
 
 
-def test_scorer_refuses_another_feature_set(trained, tmp_path):
+def test_scorer_refuses_another_feature_set(trained):
     _, registry, _ = trained
     ref = registry.champion("text")
     with pytest.raises(FeatureSetMismatch) as error:

@@ -1,0 +1,57 @@
+"""models/cli.py through the real `mailroom` entry point: generate, train --quick, models, bench-models."""
+
+import json
+
+import pytest
+
+from mailroom.cli import main
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """Nothing written outside tmp_path: run dir, Redis password and registry all point there."""
+    monkeypatch.setenv("MAILROOM_RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("MAILROOM_REDIS_PASSWORD", "test")
+    monkeypatch.delenv("MAILROOM_REGISTRY_DIR", raising=False)
+
+
+def test_generate_writes_jsonl_and_directory(tmp_path, capsys):
+    assert main(["generate", "--jsonl", str(tmp_path / "box.jsonl"), "-n", "12", "--seed", "3"]) == 0
+    assert len((tmp_path / "box.jsonl").read_text().splitlines()) == 12
+    assert main(["generate", "--out", str(tmp_path / "box"), "-n", "12", "--seed", "3", "--scan-share", "0"]) == 0
+    assert len(list((tmp_path / "box").glob("*.eml")) + list((tmp_path / "box").glob("*.txt"))) == 12
+    assert "12 documents (0 scans)" in capsys.readouterr().out
+
+
+def test_train_quick_then_manage_and_bench(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MAILROOM_REGISTRY_DIR", str(tmp_path / "reg"))  # the CLI's only environment input of its own
+    assert main(["train", "--quick", "--no-real", "-n", "240", "--no-progress", "--no-source-holdout"]) == 0
+    out = capsys.readouterr().out
+    assert "held-out evaluation" in out and "text model registered as v1" in out and "image model registered as v1" in out
+    assert (tmp_path / "reg" / "text" / "v0001" / "model.onnx").exists()
+
+    assert main(["models", "list"]) == 0
+    assert "text models" in capsys.readouterr().out
+    assert main(["models", "show", "text", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == 1
+    assert main(["models", "promote", "text", "1"]) == 0
+    assert "already champion" in capsys.readouterr().out
+    assert main(["models", "rollback", "text"]) == 1
+    assert "no previous text champion" in " ".join(capsys.readouterr().err.split())
+
+    assert main(["bench-models", "--docs", "40", "--seconds", "0.05", "--batch", "1", "8"]) == 0
+    bench = capsys.readouterr().out
+    assert "onnxruntime" in bench and "sklearn predict_proba" in bench and "image_features" in bench
+
+
+def test_train_refuses_a_missing_real_directory(tmp_path, capsys):
+    assert main(["train", "--quick", "--real-dir", str(tmp_path / "nowhere"), "--registry", str(tmp_path / "reg")]) == 2
+    assert "does not exist" in " ".join(capsys.readouterr().err.split())
+
+
+def test_every_subcommand_has_help(capsys):
+    for argv in (["generate"], ["train"], ["models"], ["models", "promote"], ["bench-models"]):
+        with pytest.raises(SystemExit) as done:
+            main(argv + ["--help"])
+        assert done.value.code == 0
+    assert "--force REASON" in capsys.readouterr().out
