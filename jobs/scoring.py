@@ -20,7 +20,7 @@ from jobs.connectors import BYTES, read_bytes, write_bytes
 from mailroom.flink import make_env
 from mailroom.settings import Settings
 from mailroom.topics import DEPARTMENTS, department_topic_key, topic_name
-from udfs.functions import DEPARTMENT_OUTPUTS, ComputeSenderFeatures, ScoreMicroBatches
+from udfs.functions import DEPARTMENT_OUTPUTS, ComputeSenderFeatures, DecodeRecords, ScoreMicroBatches
 from udfs.scoring import ScoringConfig
 from udfs.sharding import MAX_PARALLELISM
 
@@ -29,9 +29,11 @@ JOB = "scoring"
 
 def build(documents: DataStream, own_predictions: DataStream, settings: Settings, config: ScoringConfig) -> dict[str, DataStream]:
     """Wire feature computation and scoring; returns the predictions and each department's stream."""
+    routed = documents.map(DecodeRecords("routed_document"), output_type=Types.PICKLED_BYTE_ARRAY()).name("decode routed documents").uid("scoring-decode-documents")
+    decided = own_predictions.map(DecodeRecords("prediction"), output_type=Types.PICKLED_BYTE_ARRAY()).name("decode own predictions").uid("scoring-decode-predictions")
     pending = (
-        documents.connect(own_predictions)
-        .key_by(_routed_sender, _prediction_sender, key_type=Types.STRING())
+        routed.connect(decided)
+        .key_by(lambda doc: doc["sender"], lambda prediction: prediction["sender"], key_type=Types.STRING())
         .process(ComputeSenderFeatures(settings, config), output_type=Types.PICKLED_BYTE_ARRAY())
         .name("sender features")
         .uid("scoring-sender-features")
@@ -45,18 +47,6 @@ def build(documents: DataStream, own_predictions: DataStream, settings: Settings
     outputs = {"predictions": predictions}
     outputs.update({dept: predictions.get_side_output(tag) for dept, tag in DEPARTMENT_OUTPUTS.items()})
     return outputs
-
-
-def _routed_sender(value: bytes) -> str:
-    from schemas import codec
-
-    return codec.decode(value, expected="routed_document").record["sender"]
-
-
-def _prediction_sender(value: bytes) -> str:
-    from schemas import codec
-
-    return codec.decode(value, expected="prediction").record["sender"]
 
 
 def parse_args(argv: list[str], settings: Settings) -> argparse.Namespace:

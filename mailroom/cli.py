@@ -127,7 +127,7 @@ def _command_modules():
     """Subcommands that live beside their code: each module has register(subparsers)."""
     import importlib
 
-    for name in ("models.cli", "mailroom.produce", "mailroom.deadletters"):
+    for name in ("mailroom.produce", "mailroom.deadletters", "models.cli", "mailroom.feedback", "mailroom.accuracy", "mailroom.bench"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:

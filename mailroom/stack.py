@@ -215,7 +215,7 @@ class Kafka:
         if not (self.data / "meta.properties").exists():  # format storage once
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             out = subprocess.run(
-                self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)),
+                self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "--config", str(config)),  # an id may start with "-"
                 capture_output=True,
                 text=True,
             )

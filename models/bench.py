@@ -8,6 +8,7 @@ isolate the model; the `features` rows show the cost of building the inputs from
 from __future__ import annotations
 
 import time
+from itertools import cycle
 from pathlib import Path
 
 from models.generator import generate
@@ -46,17 +47,22 @@ def bench_models(registry_dir: Path, n_docs: int = 600, batch_sizes: tuple[int, 
         data = build_dataset(kind, docs, context)
         raw = [d for d in docs if (d["content_type"] == "image") == (kind == "image")]
         if kind == "text":
-            rows.append({"model": name, "engine": "features: model_text", **_rate(lambda: [model_text(d["subject"], d["text"]) for d in raw], len(raw), seconds)})
+            build = ("features: model_text", lambda: [model_text(d["subject"], d["text"]) for d in raw], len(raw))
         else:
-            rows.append({"model": name, "engine": "features: image_features (PNG in)", **_rate(lambda: [image_features(d["image"]) for d in raw[:50]], min(50, len(raw)), seconds)})
+            build = ("features: image_features (PNG in)", lambda: [image_features(d["image"]) for d in raw[:50]], min(50, len(raw)))
+        rows.append({"model": name, "engine": build[0], **_rate(build[1], build[2], seconds)})
         for batch in batch_sizes:
-            batches = [onnx_feeds(kind, take(data.inputs, [(start + i) % len(data) for i in range(batch)])) for start in range(0, len(data), batch)]
-            cursor = iter(range(10**12))
-            rows.append({"model": name, "engine": "onnxruntime", **_rate(lambda: scorer.session.run(["probabilities"], batches[next(cursor) % len(batches)]), batch, seconds)})
+            feeds = cycle([onnx_feeds(kind, chunk) for chunk in _chunks(data.inputs, len(data), batch)])
+            rows.append({"model": name, "engine": "onnxruntime", **_rate(lambda: scorer.session.run(["probabilities"], next(feeds)), batch, seconds)})
         pipeline = registry.sklearn_model(kind, scorer.version)
         if pipeline is not None:
             for batch in sorted({batch_sizes[0], batch_sizes[-1]}):
-                matrices = [sklearn_matrix(kind, take(data.inputs, [(start + i) % len(data) for i in range(batch)])) for start in range(0, len(data), batch)]
-                cursor = iter(range(10**12))
-                rows.append({"model": name, "engine": "sklearn predict_proba", **_rate(lambda: pipeline.predict_proba(matrices[next(cursor) % len(matrices)]), batch, seconds)})
+                matrices = cycle([sklearn_matrix(kind, chunk) for chunk in _chunks(data.inputs, len(data), batch)])
+                rows.append({"model": name, "engine": "sklearn predict_proba", **_rate(lambda: pipeline.predict_proba(next(matrices)), batch, seconds)})
     return rows
+
+
+def _chunks(inputs: dict, n: int, batch: int) -> list[dict]:
+    """Batches of `batch` rows covering all n rows (wrapping around at the end)."""
+    return [take(inputs, [(start + i) % n for i in range(batch)]) for start in range(0, n, batch)]
+

@@ -1,14 +1,13 @@
 """`mailroom generate | train | models | bench-models`: the offline model half's commands.
 
-The registry directory comes from --registry, else $MAILROOM_REGISTRY_DIR, else <run_dir>/registry;
-this module is the only place that reads that variable.
+The registry directory comes from --registry, else `Settings.registry_dir`
+($MAILROOM_REGISTRY_DIR, default <run_dir>/registry).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -21,20 +20,15 @@ from mailroom.settings import PROJECT_DIR, Settings
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
-REGISTRY_ENV = "MAILROOM_REGISTRY_DIR"
 DEFAULT_REAL_DIR = PROJECT_DIR.parent / "shared" / "data" / "real"
 
 
 def registry_dir(args: argparse.Namespace, settings: Settings) -> Path:
-    if args.registry:
-        return Path(args.registry).expanduser().resolve()
-    if os.environ.get(REGISTRY_ENV):
-        return Path(os.environ[REGISTRY_ENV]).expanduser().resolve()
-    return settings.run_dir / "registry"
+    return Path(args.registry).expanduser().resolve() if args.registry else settings.registry_dir
 
 
 def _add_registry(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--registry", metavar="DIR", help=f"model registry directory (default: ${REGISTRY_ENV}, else <run dir>/registry)")
+    parser.add_argument("--registry", metavar="DIR", help="model registry directory (default: $MAILROOM_REGISTRY_DIR, else <run dir>/registry)")
 
 
 # --- generate --------------------------------------------------------------------------------
@@ -91,6 +85,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         _print_sources(f"{kind} model: held-out figures per source", model.per_source)
         if model.source_holdout:
             _print_sources(f"{kind} model: leave-one-source-out (trained without the source, scored on all of it)", model.source_holdout)
+        if model.generated_only:
+            _print_sources(f"{kind} model: trained on generated documents only, scored on each real source", model.generated_only)
         if args.no_register:
             continue
         version, parity = publish(model, run, registry)

@@ -8,11 +8,11 @@ a consumer mostly complaints and service requests), so per-sender context featur
 
 Guard against learning templates instead of document types:
 * every text is composed from pools of interchangeable fragments (models/fragments.py): an
-  optional greeting, opener, 1-7 body sentences sampled without replacement and shuffled, an
+  optional greeting, opener, 1-5 body sentences sampled without replacement and shuffled, an
   optional request, closing, signature and disclaimer; slots ({amount}, {product}, ...) get fresh
   values per document; parts are omitted at random; noise sentences, cross-class distractors
   (a complaint quoting an invoice number, a newsletter advertising offers), quoted replies of
-  other classes and typos are mixed in;
+  other classes, typos and OCR errors are mixed in;
 * `fragment_half=0|1` restricts every pool to a disjoint half of its fragments. The tests train
   on one half and evaluate on the other, and check that no class-specific fragment is used by
   more than a small share of its class.
@@ -33,13 +33,15 @@ from email.utils import format_datetime
 from pathlib import Path
 
 from mailroom.topics import LABELS
-from models.fragments import CLASS_FRAGMENTS, COMMON, DISTRACTORS, OTHER_KINDS, OUR_COMPANIES, PORTAL_TOPICS, TABLE_HEADERS, TOTAL_WORDS, VOCAB
+from models.fragments import (CLASS_FRAGMENTS, COMMON, CV_SECTIONS, DISTRACTORS, OTHER_KINDS, OUR_COMPANIES, PORTAL_TOPICS, TABLE_HEADERS,
+                              TOTAL_WORDS, VOCAB)
 
 LANGS = ("en", "de", "fr")
 LANG_WEIGHTS = (0.7, 0.2, 0.1)
 START_MS = int(datetime(2025, 3, 3, 7, 0, tzinfo=timezone.utc).timestamp() * 1000)
 
-LABEL_PRIOR = {"invoice": 0.19, "offer": 0.11, "purchase_order": 0.12, "job_application": 0.1, "complaint": 0.13, "service_request": 0.15, "other": 0.2}
+# share of each label among documents that do not continue a sender's burst, in LABELS order
+LABEL_PRIOR = dict(zip(LABELS, (0.19, 0.11, 0.12, 0.1, 0.13, 0.15, 0.2), strict=True))
 # sender role -> (relative population, label tendencies, uses free-mail addresses)
 ROLES: dict[str, tuple[float, dict[str, float], bool]] = {
     "supplier": (3, {"invoice": 60, "offer": 18, "other": 12, "complaint": 4, "service_request": 4, "purchase_order": 2}, False),
@@ -54,11 +56,13 @@ ROLES: dict[str, tuple[float, dict[str, float], bool]] = {
 NEW_SENDER_P = {"job_application": 0.7, "complaint": 0.35, "service_request": 0.3}  # default 0.15
 BURST_P = 0.2  # the same sender sends again within minutes
 RELATED = {"complaint": ("invoice", "service_request", "purchase_order"), "purchase_order": ("offer",), "invoice": ("purchase_order",),
-           "offer": ("purchase_order",), "service_request": ("complaint",), "job_application": ("other",), "other": ("offer",)}
+           "offer": ("purchase_order",), "service_request": ("complaint",), "job_application": ("other",), "other": ("other", "other", "offer", "invoice")}
 
 
 @dataclass
 class Sender:
+    """Someone who writes to the mailbox: their address, language, role and habits."""
+
     address: str
     first: str
     last: str
@@ -141,7 +145,9 @@ class Facts(dict):
             country = {"en": "GB", "de": "DE", "fr": "FR"}[lang]
             return f"{country}{digits(2)} " + " ".join(digits(4) for _ in range(4)) + f" {digits(2)}"
         if key == "phone":
-            return {"en": f"+44 {digits(2)} {digits(4)} {digits(4)}", "de": f"+49 {digits(3)} {digits(7)}", "fr": f"+33 {digits(1)} " + " ".join(digits(2) for _ in range(4))}[lang]
+            if lang == "en":
+                return f"+44 {digits(2)} {digits(4)} {digits(4)}"
+            return f"+49 {digits(3)} {digits(7)}" if lang == "de" else f"+33 {digits(1)} " + " ".join(digits(2) for _ in range(4))
         if key == "portal_topic":
             return r.choice(PORTAL_TOPICS[lang])
         raise KeyError(key)
@@ -222,22 +228,31 @@ class TextComposer:
             body = self._portal(rng, label, kind, lang, facts, used)
         else:
             body = self._email(rng, label, kind, lang, facts, used)
-        if rng.random() < 0.15:
+        if rng.random() < (0.35 if label == "other" else 0.15):  # a reply or forward quoting earlier mail
             subject = rng.choice(["Re: ", "RE: ", "AW: ", "Fwd: ", "TR: "]) + subject
-            quoted_label = rng.choice(RELATED[label])
-            quoted_kind = rng.choice(OTHER_KINDS) if quoted_label == "other" else quoted_label
-            quoted = self.sentences(rng, quoted_label, quoted_kind, lang, used, max_body=2)
-            body += f"\n\n> {facts['date']}, {company_name(rng, lang)}:\n" + "\n".join("> " + s for s in quoted)
+            for _ in range(rng.randint(1, 3) if label == "other" else 1):
+                body += self._quote(rng, label, lang, used)
         text = fill(body, facts)
         if rng.random() < 0.3:
             text = add_typos(rng, text, rate=rng.uniform(0.01, 0.05))
+        if rng.random() < 0.08:  # came in as paper and was OCRed upstream
+            text = ocr_noise(rng, text)
         return Composed(fill(subject, facts), text, tuple(used))
+
+    def _quote(self, rng, label, lang, used) -> str:
+        quoted_label = rng.choice(RELATED[label])
+        quoted_kind = rng.choice(OTHER_KINDS) if quoted_label == "other" else quoted_label
+        quoted = self.sentences(rng, quoted_label, quoted_kind, lang, used, max_body=4 if label == "other" else 2)
+        if rng.random() < 0.5:
+            return "\n\n> {date}, {company}:\n" + "\n".join("> " + s for s in quoted)
+        marker = {"en": "-----Original Message-----", "de": "-----Ursprüngliche Nachricht-----", "fr": "-----Message d'origine-----"}[lang]
+        return f"\n\n{marker}\nFrom: {company_name(rng, lang)}\nSent: {{date}}\n\n" + " ".join(quoted)
 
     def _email(self, rng, label, kind, lang, facts, used) -> str:
         if rng.random() < 0.12:  # a short cover note: the attachment says it all
             lines = self.class_part(rng, lang, kind, "opener", used)
         else:
-            lines = self.sentences(rng, label, kind, lang, used)
+            lines = self.sentences(rng, label, kind, lang, used, max_body=8 if kind in ("report", "newsletter", "memo") else 5)
         paragraphs, i = [], 0
         while i < len(lines):
             step = rng.randint(1, 3)
@@ -283,10 +298,19 @@ class TextComposer:
         return "\n".join(lines)
 
     def _cv_text(self, rng, lang, facts) -> str:
-        v = VOCAB[lang]
-        start = rng.randint(2005, 2020)
-        jobs = [f"{start + 2 * i}-{start + 2 * i + rng.randint(1, 3)}: {rng.choice(v['position'])}, {company_name(rng, lang)}" for i in range(rng.randint(1, 3))]
-        return "\n".join(["CV", *jobs, f"{rng.choice(v['degree'])}, {rng.choice(v['university'])}", ", ".join(rng.sample(v["skill"], 3))])
+        """A CV pasted below a cover letter: sections in random order, some left out."""
+        v, bullet = VOCAB[lang], rng.choice(["•", "-", "*", ""])
+        start = rng.randint(2003, 2020)
+        experience, education, skills, languages = CV_SECTIONS[lang]
+        sections = {
+            experience: [f"{bullet} {start + 2 * i}-{start + 2 * i + rng.randint(1, 3)} {rng.choice(v['position'])}, "
+                         f"{company_name(rng, lang)}: {rng.choice(v['duty'])}" for i in range(rng.randint(1, 4))],
+            education: [f"{bullet} {rng.choice(v['degree'])}, {rng.choice(v['university'])} ({start - rng.randint(1, 4)})"],
+            skills: [f"{bullet} {s}" for s in rng.sample(v["skill"], rng.randint(2, 5))],
+            languages: [f"{bullet} " + ", ".join(rng.sample(["English", "Deutsch", "Français", "Español", "Italiano", "Türkçe"], 2))],
+        }
+        chosen = rng.sample(list(sections), rng.randint(2, 4))
+        return "\n\n".join([rng.choice(["CV", "Curriculum Vitae", facts["name"]])] + [f"{title}\n" + "\n".join(sections[title]) for title in chosen])
 
 
 def line_items(rng: random.Random, lang: str, n: int) -> list[tuple[str, str, str, str]]:
@@ -296,6 +320,22 @@ def line_items(rng: random.Random, lang: str, n: int) -> list[tuple[str, str, st
         qty, price = rng.randint(1, 200), rng.lognormvariate(3, 1.1)
         rows.append((rng.choice(VOCAB[lang]["product"]), str(qty), format_money(price, lang, rng), format_money(qty * price, lang, rng)))
     return rows
+
+
+_OCR_CONFUSIONS = (("l", "1"), ("O", "0"), ("rn", "m"), ("e", "c"), ("S", "5"), ("i", "í"), (".", ","), ("ü", "u"), ("é", "e"))
+
+
+def ocr_noise(rng: random.Random, text: str) -> str:
+    """What OCR does to a page: confused glyphs, lost accents, broken and upper-cased lines."""
+    for wrong, right in rng.sample(_OCR_CONFUSIONS, 3):
+        text = re.sub(re.escape(wrong), lambda m: right if rng.random() < 0.15 else m.group(0), text)
+    lines = []
+    for line in text.split("\n"):
+        if len(line) > 40 and rng.random() < 0.5:
+            cut = rng.randrange(20, len(line) - 10)
+            line = line[:cut] + "\n" + line[cut:]
+        lines.append(line.upper() if rng.random() < 0.08 else line)
+    return "\n".join(lines)
 
 
 _SLOT = re.compile(r"\{(\w+)\}")

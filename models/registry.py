@@ -5,6 +5,7 @@ A directory (layout and rules in models/README.md, the contract the scoring job 
     <root>/<kind>/v0001/model.onnx      the exported model (immutable)
     <root>/<kind>/v0001/card.json       what it is, how it was trained, how well it does
     <root>/<kind>/v0001/sklearn.joblib  the fitted sklearn pipeline (for benchmarks and re-export)
+    <root>/<kind>/v0001/train_keys.json.gz  content keys of the training rows (fair comparisons)
     <root>/<kind>/evalsets/<fp>.json.gz an evaluation set (model inputs + labels) by fingerprint
     <root>/<kind>/champion.json         {"version": 3, "previous": [1, 2]}
     <root>/<kind>/history.jsonl         register / promote / rollback events
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.modelio import KINDS, onnx_feeds, onnx_session
+from models.modelio import KINDS, onnx_feeds, onnx_session, take
 
 
 class RegistryError(Exception):
@@ -106,19 +107,30 @@ class Registry:
 
         return joblib.load(path)
 
-    def evaluate(self, kind: str, version: int, fingerprint: str) -> float:
-        """Macro-F1 of a version's ONNX model on a stored evaluation set (classes with support)."""
+    def evaluate(self, kind: str, version: int, fingerprint: str, rows: list[int] | None = None) -> float:
+        """Macro-F1 of a version's ONNX model on a stored evaluation set, or on some of its rows
+        (over the classes with support)."""
         from sklearn.metrics import f1_score
 
         inputs, labels = self.eval_set(kind, fingerprint)
+        if rows is not None:
+            inputs, labels = take(inputs, rows), [labels[i] for i in rows]
         predicted = onnx_session(str(self.get(kind, version).onnx_path)).run(["label"], onnx_feeds(kind, inputs))[0]
         return float(f1_score(labels, [str(x) for x in predicted], labels=sorted(set(labels)), average="macro", zero_division=0))
 
+    def trained_on(self, kind: str, version: int) -> set[str] | None:
+        """Content keys (see `row_keys`) of a version's training rows, if they were stored."""
+        path = self._version_dir(kind, version) / "train_keys.json.gz"
+        return set(json.loads(gzip.decompress(path.read_bytes()))) if path.exists() else None
+
     # --- writing ---------------------------------------------------------------------------
 
-    def register(self, kind: str, onnx_bytes: bytes, card: dict, eval_inputs: dict, eval_labels: list[str], sklearn_model=None) -> int:
+    def register(self, kind: str, onnx_bytes: bytes, card: dict, eval_inputs: dict, eval_labels: list[str], sklearn_model=None,
+                 train_inputs: dict | None = None) -> int:
         """Store a new version (its evaluation set too); the first of a kind becomes champion.
-        `card` must hold at least evaluation.macro_f1 and feature_set_id."""
+        `card` must hold at least evaluation.macro_f1, feature_set_id and inputs. With
+        `train_inputs`, the content keys of the training rows are kept, so a later comparison
+        on another evaluation set can leave out what this model was trained on."""
         eval_json = _canonical({"inputs": {k: _plain(v) for k, v in eval_inputs.items()}, "labels": list(eval_labels)})
         fingerprint = hashlib.sha256(eval_json).hexdigest()[:16]
         with self._lock(kind):
@@ -128,6 +140,9 @@ class Registry:
                 _atomic_write(evalsets / f"{fingerprint}.json.gz", gzip.compress(eval_json, mtime=0))
             version, directory = self._new_version_dir(kind)
             (directory / "model.onnx").write_bytes(onnx_bytes)
+            if train_inputs is not None:
+                keys = sorted(set(row_keys(kind, train_inputs)))
+                (directory / "train_keys.json.gz").write_bytes(gzip.compress(json.dumps(keys).encode(), mtime=0))
             if sklearn_model is not None:
                 import joblib
 
@@ -191,8 +206,15 @@ class Registry:
             return {"beats": False, "eval_set": fingerprint, "contender_macro_f1": mine, "champion_macro_f1": None,
                     "summary": f"cannot compare: inputs differ (feature sets {champion.card.get('feature_set_id')} vs {contender.card.get('feature_set_id')})"}
         else:
-            mine, theirs = self.evaluate(kind, contender.version, fingerprint), self.evaluate(kind, current, fingerprint)
-            how = "both re-evaluated on the contender's evaluation set"
+            inputs, _ = self.eval_set(kind, fingerprint)
+            seen = self.trained_on(kind, current) or set()
+            rows = [i for i, key in enumerate(row_keys(kind, inputs)) if key not in seen]
+            if not rows:
+                return {"beats": False, "eval_set": fingerprint, "contender_macro_f1": mine, "champion_macro_f1": None,
+                        "summary": "cannot compare: the champion was trained on all of the contender's evaluation set"}
+            mine, theirs = self.evaluate(kind, contender.version, fingerprint, rows), self.evaluate(kind, current, fingerprint, rows)
+            left_out = len(row_keys(kind, inputs)) - len(rows)
+            how = "both re-evaluated on the contender's evaluation set" + (f", less {left_out} rows the champion was trained on" if left_out else "")
         return {"beats": mine > theirs, "eval_set": fingerprint, "contender_macro_f1": mine, "champion_macro_f1": theirs,
                 "summary": f"macro-F1 {mine:.4f} vs {theirs:.4f} ({how})"}
 
@@ -239,6 +261,14 @@ class Registry:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def row_keys(kind: str, inputs: dict) -> list[str]:
+    """A content key per row: the hash of its text or image features (the context is left out,
+    since it depends on the sender's history)."""
+    first = inputs["text"] if kind == "text" else np.asarray(inputs["image_features"], dtype=np.float32)
+    encode = (lambda row: row.encode("utf-8")) if kind == "text" else (lambda row: row.tobytes())
+    return [hashlib.sha1(encode(row)).hexdigest()[:16] for row in first]
 
 
 def _plain(value):

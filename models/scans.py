@@ -3,9 +3,11 @@
 Layouts: invoices, offers and purchase orders get a letterhead, address and meta blocks, a
 line-item table and totals (invoices a bank footer, orders bill-to/ship-to boxes and a grid);
 complaints and cover letters a letter layout; CVs sections with a photo box; service requests a
-form with field boxes and check boxes; other mail a memo, newsletter, flyer or delivery note.
+form with field boxes and check boxes; other mail a memo, newsletter, flyer, delivery note,
+letter or a page of running text (report, minutes).
 Defects: paper tone and contrast, uneven illumination, dark scanner edges, small rotation, blur,
-noise and speckles, and a JPEG round trip before the page is stored as grayscale PNG.
+noise and speckles, and a JPEG round trip (or black-and-white thresholding, like a fax or a
+bilevel scanner) before the page is stored as grayscale PNG. Pages are A4 or US letter.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from models.fragments import CV_SECTIONS, FORM_FIELDS, TABLE_HEADERS, TITLES, TOTAL_WORDS, VOCAB
+from models.fragments import CLASS_FRAGMENTS, CV_SECTIONS, FORM_FIELDS, TABLE_HEADERS, TITLES, TOTAL_WORDS, VOCAB
 from models.generator import Facts, TextComposer, company_name, fill, line_items
 
 
@@ -46,7 +48,7 @@ class Page:
     def __init__(self, rng: random.Random):
         self.rng = rng
         self.h = rng.randint(680, 860)
-        self.w = int(self.h / rng.uniform(1.38, 1.45))
+        self.w = int(self.h / (rng.choice([1.414, 1.294]) * rng.uniform(0.98, 1.02)))  # A4 or US letter
         self.image = Image.new("L", (self.w, self.h), 255)
         self.draw = ImageDraw.Draw(self.image)
         self.left = int(self.w * rng.uniform(0.07, 0.11))
@@ -73,7 +75,7 @@ class Page:
     def paragraph(self, s: str, size: int | None = None, x: int | None = None, width: int | None = None) -> None:
         size = size or self.size
         x = self.left if x is None else x
-        chars = max(10, int(((width or self.right - x)) / (size * 0.5)))
+        chars = max(10, int((width or self.right - x) / (size * 0.5)))
         for row in textwrap.wrap(s, chars):
             if self.y > self.h - 2 * size:
                 return
@@ -106,7 +108,7 @@ def render_scan(rng: random.Random, label: str, lang: str, facts: Facts, compose
     elif label == "complaint":
         _letter(page, rng, label, lang, facts, composer)
     else:
-        rng.choice([_memo, _newsletter, _flyer, _delivery_note, _letter])(page, rng, label, lang, facts, composer)
+        rng.choice([_memo, _newsletter, _flyer, _delivery_note, _letter, _report, _report])(page, rng, label, lang, facts, composer)
     return degrade(rng, page.image)
 
 
@@ -317,6 +319,21 @@ def _memo(page, rng, label, lang, facts, composer) -> None:
         page.paragraph(" ".join(_sentences(rng, label, lang, facts, composer, max_body=3, kind="memo")))
 
 
+def _report(page, rng, label, lang, facts, composer) -> None:
+    """A page of running text: minutes, a report, an article, a specification."""
+    page.line(fill(rng.choice(CLASS_FRAGMENTS[lang]["report"]["subject"]), facts), page.size + rng.randint(2, 8), bold=True,
+              align=rng.choice(["left", "center"]))
+    page.line(f"{facts['name']} · {facts['date']}", page.size - 1)
+    page.skip(0.02)
+    size = page.size - rng.randint(0, 2)
+    while page.y < page.h * 0.88:
+        if rng.random() < 0.15:
+            page.line(f"{rng.randint(1, 9)}. {fill(rng.choice(VOCAB[lang]['topic']), facts)}", size + 1, bold=True)
+        page.paragraph(" ".join(_sentences(rng, label, lang, facts, composer, max_body=5, kind="report")), size)
+    page.y = page.h - int(page.h * 0.05)
+    page.line(f"- {rng.randint(1, 40)} -", size - 1, align="center")
+
+
 def _newsletter(page, rng, label, lang, facts, composer) -> None:
     band = int(page.h * rng.uniform(0.07, 0.1))
     page.draw.rectangle((0, page.y, page.w, page.y + band), fill=rng.randint(0, 60))
@@ -362,8 +379,14 @@ def _delivery_note(page, rng, label, lang, facts, composer) -> None:
 
 
 def degrade(rng: random.Random, page: Image.Image) -> bytes:
-    """Scan defects, then a JPEG round trip; returns a grayscale PNG."""
+    """Scan defects; returns a grayscale PNG. Three pages in four go through a gray scanner
+    (tone, light, edges, noise, skew, blur, JPEG), one in four through a black-and-white one."""
     noise_rng = np.random.default_rng(rng.getrandbits(64))
+    angle, radius = rng.uniform(-2.5, 2.5), rng.uniform(0.3, 1.1)
+    out = io.BytesIO()
+    if rng.random() < 0.25:
+        _bilevel(rng, noise_rng, page, angle, radius).save(out, "PNG", compress_level=3)
+        return out.getvalue()
     h, w = page.height, page.width
     paper, ink = rng.uniform(210, 250), rng.uniform(5, 70)
     yy = np.linspace(-1, 1, h, dtype=np.float32)[:, None]
@@ -380,10 +403,17 @@ def degrade(rng: random.Random, page: Image.Image) -> bytes:
     specks = noise_rng.random((h, w), dtype=np.float32) < rng.uniform(0.0002, 0.002)
     a[specks] = rng.randint(0, 90)
     image = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
-    image = image.rotate(rng.uniform(-2.5, 2.5), resample=Image.Resampling.BILINEAR, fillcolor=int(paper * rng.uniform(0.6, 1.0)))
-    image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.1)))
+    image = image.rotate(angle, resample=Image.Resampling.BILINEAR, fillcolor=int(paper * rng.uniform(0.6, 1.0)))
+    image = image.filter(ImageFilter.GaussianBlur(radius))
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=rng.randint(30, 75))
-    out = io.BytesIO()
     Image.open(io.BytesIO(buffer.getvalue())).convert("L").save(out, "PNG", compress_level=3)
     return out.getvalue()
+
+
+def _bilevel(rng: random.Random, noise_rng: np.random.Generator, page: Image.Image, angle: float, radius: float) -> Image.Image:
+    """A fax or bilevel scanner: skew, slight blur, a global threshold, specks; no gray left."""
+    image = page.rotate(angle, resample=Image.Resampling.BILINEAR, fillcolor=255).filter(ImageFilter.GaussianBlur(radius * 0.6))
+    a = np.asarray(image)
+    black = (a < rng.uniform(110, 190)) | (noise_rng.random(a.shape, dtype=np.float32) < rng.uniform(0.0001, 0.001))
+    return Image.fromarray(np.where(black, 0, 255).astype(np.uint8))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from pyflink.common import Types
 from pyflink.common.time import Time
@@ -97,23 +98,52 @@ class DropDuplicateIds(KeyedProcessFunction):
         yield (ROUTED_TEXT if destination == Destination.TEXT.value else ROUTED_SCANS), routed
 
 
+def _subtask(runtime_context: RuntimeContext) -> tuple[int, int]:
+    """(index of this subtask, parallelism). Thread mode's runtime context still calls the
+    pre-2.0 Java getters, which Flink 2 moved to getTaskInfo(); go there when they fail."""
+    try:
+        return runtime_context.get_index_of_this_subtask(), runtime_context.get_number_of_parallel_subtasks()
+    except AttributeError:
+        info = runtime_context._runtime_context.getTaskInfo()
+        return info.getIndexOfThisSubtask(), info.getNumberOfParallelSubtasks()
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
 def _ttl(ms: int) -> StateTtlConfig:
+    """Expire state `ms` after its last write; clean up incrementally on the heap backend.
+
+    The cleanup strategy is named explicitly: PyFlink's default adds a RocksDB compaction
+    filter whose Python object needs a py4j gateway, which a thread-mode worker does not have
+    (it tries to launch one and hangs).
+    """
     return (
         StateTtlConfig.new_builder(Time.milliseconds(ms))
         .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
         .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
+        .disable_cleanup_in_background()
+        .cleanup_incrementally(10, False)
+        .cleanup_full_snapshot()
         .build()
     )
 
 
 # --- scoring ---------------------------------------------------------------------------------
 
-END_OF_INPUT_MS = 2**62  # an event-time timer that fires only when a bounded input ends
 DEPARTMENT_OUTPUTS = {dept: OutputTag(f"dept-{dept}", BYTES) for dept in DEPARTMENTS.values()}
+
+
+class DecodeRecords(MapFunction):
+    """Bytes -> record dict with the shared codec. A record our own jobs wrote that does not
+    decode is a bug, not bad input: it fails the task."""
+
+    def __init__(self, record_type: str):
+        self.record_type = record_type
+
+    def map(self, value):
+        return codec.decode(value, expected=self.record_type).record
 
 
 class ComputeSenderFeatures(KeyedCoProcessFunction):
@@ -139,11 +169,10 @@ class ComputeSenderFeatures(KeyedCoProcessFunction):
         group = runtime_context.get_metrics_group()
         self.outages = 0
         self.outage_counter = group.counter("redis_outages")
-        subtask = runtime_context.get_index_of_this_subtask()
-        self.shard = shard_keys(runtime_context.get_number_of_parallel_subtasks())[subtask]
+        subtask, parallelism = _subtask(runtime_context)
+        self.shard = shard_keys(parallelism)[subtask]
 
-    def process_element1(self, value, ctx: KeyedCoProcessFunction.Context):
-        routed = codec.decode(value, expected="routed_document").record
+    def process_element1(self, routed, ctx: KeyedCoProcessFunction.Context):
         history = self.history.value() or self.features.warm_start(routed["sender"])
         pending = self.features.observe(history, routed)
         self.history.update(history)
@@ -154,10 +183,10 @@ class ComputeSenderFeatures(KeyedCoProcessFunction):
         self._count_outages()
         yield self.shard, pending
 
-    def process_element2(self, value, ctx: KeyedCoProcessFunction.Context):
+    def process_element2(self, prediction, ctx: KeyedCoProcessFunction.Context):
         history = self.history.value()
         if history is not None:
-            history.record_label(codec.decode(value, expected="prediction").record["label"])
+            history.record_label(prediction["label"])
             self.history.update(history)
 
     def on_timer(self, timestamp: int, ctx: KeyedCoProcessFunction.OnTimerContext):
@@ -179,8 +208,9 @@ class ComputeSenderFeatures(KeyedCoProcessFunction):
 
 class ScoreMicroBatches(KeyedProcessFunction):
     """Keyed by shard: buffers documents in checkpointed list state and scores them with one
-    onnxruntime call per model when the buffer is full or its oldest entry waited
-    `max_batch_delay_ms`. Emits predictions (main output) and each to its department's output.
+    onnxruntime call per model when the buffer is full, when its oldest entry waited
+    `max_batch_delay_ms`, or when a bounded input ends. Emits predictions (main output) and
+    each to its department's output.
     """
 
     def __init__(self, config):
@@ -188,8 +218,13 @@ class ScoreMicroBatches(KeyedProcessFunction):
 
     def open(self, runtime_context: RuntimeContext):
         self.buffer = runtime_context.get_list_state(ListStateDescriptor("batch", Types.PICKLED_BYTE_ARRAY()))
+        self.end_timer = runtime_context.get_state(ValueStateDescriptor("end_of_input_timer", Types.LONG()))
         self.sizes: dict[int, int] = {}
-        self.scorer = BatchScorer(self.config)  # the ONNX sessions: once per operator instance
+        # onnxruntime (pybind11) deadlocks when imported or called from a thread-mode (pemja) task
+        # thread, whose thread state pybind11's GIL handling does not know; a thread Python itself
+        # started is fine. So the sessions live on, and every batch runs on, one such thread.
+        self.onnx_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
+        self.scorer = self.onnx_thread.submit(BatchScorer, self.config).result()  # once per operator instance
 
     def process_element(self, item, ctx: KeyedProcessFunction.Context):
         shard, pending = item
@@ -199,7 +234,12 @@ class ScoreMicroBatches(KeyedProcessFunction):
         timers = ctx.timer_service()
         if size == 1:
             timers.register_processing_time_timer(timers.current_processing_time() + self.config.max_batch_delay_ms)
-            timers.register_event_time_timer(END_OF_INPUT_MS)
+        if self.end_timer.value() is None:
+            # The sources emit no watermarks, so event time only advances (to the maximum) when a
+            # bounded input ends: this one timer per shard scores what is left then. Its time is a
+            # plausible record timestamp, which Kafka requires of what the flush emits.
+            self.end_timer.update(timers.current_processing_time())
+            timers.register_event_time_timer(self.end_timer.value())
         self.sizes[shard] = size
         if size >= self.config.batch_size:
             yield from self._flush(shard, timers.current_processing_time())
@@ -213,6 +253,9 @@ class ScoreMicroBatches(KeyedProcessFunction):
         self.sizes[shard] = 0
         if not batch:
             return
-        for department, prediction in self.scorer.score(batch, int(now_ms)):
+        for department, prediction in self.onnx_thread.submit(self.scorer.score, batch, int(now_ms)).result():
             yield DEPARTMENT_OUTPUTS[department], prediction
             yield prediction
+
+    def close(self):
+        self.onnx_thread.shutdown()

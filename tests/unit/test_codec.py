@@ -17,6 +17,14 @@ GROUND_TRUTH = {"doc_id": "d1", "label": "invoice", "department": "finance", "se
 
 # one valid record per record type, in its newest version
 SAMPLES = {
+    "labelled_example": {"doc_id": "doc-1", "model_name": "mailroom-text", "model_version": "3", "feature_set_id": "sender-v1",
+        "content_type": "TEXT", "sender": "a@b.example", "predicted_label": "invoice", "true_label": "offer", "truth_kind": "CORRECT",
+        "truth_department": "finance", "probabilities": {"invoice": 0.9, "offer": 0.1}, "features": {"sender_docs_1h": 2.0},
+        "predicted_ms": 1_750_000_000_000, "truth_sent_ms": 1_750_000_600_000, "matched_ms": 1_750_000_600_000, "revision": 1},
+    "retraining_request": {"request_id": "r-1", "requested_ms": 1_750_000_000_000, "model_name": "mailroom-text", "model_version": "3",
+        "reason": "macro_f1_drop", "alert_id": "a-1", "metric": "macro_f1", "value": 0.61, "threshold": 0.7,
+        "window_start_ms": 1_749_996_400_000, "window_end_ms": 1_750_000_000_000, "labelled_pairs": 180,
+        "weakest_labels": ["invoice", "offer"], "message": "macro-F1 fell below 0.7"},
     "document": text_document("doc-1", language="de"),
     "routed_document": {
         **text_document("doc-1"), "language": None, "original_mime_type": "text/plain", "document_version": 2,
@@ -49,6 +57,8 @@ SAMPLES = {
 # Changing a schema in place changes its fingerprint and strands every message already written
 # with it: add a new version instead, then add its fingerprint here.
 FINGERPRINTS = {
+    "labelled_example.v1": "b1f2838f11ffc129",
+    "retraining_request.v1": "9509cbe8318e47e5",
     "accuracy_report.v1": "988371c5683763f5",
     "alert.v1": "810347b0dcc3c0dc",
     "dead_letter.v1": "0d91d554fb70c27b",

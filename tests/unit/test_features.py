@@ -1,11 +1,13 @@
 """udfs/features.py: sender context features (hand-computed) and the shared text normalisation."""
 
+import doctest
 import math
 import pickle
 import unicodedata
 
 import pytest
 
+import udfs.features
 from mailroom.topics import LABELS
 from udfs.features import (FEATURE_SET_ID, LABEL_MEMORY, MAX_TEXT_CHARS, SENDER_FEATURES, SenderHistory, model_text,
                            normalise_text)
@@ -15,6 +17,10 @@ HOUR, MINUTE = 3_600_000, 60_000
 
 def feats(values):
     return dict(zip(SENDER_FEATURES, values))
+
+
+def test_doctest():
+    assert doctest.testmod(udfs.features).failed == 0
 
 
 def test_feature_list_is_one_per_label_plus_activity():

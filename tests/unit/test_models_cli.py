@@ -24,7 +24,7 @@ def test_generate_writes_jsonl_and_directory(tmp_path, capsys):
 
 
 def test_train_quick_then_manage_and_bench(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("MAILROOM_REGISTRY_DIR", str(tmp_path / "reg"))  # the CLI's only environment input of its own
+    monkeypatch.setenv("MAILROOM_REGISTRY_DIR", str(tmp_path / "reg"))  # via Settings.registry_dir
     assert main(["train", "--quick", "--no-real", "-n", "240", "--no-progress", "--no-source-holdout"]) == 0
     out = capsys.readouterr().out
     assert "held-out evaluation" in out and "text model registered as v1" in out and "image model registered as v1" in out

@@ -124,6 +124,23 @@ def test_different_evaluation_sets_are_compared_by_re_evaluating_both(tmp_path, 
         registry.promote("text", same_model)
 
 
+def test_rows_the_champion_was_trained_on_are_left_out_of_a_re_evaluation(tmp_path, models):
+    b = models["b"]
+    labels_a = [str(x) for x in models["a"].labels]
+    registry = Registry(tmp_path / "some")
+    registry.register("text", models["good"], card(0.5), models["a"].inputs, labels_a, train_inputs=b.rows(range(10)).inputs)
+    assert len(registry.trained_on("text", 1)) == 10
+    contender = register(registry, models, "good", "b", 0.9)
+    with pytest.raises(PromotionRefused, match="less 10 rows the champion was trained on"):  # the same model ties with itself
+        registry.promote("text", contender)
+
+    registry = Registry(tmp_path / "all")
+    registry.register("text", models["good"], card(0.5), models["a"].inputs, labels_a, train_inputs=b.inputs)
+    contender = register(registry, models, "good", "b", 0.9)
+    with pytest.raises(PromotionRefused, match="trained on all of the contender's evaluation set"):
+        registry.promote("text", contender)
+
+
 def test_models_with_other_inputs_cannot_be_compared_unless_forced(tmp_path, models):
     registry = Registry(tmp_path)
     register(registry, models, "good", "a", 0.5)

@@ -1,0 +1,353 @@
+"""udfs/metrics.py: figures equal scikit-learn's on the same pairs (windows, last N, with
+corrections), windows slide and forget, a planted degradation raises exactly one alert."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import random
+
+import pytest
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+from mailroom.topics import DEPARTMENTS, HOUR_MS, LABELS
+from schemas import codec
+from udfs.joining import Corrected, Joiner, Matched
+from udfs.metrics import UNATTRIBUTED, AccuracyTracker, MetricsConfig, figures, metrics_key
+
+T0 = 1_750_000_000_000 - 1_750_000_000_000 % HOUR_MS  # on the hour, so windows line up with hours
+MINUTE = 60_000
+MODEL = ("mailroom-text", "3")
+pytestmark = pytest.mark.filterwarnings("ignore:A single label was found:UserWarning")  # sklearn, on one-label windows
+
+
+def prediction(doc_id: str, label: str, received_ms: int, model=MODEL) -> dict:
+    return {"doc_id": doc_id, "sender": "s@x.example", "content_type": "TEXT", "label": label, "probabilities": {label: 1.0},
+            "model_name": model[0], "model_version": model[1], "feature_set_id": "sender-v1", "received_ms": received_ms, "features": {}}
+
+
+def truth(doc_id: str, label: str, sent_ms: int, kind: str = "CONFIRM") -> dict:
+    return {"doc_id": doc_id, "label": label, "department": DEPARTMENTS[label], "sent_ms": sent_ms, "kind": kind, "comment": None}
+
+
+class PickledMap:
+    """What a Flink MapState offers: get (a fresh copy), put, remove, iterate keys. No len, and
+    changes made in place to a value are lost."""
+
+    def __init__(self):
+        self.data: dict[int, bytes] = {}
+
+    def get(self, key):
+        return pickle.loads(self.data[key]) if key in self.data else None
+
+    def __setitem__(self, key, value):
+        self.data[key] = pickle.dumps(value)
+
+    def __delitem__(self, key):
+        del self.data[key]
+
+    def __iter__(self):
+        return iter(list(self.data))
+
+
+class Pipeline:
+    """Joiner -> AccuracyTracker, driven like the Flink job: metrics state per model key, the
+    tracker's timer fired (repeatedly, in order) when the watermark passes it."""
+
+    def __init__(self, config: MetricsConfig, panes=dict):
+        self.make_panes = panes
+        self.joiner, self.tracker = Joiner(), AccuracyTracker(config)
+        self.join_states: dict = {}
+        self.states: dict = {}
+        self.panes: dict = {}
+        self.out: list = []
+        self.max_panes = 0
+
+    def feed(self, events: list) -> None:
+        for event in events:
+            key = metrics_key(event)
+            panes = self.panes.setdefault(key, self.make_panes())
+            self.states[key] = self.tracker.apply(self.states.get(key), panes, event)
+            self.max_panes = max(self.max_panes, len(list(panes)))
+
+    def prediction(self, record: dict) -> None:
+        state, events = self.joiner.on_prediction(self.join_states.get(record["doc_id"]), record, record["received_ms"])
+        self.join_states[record["doc_id"]] = state
+        self.feed(events)
+
+    def truth(self, record: dict) -> None:
+        state, events = self.joiner.on_truth(self.join_states.get(record["doc_id"]), record, record["sent_ms"])
+        self.join_states[record["doc_id"]] = state
+        self.feed(events)
+
+    def advance(self, watermark: int) -> list:
+        fired = []
+        for key, state in self.states.items():
+            while (timer := self.tracker.next_timer_ms(state)) is not None and timer <= watermark:
+                fired += self.tracker.on_timer(state, self.panes[key], timer, now_ms=timer + 1)
+        self.out += fired
+        return fired
+
+    def of(self, topic: str) -> list[dict]:
+        return [o.record for o in self.out if o.topic == topic]
+
+
+def assert_matches_sklearn(report: dict, y_true: list[str], y_pred: list[str]) -> None:
+    labels = report["labels"]
+    assert sorted(labels) == sorted(set(y_true) | set(y_pred))
+    assert report["count"] == len(y_true)
+    assert report["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
+    assert report["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro", zero_division=0))
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    assert [c["label"] for c in report["per_class"]] == labels
+    assert [c["precision"] for c in report["per_class"]] == pytest.approx(list(precision))
+    assert [c["recall"] for c in report["per_class"]] == pytest.approx(list(recall))
+    assert [c["f1"] for c in report["per_class"]] == pytest.approx(list(f1))
+    assert [c["support"] for c in report["per_class"]] == list(support)
+    assert report["confusion"] == confusion_matrix(y_true, y_pred, labels=labels).tolist()
+
+
+# --- figures = scikit-learn ------------------------------------------------------------------
+
+
+def test_figures_equal_sklearn_on_random_pairs():
+    rng = random.Random(1)
+    for _ in range(100):
+        pool = rng.sample([*LABELS, "brand_new_class"], rng.randint(1, 8))
+        y_true = [rng.choice(pool) for _ in range(rng.randint(1, 60))]
+        y_pred = [t if rng.random() < 0.6 else rng.choice(pool) for t in y_true]
+        confusion = {}
+        for key in zip(y_true, y_pred):
+            confusion[key] = confusion.get(key, 0) + 1
+        assert_matches_sklearn(figures(confusion), y_true, y_pred)
+
+
+def test_figures_of_nothing_are_null():
+    assert figures({}) == {"count": 0, "accuracy": None, "macro_f1": None, "labels": [], "per_class": [], "confusion": []}
+
+
+def test_macro_f1_counts_a_class_that_was_predicted_but_never_true_with_f1_zero():
+    report = figures({("invoice", "invoice"): 3, ("offer", "other"): 1, ("offer", "offer"): 1})
+    assert report["labels"] == ["invoice", "offer", "other"]
+    assert report["macro_f1"] == pytest.approx((1 + 2 / 3 + 0) / 3)
+
+
+# --- windows and last N = scikit-learn on the same pairs, with corrections -------------------
+
+
+def random_stream(rng: random.Random, docs: int, span_ms: int):
+    """Predictions over `span_ms`; 80% get truth within 40 minutes, 10% of those a correction."""
+    records, final = [], {}
+    for i in range(docs):
+        doc, received = f"d{i}", T0 + rng.randrange(span_ms)
+        actual = rng.choice(LABELS)
+        predicted = actual if rng.random() < 0.7 else rng.choice(LABELS)
+        records.append(prediction(doc, predicted, received))
+        final[doc] = {"received": received, "predicted": predicted, "actual": None}
+        if rng.random() < 0.8:
+            first = actual if rng.random() < 0.9 else rng.choice(LABELS)
+            records.append(truth(doc, first, received + rng.randrange(40 * MINUTE), "CONFIRM"))
+            final[doc]["actual"] = first
+            if first != actual:
+                records.append(truth(doc, actual, received + 40 * MINUTE + rng.randrange(10 * MINUTE), "CORRECT"))
+                final[doc]["actual"] = actual
+    records.sort(key=lambda r: r.get("sent_ms", r.get("received_ms")))
+    return records, final
+
+
+@pytest.mark.parametrize("panes", [dict, PickledMap], ids=["dict", "map-state"])
+def test_every_window_report_equals_sklearn_on_its_pairs(panes):
+    rng = random.Random(2)
+    config = MetricsConfig(window_ms=HOUR_MS, slide_ms=15 * MINUTE, settle_ms=HOUR_MS)
+    pipeline = Pipeline(config, panes)
+    records, final = random_stream(rng, 1500, 6 * HOUR_MS)
+    for record in records:
+        pipeline.prediction(record) if "received_ms" in record else pipeline.truth(record)
+        pipeline.advance(record.get("received_ms", record.get("sent_ms")) - 5 * MINUTE)  # watermark: 5 minutes behind
+    pipeline.advance(2**63 - 1)
+    reports = pipeline.of("metrics")
+    assert len(reports) == 6 * 4 + 3  # every 15-minute slide over 6 hours, plus the windows overhanging the end
+    for report in reports:
+        in_window = [d for d in final.values() if report["window_start_ms"] <= d["received"] < report["window_end_ms"]]
+        labelled = [d for d in in_window if d["actual"] is not None]
+        assert report["predictions"] == len(in_window)
+        assert report["label_coverage"] == pytest.approx(len(labelled) / len(in_window))
+        assert_matches_sklearn(report, [d["actual"] for d in labelled], [d["predicted"] for d in labelled])
+        assert codec.decode(codec.encode("accuracy_report", report), expected="accuracy_report").record == report
+    assert pipeline.states[MODEL].counts.get("late_for_windows", 0) == 0  # truth within 50 min < settle
+
+
+def test_the_last_n_view_equals_sklearn_on_the_last_n_matched_pairs():
+    rng = random.Random(4)
+    tracker, state, panes = AccuracyTracker(MetricsConfig(last_n=100)), None, {}
+    joiner, matched = Joiner(), {}
+    for i in range(400):
+        doc, received = f"d{i}", T0 + i * MINUTE
+        actual, predicted = rng.choice(LABELS), rng.choice(LABELS)
+        join_state, events = joiner.on_prediction(None, prediction(doc, predicted, received), received)
+        join_state, more = joiner.on_truth(join_state, truth(doc, rng.choice(LABELS), received + 1), received + 1)
+        if i % 3 == 0:
+            join_state, correction = joiner.on_truth(join_state, truth(doc, actual, received + 2, "CORRECT"), received + 2)
+            more += correction
+        for event in events + more:
+            state = tracker.apply(state, panes, event)
+            if isinstance(event, (Matched, Corrected)):
+                pair = event.pair if isinstance(event, Matched) else event.new
+                matched[doc] = (pair.actual, pair.predicted)  # a correction keeps the pair's place
+    last = list(matched.values())[-100:]
+    summary = tracker.recent_summary(state)
+    assert_matches_sklearn(summary, [a for a, _ in last], [p for _, p in last])
+    assert summary["first_matched_ms"] == T0 + 300 * MINUTE + 1 and summary["last_matched_ms"] == T0 + 399 * MINUTE + 1
+
+
+def test_a_correction_retracts_the_old_pair_from_its_window():
+    pipeline = Pipeline(MetricsConfig(window_ms=HOUR_MS, slide_ms=HOUR_MS, settle_ms=0))
+    pipeline.prediction(prediction("d1", "invoice", T0))
+    pipeline.truth(truth("d1", "invoice", T0 + MINUTE))
+    pipeline.truth(truth("d1", "offer", T0 + 2 * MINUTE, "CORRECT"))
+    (report,) = pipeline.advance(T0 + HOUR_MS)
+    assert report.record["confusion"] == [[0, 0], [1, 0]] and report.record["labels"] == ["invoice", "offer"]
+    assert pipeline.states[MODEL].counts == {"Predicted": 1, "Matched": 1, "Corrected": 1}
+
+
+# --- sliding, forgetting, lateness -----------------------------------------------------------
+
+
+def test_windows_slide_and_old_panes_drop_out():
+    config = MetricsConfig(window_ms=HOUR_MS, slide_ms=5 * MINUTE, settle_ms=30 * MINUTE)
+    pipeline = Pipeline(config)
+    for i in range(24 * 60):  # a day, one labelled prediction a minute; wrong in the first hour only
+        received = T0 + i * MINUTE
+        pipeline.prediction(prediction(f"d{i}", "invoice" if i >= 60 else "offer", received))
+        pipeline.truth(truth(f"d{i}", "invoice", received + MINUTE))
+        pipeline.advance(received)
+    reports = pipeline.of("metrics")
+    ends = [r["window_end_ms"] for r in reports]
+    assert ends == list(range(T0 + 5 * MINUTE, ends[-1] + 1, 5 * MINUTE))  # one report per slide, in order
+    by_end = {r["window_end_ms"]: r for r in reports}
+    assert by_end[T0 + HOUR_MS]["accuracy"] == 0.0 and by_end[T0 + HOUR_MS]["predictions"] == 60
+    assert by_end[T0 + HOUR_MS + 30 * MINUTE]["accuracy"] == 0.5
+    assert by_end[T0 + 2 * HOUR_MS]["accuracy"] == 1.0  # the first hour has slid out
+    assert pipeline.max_panes <= (config.window_ms + config.settle_ms) // config.slide_ms + 2
+    assert min(pipeline.panes[MODEL]) >= T0 + 22 * HOUR_MS  # only recent panes are kept
+
+
+def test_truth_for_a_window_already_reported_counts_as_late_and_enters_the_last_n():
+    pipeline = Pipeline(MetricsConfig(window_ms=HOUR_MS, slide_ms=HOUR_MS, settle_ms=0))
+    pipeline.prediction(prediction("d1", "invoice", T0))
+    pipeline.advance(T0 + HOUR_MS)
+    pipeline.truth(truth("d1", "invoice", T0 + 2 * HOUR_MS))
+    state = pipeline.states[MODEL]
+    assert [r["count"] for r in pipeline.of("metrics")] == [0] and state.counts["late_for_windows"] == 1
+    assert pipeline.tracker.recent_summary(state)["count"] == 1
+
+
+def test_an_idle_model_reports_nothing_and_needs_no_timer():
+    pipeline = Pipeline(MetricsConfig(window_ms=HOUR_MS, slide_ms=HOUR_MS, settle_ms=0))
+    pipeline.prediction(prediction("d1", "invoice", T0))
+    pipeline.prediction(prediction("d2", "invoice", T0 + 30 * 24 * HOUR_MS))
+    pipeline.advance(2**63 - 1)
+    assert [r["window_start_ms"] for r in pipeline.of("metrics")] == [T0, T0 + 30 * 24 * HOUR_MS]
+    assert pipeline.tracker.next_timer_ms(pipeline.states[MODEL]) is None and pipeline.panes[MODEL] == {}
+
+
+# --- alerts ----------------------------------------------------------------------------------
+
+ALERTING = MetricsConfig(window_ms=HOUR_MS, slide_ms=5 * MINUTE, settle_ms=HOUR_MS, min_support=100, min_macro_f1=0.8, min_accuracy=0.8)
+
+
+def run_model(seed: int, hours: int, wrong_on: dict[int, str]) -> Pipeline:
+    """A document every 20 s, truth within 30 minutes; in the hours listed in `wrong_on` the model
+    calls every document of that class an offer (otherwise it is right 92% of the time)."""
+    rng, pipeline = random.Random(seed), Pipeline(ALERTING)
+    for i in range(hours * 180):
+        received = T0 + i * 20_000
+        actual = rng.choice(LABELS)
+        if wrong_on.get(i // 180) == actual:
+            predicted = "offer"
+        else:
+            predicted = actual if rng.random() < 0.92 else rng.choice([label for label in LABELS if label != actual])
+        pipeline.prediction(prediction(f"d{i}", predicted, received))
+        pipeline.truth(truth(f"d{i}", actual, received + rng.randrange(30 * MINUTE)))
+        pipeline.advance(received)
+    pipeline.advance(2**63 - 1)
+    return pipeline
+
+
+def recall(report: dict, label: str) -> float:
+    return next(c["recall"] for c in report["per_class"] if c["label"] == label)
+
+
+def test_a_healthy_model_raises_no_alert():
+    pipeline = run_model(seed=5, hours=10, wrong_on={})
+    assert pipeline.of("alerts") == [] and pipeline.of("retraining_requests") == []
+    assert min(r["macro_f1"] for r in pipeline.of("metrics") if r["count"] >= 100) > 0.85
+
+
+def test_a_model_wrong_on_one_class_raises_exactly_one_alert_and_one_retraining_request():
+    pipeline = run_model(seed=5, hours=10, wrong_on={h: "invoice" for h in range(4, 10)})
+    reports = {r["window_end_ms"]: r for r in pipeline.of("metrics")}
+    healthy, degraded = reports[T0 + 3 * HOUR_MS], reports[T0 + 8 * HOUR_MS]
+    assert recall(healthy, "invoice") > 0.85 and recall(degraded, "invoice") == 0.0
+    assert healthy["macro_f1"] > 0.85 > 0.8 > degraded["macro_f1"]
+
+    (alert,) = pipeline.of("alerts")
+    (request,) = pipeline.of("retraining_requests")
+    assert (alert["kind"], alert["metric"], alert["severity"], alert["model_version"]) == ("macro_f1_drop", "macro_f1", "CRITICAL", "3")
+    assert T0 + 4 * HOUR_MS < alert["window_end_ms"] <= T0 + 5 * HOUR_MS and alert["value"] < 0.8 == alert["threshold"]
+    assert request["alert_id"] == alert["alert_id"] and request["weakest_labels"][0] == "invoice"
+    assert request["labelled_pairs"] >= 100 and "invoice (recall" in alert["message"]
+    assert codec.decode(codec.encode("alert", alert), expected="alert").record == alert
+    assert codec.decode(codec.encode("retraining_request", request), expected="retraining_request").record == request
+
+
+def test_the_alert_re_arms_after_recovery():
+    pipeline = run_model(seed=6, hours=12, wrong_on={**{h: "invoice" for h in range(2, 4)}, **{h: "complaint" for h in range(8, 10)}})
+    alerts = pipeline.of("alerts")
+    assert len(alerts) == 2 and alerts[0]["alert_id"] != alerts[1]["alert_id"]
+    assert alerts[0]["window_end_ms"] < T0 + 5 * HOUR_MS < T0 + 8 * HOUR_MS < alerts[1]["window_end_ms"]
+
+
+def test_too_little_support_never_alerts():
+    pipeline = Pipeline(MetricsConfig(window_ms=HOUR_MS, slide_ms=HOUR_MS, settle_ms=0, min_support=50))
+    for i in range(49):
+        pipeline.prediction(prediction(f"d{i}", "offer", T0 + i))
+        pipeline.truth(truth(f"d{i}", "invoice", T0 + i + 1))
+    pipeline.advance(2**63 - 1)
+    assert pipeline.of("metrics")[0]["accuracy"] == 0.0 and pipeline.of("alerts") == []
+
+
+# --- keys, Redis, state ----------------------------------------------------------------------
+
+
+def test_redis_mapping_is_one_bounded_hash_per_model_version_and_orphans_have_their_own():
+    pipeline = Pipeline(MetricsConfig(window_ms=HOUR_MS, slide_ms=HOUR_MS, settle_ms=0))
+    for i in range(3000):
+        pipeline.prediction(prediction(f"d{i}", "invoice", T0 + i * MINUTE))
+        pipeline.truth(truth(f"d{i}", "invoice", T0 + i * MINUTE + 1))
+    pipeline.truth(truth("ghost", "offer", T0))
+    pipeline.advance(T0 + 3000 * MINUTE)
+    for i in range(3000):
+        pipeline.join_states[f"d{i}"], events = pipeline.joiner.on_timer(pipeline.join_states[f"d{i}"], T0 + 30 * 24 * HOUR_MS)
+        pipeline.feed(events)
+    pipeline.join_states["ghost"], events = pipeline.joiner.on_timer(pipeline.join_states["ghost"], T0 + HOUR_MS)
+    pipeline.feed(events)
+    tracker, state = pipeline.tracker, pipeline.states[MODEL]
+    assert tracker.redis_key(state) == "mailroom:accuracy:mailroom-text:3"
+    assert tracker.redis_key(pipeline.states[UNATTRIBUTED]) == "mailroom:accuracy:unattributed"
+    mapping = tracker.redis_mapping(state, now_ms=123)
+    assert set(mapping) == {"model_name", "model_version", "updated_ms", "window", "recent", "counts", "resolved_coverage", "alerting"}
+    assert all(isinstance(v, str) for v in mapping.values()) and len(mapping["recent"]) < 2000
+    assert json.loads(mapping["window"])["window_end_ms"] == T0 + 50 * HOUR_MS and json.loads(mapping["recent"])["count"] == 1000
+    assert json.loads(mapping["counts"]) == {"Predicted": 3000, "Matched": 3000} and mapping["resolved_coverage"] == "1.0"
+    assert json.loads(tracker.redis_mapping(pipeline.states[UNATTRIBUTED], 0)["counts"]) == {"OrphanTruth": 1}
+
+
+def test_state_is_picklable_and_config_is_checked():
+    pipeline = Pipeline(MetricsConfig())
+    pipeline.prediction(prediction("d1", "invoice", T0))
+    pipeline.truth(truth("d1", "invoice", T0 + 1))
+    state = pipeline.states[MODEL]
+    assert pickle.loads(pickle.dumps(state)) == state and pickle.loads(pickle.dumps(pipeline.panes)) == pipeline.panes
+    with pytest.raises(ValueError):
+        MetricsConfig(window_ms=HOUR_MS, slide_ms=7 * MINUTE)
