@@ -9,16 +9,24 @@ from __future__ import annotations
 import importlib.util
 import os
 import subprocess
+from pathlib import Path
 
 from mailroom.settings import Settings
 from mailroom.flinkconf import flink_home
 from mailroom.stack import FlinkCluster
 
 
-def job_command(settings: Settings, module: str, args: list[str], cluster: bool = False, detached: bool = False) -> tuple[list[str], dict]:
+def job_log_dir(settings: Settings, module: str) -> Path:
+    """Where an embedded job's Flink log goes (Python logging of its functions included)."""
+    return settings.run_dir / "logs" / module
+
+
+def job_command(settings: Settings, module: str, args: list[str], cluster: bool = False, detached: bool = False,
+                log_dir: Path | None = None) -> tuple[list[str], dict]:
     """The command line and environment that run `module` (e.g. 'jobs.smoke') with `args`."""
     env = {**os.environ, **_settings_env(settings)}
     if not cluster:
+        env["FLINK_LOG_DIR"] = str(log_dir or job_log_dir(settings, module))
         return [settings.python_executable, "-m", module, *args], env
     script = importlib.util.find_spec(module).origin
     flink = FlinkCluster(settings)
@@ -35,15 +43,16 @@ def job_command(settings: Settings, module: str, args: list[str], cluster: bool 
     return cmd, env
 
 
-def run_job(settings: Settings, module: str, args: list[str], cluster: bool = False, detached: bool = False, timeout: float | None = None) -> subprocess.CompletedProcess:
+def run_job(settings: Settings, module: str, args: list[str], cluster: bool = False, detached: bool = False, timeout: float | None = None,
+            log_dir: Path | None = None) -> subprocess.CompletedProcess:
     """Run a job to completion (or, detached, until the cluster accepted it)."""
-    cmd, env = job_command(settings, module, args, cluster, detached)
+    cmd, env = job_command(settings, module, args, cluster, detached, log_dir)
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def start_job(settings: Settings, module: str, args: list[str], log_path, cluster: bool = False) -> subprocess.Popen:
+def start_job(settings: Settings, module: str, args: list[str], log_path, cluster: bool = False, log_dir: Path | None = None) -> subprocess.Popen:
     """Start a (long-running) job in the background, its output going to `log_path`."""
-    cmd, env = job_command(settings, module, args, cluster)
+    cmd, env = job_command(settings, module, args, cluster, log_dir=log_dir)
     log = open(log_path, "ab")
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 

@@ -60,3 +60,35 @@ def topics(stack, test_settings):
     yield make
     if made:
         delete_topics(test_settings, made)
+
+
+@pytest.fixture(scope="session")
+def registry(test_settings):
+    """A registry with text and image champions, trained (quick) for this test session."""
+    import shutil
+    import subprocess
+
+    path = test_settings.run_dir / "registry"
+    shutil.rmtree(path, ignore_errors=True)
+    out = subprocess.run([test_settings.python_executable, "-m", "mailroom.cli", "train", "--quick", "-n", "1500", "--no-real",
+                          "--no-progress", "--registry", str(path)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return path
+
+
+@pytest.fixture
+def pipeline_settings(stack, test_settings, registry):
+    """Settings whose topic prefix is unique to the test: every declared topic, fresh."""
+    from dataclasses import replace
+
+    from mailroom.kafkautil import admin
+    from mailroom.stack import Kafka
+
+    settings = replace(test_settings, topic_prefix=f"t{uuid.uuid4().hex[:8]}.", registry_dir=registry)
+    Kafka(settings).create_topics()
+    yield settings
+    client = admin(settings)
+    try:
+        client.delete_topics([t for t in client.list_topics() if t.startswith(settings.topic_prefix)])
+    finally:
+        client.close()

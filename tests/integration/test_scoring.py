@@ -1,0 +1,159 @@
+"""The scoring job on the real stack: documents end to end into department topics exactly
+once; sender features in Flink and in Redis; a Redis outage mid-run; a model trained on
+another feature set refused at start-up."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections import Counter
+
+import pytest
+
+from mailroom.kafkautil import producer, read_topic
+from mailroom.produce import DocumentProducer
+from mailroom.stack import Redis
+from mailroom.submit import run_job, start_job
+from mailroom.topics import DEPARTMENTS, department_topic_key, topic_name
+from models.generator import generate
+from schemas import codec
+from tests.unit.badinputs import text_document
+from udfs.features import FEATURE_SET_ID, SENDER_FEATURES
+from udfs.routing import Router, RouterConfig
+from udfs.scoring import ScoringConfig
+
+
+def _predictions(settings, count: int, timeout_s: float = 120) -> list[dict]:
+    records = read_topic(settings, topic_name("predictions", settings.topic_prefix), min_count=count, timeout_s=timeout_s)
+    return [codec.decode(r.value, expected="prediction").record for r in records]
+
+
+def _department_records(settings) -> dict[str, list[dict]]:
+    return {
+        dept: [codec.decode(r.value).record for r in read_topic(settings, topic_name(department_topic_key(label), settings.topic_prefix), timeout_s=2)]
+        for label, dept in DEPARTMENTS.items()
+    }
+
+
+def _send_routed(settings, docs: list[dict]) -> None:
+    """Route documents with the router's own logic and put them, in order, on one partition."""
+    router, prod = Router(RouterConfig()), producer(settings)
+    for offset, doc in enumerate(docs):
+        result = router.route(codec.encode("document", doc), "test", 0, offset, doc["received_ms"])
+        assert result.destination.value == "routed_text", result.message
+        prod.send(topic_name("routed_text", settings.topic_prefix), result.value, partition=0)
+    prod.flush()
+    prod.close()
+
+
+def test_documents_end_to_end_into_department_topics_exactly_once(pipeline_settings):
+    settings = pipeline_settings
+    docs = list(generate(400, seed=23))
+    now = int(time.time() * 1000)
+    for doc in docs:
+        doc["received_ms"] = now
+    truth = {d["doc_id"]: d["label"] for d in docs}
+    with DocumentProducer(settings) as prod:
+        assert prod.send_many(docs, progress=False).sent == len(docs)
+
+    for job, group in (("jobs.router", "router"), ("jobs.scoring", "scoring")):
+        result = run_job(settings, job, ["--bounded", "--group-id", f"{settings.topic_prefix}{group}"], timeout=900)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    predictions = _predictions(settings, len(docs))
+    assert sorted(p["doc_id"] for p in predictions) == sorted(truth)  # the log has every document, once
+    departments = _department_records(settings)
+    delivered = Counter(r["doc_id"] for records in departments.values() for r in records)
+    assert set(delivered) == set(truth) and max(delivered.values()) == 1  # each in exactly one department topic
+
+    champion_versions = {"TEXT": ScoringConfig.from_registry(settings.registry_dir).text_model.version,
+                         "IMAGE": ScoringConfig.from_registry(settings.registry_dir).image_model.version}
+    right = 0
+    for dept, records in departments.items():
+        for p in records:
+            assert p["model_version"] == str(champion_versions[p["content_type"]]) and p["feature_set_id"] == FEATURE_SET_ID
+            confident = max(p["probabilities"].values()) >= ScoringConfig.triage_threshold
+            assert dept == (DEPARTMENTS[p["label"]] if confident else DEPARTMENTS["other"])
+            if p["label"] == truth[p["doc_id"]] and confident:
+                assert dept == DEPARTMENTS[truth[p["doc_id"]]]  # right model -> right department
+                right += 1
+    assert right > len(docs) * 0.6, f"only {right} of {len(docs)} routed to the right department"
+    assert all(p["latency_ms"] >= 0 for p in predictions)
+
+
+def test_sender_features_in_flink_state_and_in_redis(pipeline_settings):
+    settings = pipeline_settings
+    sender = f"features@{settings.topic_prefix}example"
+    start = int(time.time() * 1000) - 3 * 3_600_000
+    gaps_s = [0, 60, 600, 2 * 3600]  # receipt times: start, +1 min, +11 min, +2 h 11 min
+    times = [start + sum(gaps_s[: i + 1]) * 1000 for i in range(len(gaps_s))]
+    docs = [text_document(f"{settings.topic_prefix}f{i}", text=f"Invoice {i} for 40 chairs, due in 30 days.", sender=sender, received_ms=t)
+            for i, t in enumerate(times)]
+    _send_routed(settings, docs)
+    result = run_job(settings, "jobs.scoring", ["--bounded", "--group-id", f"{settings.topic_prefix}scoring"], timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    features = {p["doc_id"]: p["features"] for p in _predictions(settings, len(docs))}
+    got = [features[d["doc_id"]] for d in docs]
+    assert [f["sender_docs_1h"] for f in got] == [0, 1, 2, 0]  # the 4th comes 2 h after the 3rd
+    assert [f["sender_docs_24h"] for f in got] == [0, 1, 2, 3]
+    assert [f["sender_seen_log"] for f in got] == pytest.approx([math.log1p(n) for n in range(4)])
+    assert [f["sender_gap_log_s"] for f in got] == pytest.approx([0, math.log1p(60), math.log1p(600), math.log1p(7200)])
+    assert all(f["sender_scan_share"] == 0 for f in got)
+
+    client = settings.redis_client()
+    key = f"{ScoringConfig.redis_namespace}:sender:{sender}"
+    cached = {k.decode(): v.decode() for k, v in client.hgetall(key).items()}
+    assert cached["feature_set_id"] == FEATURE_SET_ID and cached["docs"] == "4"
+    assert float(cached["sender_gap_log_s"]) == pytest.approx(math.log1p(7200))  # the latest document's features
+    assert 0 < client.ttl(key) <= ScoringConfig.redis_ttl_s
+
+
+def test_redis_outage_mid_run_loses_nothing_and_mirroring_resumes(pipeline_settings, tmp_path):
+    settings = pipeline_settings
+    redis = Redis(settings)
+    log = tmp_path / "scoring.log"
+    batches = [[text_document(f"{settings.topic_prefix}{b}-{i}", text=f"Complaint {i}: the delivery was late again.",
+                              sender=f"s{b}-{i % 7}@{settings.topic_prefix}example", received_ms=int(time.time() * 1000))
+                for i in range(60)] for b in "abc"]
+    job = start_job(settings, "jobs.scoring", ["--group-id", f"{settings.topic_prefix}scoring"], log, log_dir=tmp_path / "flink")
+    try:
+        _send_routed(settings, batches[0])
+        assert len(_predictions(settings, 60, timeout_s=180)) == 60, log.read_text()[-3000:]
+        redis.stop()
+        _send_routed(settings, batches[1])
+        assert len(_predictions(settings, 120, timeout_s=120)) == 120  # scoring goes on from Flink state
+        redis.start()
+        time.sleep(2)  # the mirror retries every second
+        _send_routed(settings, batches[2])
+        predictions = _predictions(settings, 180, timeout_s=120)
+        client = settings.redis_client()
+        deadline = time.monotonic() + 30
+        while not client.exists(f"{ScoringConfig.redis_namespace}:sender:sc-0@{settings.topic_prefix}example") and time.monotonic() < deadline:
+            time.sleep(0.5)
+    finally:
+        job.terminate()
+        job.wait(60)
+    ids = [p["doc_id"] for p in predictions]
+    assert len(ids) == len(set(ids)) == 180  # nothing lost, nothing twice
+    assert client.exists(f"{ScoringConfig.redis_namespace}:sender:sc-0@{settings.topic_prefix}example")  # mirroring resumed
+    assert int(client.hget(f"{ScoringConfig.redis_namespace}:mirror", "outages")) >= 1  # the outage is on record
+    flink_log = "".join(p.read_text() for p in (tmp_path / "flink").glob("flink-*-python-*.log"))
+    assert flink_log.count("Redis feature cache unavailable") == 1  # and logged once
+    assert "Redis feature cache is back" in flink_log
+
+
+def test_model_with_another_feature_set_is_refused_at_start(pipeline_settings, tmp_path):
+    registry = tmp_path / "registry"
+    shutil.copytree(pipeline_settings.registry_dir, registry)
+    champion = ScoringConfig.from_registry(registry).text_model
+    card_path = champion.onnx_path.parent / "card.json"
+    card = json.loads(card_path.read_text())
+    card["feature_set_id"] = "sender-v0"
+    card_path.write_text(json.dumps(card))
+
+    result = run_job(pipeline_settings, "jobs.scoring", ["--bounded", "--registry", str(registry)], timeout=300)
+    assert result.returncode != 0
+    assert "Refusing to start" in result.stderr and "'sender-v0'" in result.stderr and f"'{FEATURE_SET_ID}'" in result.stderr
