@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -64,3 +65,16 @@ def _settings_env(settings: Settings) -> dict[str, str]:
     from mailroom.settings import ENV_VARS
 
     return {ENV_VARS[f.name]: str(getattr(settings, f.name)) for f in fields(settings)}
+
+
+def stop_job(job: subprocess.Popen, timeout: float = 60) -> None:
+    """Stop a job started by start_job and its MiniCluster JVM (the whole process group)."""
+    if job.poll() is None:
+        try:
+            os.killpg(job.pid, signal.SIGTERM)
+            job.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait(timeout)
+        except ProcessLookupError:
+            pass

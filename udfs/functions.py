@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import time
+from collections.abc import MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 
 from pyflink.common import Types
 from pyflink.common.time import Time
 from pyflink.datastream import KeyedCoProcessFunction, KeyedProcessFunction, MapFunction, OutputTag, ProcessFunction, RuntimeContext
-from pyflink.datastream.state import ListStateDescriptor, StateTtlConfig, ValueStateDescriptor
+from pyflink.common.watermark_strategy import TimestampAssigner
+from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
 
 from mailroom.topics import DEPARTMENTS
 from schemas import codec
+from udfs.dashboard import DashboardWriter
 from udfs.feature_cache import FeatureMirror
+from udfs.joining import Joiner, labelled_examples
+from udfs.metrics import AccuracyTracker, metrics_key
 
 from udfs.routing import Destination, DuplicateWindow, Router
 from udfs.scoring import BatchScorer, SenderFeatures
@@ -259,3 +264,114 @@ class ScoreMicroBatches(KeyedProcessFunction):
 
     def close(self):
         self.onnx_thread.shutdown()
+
+
+# --- accuracy --------------------------------------------------------------------------------
+
+ACCURACY_OUTPUTS = {key: OutputTag(key, BYTES) for key in ("metrics", "alerts", "retraining_requests", "labelled_examples")}
+
+
+class EventTimeOf(TimestampAssigner):
+    """Event time of a decoded record: a prediction's received_ms, a truth's sent_ms."""
+
+    def __init__(self, field_name: str):
+        self.field_name = field_name
+
+    def extract_timestamp(self, value, record_timestamp: int) -> int:
+        return value[self.field_name]
+
+
+class JoinPredictionsWithTruth(KeyedCoProcessFunction):
+    """Keyed by doc_id: `Joiner` over predictions (input 1) and ground truth (input 2).
+
+    Emits the join's events (for the metrics) and labelled examples (side output). The pair
+    state lives in keyed state; event-time timers end each side's wait.
+    """
+
+    def __init__(self, config):
+        self.config = config
+
+    def open(self, runtime_context: RuntimeContext):
+        descriptor = ValueStateDescriptor("pair", Types.PICKLED_BYTE_ARRAY())
+        descriptor.enable_time_to_live(_ttl(self.config.truth_wait_ms + self.config.remember_closed_ms))  # a safety net
+        self.pair = runtime_context.get_state(descriptor)
+        self.joiner = Joiner(self.config)
+
+    def process_element1(self, prediction, ctx: KeyedCoProcessFunction.Context):
+        yield from self._settle(ctx, *self.joiner.on_prediction(self.pair.value(), prediction, ctx.timestamp()))
+
+    def process_element2(self, truth, ctx: KeyedCoProcessFunction.Context):
+        yield from self._settle(ctx, *self.joiner.on_truth(self.pair.value(), truth, ctx.timestamp()))
+
+    def on_timer(self, timestamp: int, ctx: KeyedCoProcessFunction.OnTimerContext):
+        yield from self._settle(ctx, *self.joiner.on_timer(self.pair.value(), timestamp))
+
+    def _settle(self, ctx, state, events):
+        if state is None:
+            self.pair.clear()
+        else:
+            self.pair.update(state)
+            if state.next_timer_ms() is not None:
+                ctx.timer_service().register_event_time_timer(state.next_timer_ms())
+        for example in labelled_examples(events):
+            yield ACCURACY_OUTPUTS["labelled_examples"], example.encode()
+        for event in events:
+            yield "\x1f".join(metrics_key(event)), event
+
+
+class MapStateView(MutableMapping):
+    """A MapState seen as the mutable mapping AccuracyTracker expects."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def __getitem__(self, key):
+        if not self.state.contains(key):
+            raise KeyError(key)
+        return self.state.get(key)
+
+    def __setitem__(self, key, value):
+        self.state.put(key, value)
+
+    def __delitem__(self, key):
+        self.state.remove(key)
+
+    def __iter__(self):
+        return iter(list(self.state.keys()))
+
+    def __len__(self):
+        return sum(1 for _ in self.state.keys())
+
+
+class TrackAccuracy(KeyedProcessFunction):
+    """Keyed by model name + version: `AccuracyTracker` over the join's events. On event-time
+    timers it emits accuracy reports, alerts and retraining requests (side outputs) and keeps
+    the dashboard hash in Redis (with a TTL; a Redis outage is logged once and skipped)."""
+
+    def __init__(self, settings, config, redis_ttl_s: int):
+        self.settings, self.config, self.redis_ttl_s = settings, config, redis_ttl_s
+
+    def open(self, runtime_context: RuntimeContext):
+        self.metrics = runtime_context.get_state(ValueStateDescriptor("model_metrics", Types.PICKLED_BYTE_ARRAY()))
+        self.panes = MapStateView(runtime_context.get_map_state(MapStateDescriptor("panes", Types.LONG(), Types.PICKLED_BYTE_ARRAY())))
+        self.tracker = AccuracyTracker(self.config)
+        self.redis = DashboardWriter(self.settings.redis_client(socket_timeout=2, socket_connect_timeout=2), self.redis_ttl_s)
+
+    def process_element(self, item, ctx: KeyedProcessFunction.Context):
+        state = self.tracker.apply(self.metrics.value(), self.panes, item[1])
+        self._store(state, ctx)
+        return []
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
+        state = self.metrics.value()
+        outgoing = self.tracker.on_timer(state, self.panes, timestamp, _now_ms())
+        self._store(state, ctx)
+        self.redis.write(self.tracker.redis_key(state), self.tracker.redis_mapping(state, _now_ms()))
+        for record in outgoing:
+            yield ACCURACY_OUTPUTS[record.topic], record.encode()
+
+    def _store(self, state, ctx):
+        self.metrics.update(state)
+        due = self.tracker.next_timer_ms(state)
+        if due is not None:
+            ctx.timer_service().register_event_time_timer(due)

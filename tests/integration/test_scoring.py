@@ -15,7 +15,7 @@ import pytest
 from mailroom.kafkautil import producer, read_topic
 from mailroom.produce import DocumentProducer
 from mailroom.stack import Redis
-from mailroom.submit import run_job, start_job
+from mailroom.submit import run_job, start_job, stop_job
 from mailroom.topics import DEPARTMENTS, department_topic_key, topic_name
 from models.generator import generate
 from schemas import codec
@@ -134,8 +134,7 @@ def test_redis_outage_mid_run_loses_nothing_and_mirroring_resumes(pipeline_setti
         while not client.exists(f"{ScoringConfig.redis_namespace}:sender:sc-0@{settings.topic_prefix}example") and time.monotonic() < deadline:
             time.sleep(0.5)
     finally:
-        job.terminate()
-        job.wait(60)
+        stop_job(job)
     ids = [p["doc_id"] for p in predictions]
     assert len(ids) == len(set(ids)) == 180  # nothing lost, nothing twice
     assert client.exists(f"{ScoringConfig.redis_namespace}:sender:sc-0@{settings.topic_prefix}example")  # mirroring resumed

@@ -1,0 +1,103 @@
+"""The accuracy job: predictions joined with delayed ground truth; online accuracy per model.
+
+    predictions (event time: received_ms) --+
+                                            +--(key: doc_id)--> join --> labelled-examples
+    ground truth (event time: sent_ms) -----+        |
+                                      (key: model name + version) --> windows + last N
+                                      --> metrics (accuracy reports), alerts, retraining requests, Redis
+
+A separate job (not a side stream of the scoring job): ground truth arrives days later and at
+its own pace, its event-time watermarks must not hold back scoring, and it can be restarted,
+rescaled or replayed from the predictions log without touching the scoring path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pyflink.common import Duration, Types, WatermarkStrategy
+
+from jobs.connectors import BYTES, read_bytes, write_bytes
+from mailroom.flink import make_env
+from mailroom.settings import Settings
+from mailroom.topics import topic_name
+from udfs.functions import ACCURACY_OUTPUTS, DecodeRecords, EventTimeOf, JoinPredictionsWithTruth, TrackAccuracy
+from udfs.joining import JoinConfig
+from udfs.metrics import MetricsConfig
+
+JOB = "accuracy"
+MINUTE_MS = 60_000
+
+
+def build(predictions, truths, settings: Settings, join: JoinConfig, metrics: MetricsConfig, out_of_orderness_ms: int, redis_ttl_s: int):
+    """Wire the join and the metrics over raw prediction and ground-truth streams."""
+
+    def event_time(stream, record_type: str, field: str, uid: str):
+        strategy = (
+            WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(out_of_orderness_ms))
+            .with_timestamp_assigner(EventTimeOf(field))
+            .with_idleness(Duration.of_seconds(30))
+        )
+        decoded = stream.map(DecodeRecords(record_type), output_type=Types.PICKLED_BYTE_ARRAY()).name(f"decode {record_type}").uid(f"{uid}-decode")
+        return decoded.assign_timestamps_and_watermarks(strategy).name(f"event time: {field}").uid(f"{uid}-event-time")
+
+    joined = (
+        event_time(predictions, "prediction", "received_ms", "accuracy-predictions")
+        .connect(event_time(truths, "ground_truth", "sent_ms", "accuracy-truths"))
+        .key_by(lambda p: p["doc_id"], lambda t: t["doc_id"], key_type=Types.STRING())
+        .process(JoinPredictionsWithTruth(join), output_type=Types.PICKLED_BYTE_ARRAY())
+        .name("join predictions with ground truth")
+        .uid("accuracy-join")
+    )
+    reports = (
+        joined.key_by(lambda keyed_event: keyed_event[0], key_type=Types.STRING())
+        .process(TrackAccuracy(settings, metrics, redis_ttl_s), output_type=BYTES)
+        .name("online accuracy per model version")
+        .uid("accuracy-metrics")
+    )
+    outputs = {key: reports.get_side_output(tag) for key, tag in ACCURACY_OUTPUTS.items() if key != "labelled_examples"}
+    outputs["labelled_examples"] = joined.get_side_output(ACCURACY_OUTPUTS["labelled_examples"])
+    return outputs
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    j, m = JoinConfig(), MetricsConfig()
+    parser = argparse.ArgumentParser(prog="jobs/accuracy.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--group-id", default="mailroom-accuracy", help="consumer group; also names the sinks' transactions")
+    parser.add_argument("--truth-wait-ms", type=int, default=j.truth_wait_ms, help="how long a prediction waits for ground truth (default 7 days)")
+    parser.add_argument("--prediction-wait-ms", type=int, default=j.prediction_wait_ms, help="how long early truth waits for its prediction (default 1 h)")
+    parser.add_argument("--window-ms", type=int, default=m.window_ms, help="sliding window size in event time (default 1 h)")
+    parser.add_argument("--slide-ms", type=int, default=m.slide_ms, help="window slide (default 5 min)")
+    parser.add_argument("--settle-ms", type=int, default=m.settle_ms, help="report a window this long after it ends (default 1 h)")
+    parser.add_argument("--last-n", type=int, default=m.last_n, help="labelled pairs in the last-N view (default %(default)s)")
+    parser.add_argument("--min-support", type=int, default=m.min_support, help="labelled pairs before alerting (default %(default)s)")
+    parser.add_argument("--min-macro-f1", type=float, default=m.min_macro_f1, help="alert below this macro-F1 (default %(default)s)")
+    parser.add_argument("--min-accuracy", type=float, default=m.min_accuracy, help="alert below this accuracy (default %(default)s)")
+    parser.add_argument("--out-of-orderness-ms", type=int, default=5 * MINUTE_MS, help="watermark lag behind the newest event (default 5 min)")
+    parser.add_argument("--redis-ttl-s", type=int, default=7 * 24 * 3600, help="TTL of the dashboard keys in Redis (default 7 days)")
+    parser.add_argument("--parallelism", type=int, default=None, help="operator parallelism (default: flink-conf)")
+    parser.add_argument("--bounded", action="store_true", help="stop at the inputs' latest offsets at start; then every wait ends")
+    parser.add_argument("--restore-from", default=None, help="resume from this checkpoint or savepoint path")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = Settings.from_env()
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    join = JoinConfig(truth_wait_ms=args.truth_wait_ms, prediction_wait_ms=args.prediction_wait_ms)
+    metrics = MetricsConfig(window_ms=args.window_ms, slide_ms=args.slide_ms, settle_ms=args.settle_ms, last_n=args.last_n,
+                            min_support=args.min_support, min_macro_f1=args.min_macro_f1, min_accuracy=args.min_accuracy)
+    env = make_env(settings, JOB, args.parallelism, args.restore_from)
+    prefix = settings.topic_prefix
+    predictions = read_bytes(env, settings, [topic_name("predictions", prefix)], f"{args.group_id}-predictions", uid="accuracy-source-predictions", bounded=args.bounded)
+    truths = read_bytes(env, settings, [topic_name("ground_truth", prefix)], f"{args.group_id}-truth", uid="accuracy-source-truth", bounded=args.bounded)
+    outputs = build(predictions, truths, settings, join, metrics, args.out_of_orderness_ms, args.redis_ttl_s)
+    for key, stream in outputs.items():
+        topic = topic_name(key, prefix)
+        stream.sink_to(write_bytes(settings, topic, f"{args.group_id}-{key}")).name(f"kafka: {topic}").uid(f"accuracy-sink-{key}")
+    env.execute(f"mailroom-{JOB}")
+
+
+if __name__ == "__main__":
+    main()
