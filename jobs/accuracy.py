@@ -34,10 +34,10 @@ def build(predictions, truths, settings: Settings, join: JoinConfig, metrics: Me
     """Wire the join and the metrics over raw prediction and ground-truth streams."""
 
     def event_time(stream, record_type: str, field: str, uid: str):
-        strategy = (
+        strategy = (  # with_idleness returns a new strategy without a Python assigner: assigner last
             WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(out_of_orderness_ms))
-            .with_timestamp_assigner(EventTimeOf(field))
             .with_idleness(Duration.of_seconds(30))
+            .with_timestamp_assigner(EventTimeOf(field))
         )
         decoded = stream.map(DecodeRecords(record_type), output_type=Types.PICKLED_BYTE_ARRAY()).name(f"decode {record_type}").uid(f"{uid}-decode")
         return decoded.assign_timestamps_and_watermarks(strategy).name(f"event time: {field}").uid(f"{uid}-event-time")

@@ -360,6 +360,8 @@ class TrackAccuracy(KeyedProcessFunction):
     def process_element(self, item, ctx: KeyedProcessFunction.Context):
         state = self.tracker.apply(self.metrics.value(), self.panes, item[1])
         self._store(state, ctx)
+        if self.tracker.next_timer_ms(state) is None:  # no window will report (orphan truths): show the counts now
+            self.redis.write(self.tracker.redis_key(state), self.tracker.redis_mapping(state, _now_ms()))
         return []
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):

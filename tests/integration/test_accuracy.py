@@ -1,0 +1,145 @@
+"""The accuracy job on the real stack: predictions joined with delayed ground truth in either
+order, late truth counted not matched, figures equal to scikit-learn's, a planted degradation
+alerting, and a crash + restart counting no pair twice."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+
+import pytest
+from sklearn.metrics import accuracy_score, f1_score, recall_score
+
+from mailroom.flink import latest_checkpoint
+from mailroom.kafkautil import producer, read_topic
+from mailroom.submit import run_job, start_job, stop_job
+from mailroom.topics import DEPARTMENTS, LABELS, topic_name
+from schemas import codec
+
+BASE_MS = 1_790_000_000_000
+HOUR_MS = 3_600_000
+ONE_WINDOW = ["--window-ms", str(24 * HOUR_MS), "--slide-ms", str(24 * HOUR_MS), "--settle-ms", "0"]
+
+
+def _prediction(doc_id: str, label: str, at_ms: int, version: str = "1") -> dict:
+    return {"doc_id": doc_id, "sender": "s@example", "content_type": "TEXT", "label": label,
+            "probabilities": {label: 0.9}, "model_name": "mailroom-text", "model_version": version, "feature_set_id": "sender-v1",
+            "department": DEPARTMENTS[label], "received_ms": at_ms, "scored_ms": at_ms + 50, "latency_ms": 50, "features": {}}
+
+
+def _truth(doc_id: str, label: str, sent_ms: int, kind: str = "CONFIRM") -> dict:
+    return {"doc_id": doc_id, "label": label, "department": DEPARTMENTS[label], "sent_ms": sent_ms, "kind": kind, "comment": None}
+
+
+def _send(settings, key: str, record_type: str, records: list[dict]) -> None:
+    prod = producer(settings)
+    for record in records:
+        prod.send(topic_name(key, settings.topic_prefix), codec.encode(record_type, record), key=record["doc_id"].encode())
+    prod.flush()
+    prod.close()
+
+
+def _read(settings, key: str, min_count: int = 0, timeout_s: float = 10) -> list[dict]:
+    return [codec.decode(r.value).record for r in read_topic(settings, topic_name(key, settings.topic_prefix), min_count, timeout_s)]
+
+
+def _stream(n: int, wrong_on: str | None, seed: int, version: str = "1", prefix: str = "d"):
+    """n predictions a minute apart, right 90% of the time (always wrong on `wrong_on`), + truths."""
+    rng = random.Random(seed)
+    predictions, truths = [], []
+    for i in range(n):
+        actual = LABELS[i % len(LABELS)]
+        if actual == wrong_on:
+            predicted = "offer" if actual != "offer" else "other"
+        else:
+            predicted = actual if rng.random() < 0.9 else rng.choice(LABELS)
+        at = BASE_MS + i * 60_000
+        predictions.append(_prediction(f"{prefix}{i}", predicted, at, version))
+        truths.append(_truth(f"{prefix}{i}", actual, at + rng.randint(1_000, 3 * HOUR_MS)))
+    return predictions, truths
+
+
+def test_join_in_either_order_late_truth_and_figures_match_sklearn(pipeline_settings):
+    settings = pipeline_settings
+    predictions, truths = _stream(300, wrong_on=None, seed=1)
+    for i in range(0, 300, 2):  # every other truth comes first, in event time and on the wire
+        truths[i]["sent_ms"] = predictions[i]["received_ms"] - 30_000
+    late = [_truth(f"late{i}", "invoice", BASE_MS + i * 60_000 + 5 * HOUR_MS) for i in range(5)]  # after the wait
+    late_predictions = [_prediction(f"late{i}", "invoice", BASE_MS + i * 60_000) for i in range(5)]
+    orphans = [_truth(f"orphan{i}", "complaint", BASE_MS + i) for i in range(3)]
+    _send(settings, "ground_truth", "ground_truth", [t for i, t in enumerate(truths) if i % 2 == 0])
+    _send(settings, "predictions", "prediction", predictions + late_predictions)
+    _send(settings, "ground_truth", "ground_truth", [t for i, t in enumerate(truths) if i % 2] + late + orphans)
+
+    result = run_job(settings, "jobs.accuracy", ["--bounded", "--truth-wait-ms", str(2 * HOUR_MS + 3 * HOUR_MS // 2), *ONE_WINDOW],
+                     timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    examples = _read(settings, "labelled_examples", min_count=300)
+    assert sorted(e["doc_id"] for e in examples) == sorted(p["doc_id"] for p in predictions)  # each matched once, late ones never
+    reports = [r for r in _read(settings, "metrics", min_count=1) if r["model_name"] == "mailroom-text"]
+    assert len(reports) == 1
+    report = reports[0]
+    y_true, y_pred = [e["true_label"] for e in examples], [e["predicted_label"] for e in examples]
+    assert report["count"] == 300 and report["predictions"] == 305
+    assert report["label_coverage"] == pytest.approx(300 / 305)
+    assert report["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
+    assert report["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro", zero_division=0))
+    per_class = {c["label"]: c for c in report["per_class"]}
+    for label in set(y_true):
+        assert per_class[label]["recall"] == pytest.approx(recall_score(y_true, y_pred, labels=[label], average="macro", zero_division=0))
+
+    dashboard = settings.redis_client().hgetall("mailroom:accuracy:mailroom-text:1")
+    counts = json.loads(dashboard[b"counts"])
+    assert counts["LateTruth"] == 5 and counts["Matched"] == 300 and counts["Unmatched"] == 5
+    orphaned = json.loads(settings.redis_client().hget("mailroom:accuracy:unattributed", "counts"))
+    assert orphaned["OrphanTruth"] == 3
+
+
+def test_planted_degradation_alerts_and_a_healthy_model_does_not(pipeline_settings):
+    settings = pipeline_settings
+    healthy, healthy_truth = _stream(350, wrong_on=None, seed=2, version="1", prefix="h")
+    broken, broken_truth = _stream(350, wrong_on="invoice", seed=3, version="2", prefix="b")
+    _send(settings, "predictions", "prediction", healthy + broken)
+    _send(settings, "ground_truth", "ground_truth", healthy_truth + broken_truth)
+    result = run_job(settings, "jobs.accuracy", ["--bounded", *ONE_WINDOW, "--min-support", "100", "--min-macro-f1", "0.85"], timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    reports = {r["model_version"]: r for r in _read(settings, "metrics", min_count=2)}
+    recall = {v: {c["label"]: c["recall"] for c in r["per_class"]} for v, r in reports.items()}
+    assert recall["2"]["invoice"] == 0 and recall["1"]["invoice"] > 0.7
+    assert reports["2"]["macro_f1"] < 0.85 <= reports["1"]["macro_f1"]
+    alerts = _read(settings, "alerts", min_count=1)
+    assert [(a["model_version"], a["metric"]) for a in alerts] == [("2", "macro_f1")]
+    requests = _read(settings, "retraining_requests", min_count=1)
+    assert [r["model_version"] for r in requests] == ["2"]
+
+
+def test_crash_and_restart_counts_no_pair_twice(pipeline_settings, tmp_path):
+    settings = pipeline_settings
+    predictions, truths = _stream(400, wrong_on=None, seed=4)
+    group = f"{settings.topic_prefix}accuracy"
+    args = ["--group-id", group, *ONE_WINDOW, "--out-of-orderness-ms", "0"]
+    job = start_job(settings, "jobs.accuracy", args, tmp_path / "first.log")
+    try:
+        _send(settings, "predictions", "prediction", predictions[:200])
+        _send(settings, "ground_truth", "ground_truth", truths[:200])
+        deadline = time.monotonic() + 180
+        while not (latest_checkpoint(settings, "accuracy") and len(_read(settings, "labelled_examples", timeout_s=1)) >= 100):
+            assert time.monotonic() < deadline and job.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            time.sleep(1)
+        _send(settings, "predictions", "prediction", predictions[200:300])
+        _send(settings, "ground_truth", "ground_truth", truths[200:300])
+    finally:
+        stop_job(job)
+    checkpoint = latest_checkpoint(settings, "accuracy")
+    _send(settings, "predictions", "prediction", predictions[300:])
+    _send(settings, "ground_truth", "ground_truth", truths[300:])
+    resumed = start_job(settings, "jobs.accuracy", [*args, "--restore-from", str(checkpoint)], tmp_path / "second.log")
+    try:
+        examples = _read(settings, "labelled_examples", min_count=400, timeout_s=180)
+    finally:
+        stop_job(resumed)
+    ids = [e["doc_id"] for e in examples]
+    assert len(ids) == len(set(ids)) == 400
