@@ -78,6 +78,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--redis-ttl-s", type=int, default=7 * 24 * 3600, help="TTL of the dashboard keys in Redis (default 7 days)")
     parser.add_argument("--parallelism", type=int, default=None, help="operator parallelism (default: flink-conf)")
     parser.add_argument("--bounded", action="store_true", help="stop at the inputs' latest offsets at start; then every wait ends")
+    parser.add_argument("--from-ms", type=int, default=None, help="read records written from this epoch ms on, not from the group's offsets")
     parser.add_argument("--restore-from", default=None, help="resume from this checkpoint or savepoint path")
     return parser.parse_args(argv)
 
@@ -90,8 +91,10 @@ def main(argv: list[str] | None = None) -> None:
                             min_support=args.min_support, min_macro_f1=args.min_macro_f1, min_accuracy=args.min_accuracy)
     env = make_env(settings, JOB, args.parallelism, args.restore_from)
     prefix = settings.topic_prefix
-    predictions = read_bytes(env, settings, [topic_name("predictions", prefix)], f"{args.group_id}-predictions", uid="accuracy-source-predictions", bounded=args.bounded)
-    truths = read_bytes(env, settings, [topic_name("ground_truth", prefix)], f"{args.group_id}-truth", uid="accuracy-source-truth", bounded=args.bounded)
+    predictions = read_bytes(env, settings, [topic_name("predictions", prefix)], f"{args.group_id}-predictions", uid="accuracy-source-predictions",
+                             bounded=args.bounded, start_ms=args.from_ms)
+    truths = read_bytes(env, settings, [topic_name("ground_truth", prefix)], f"{args.group_id}-truth", uid="accuracy-source-truth",
+                        bounded=args.bounded, start_ms=args.from_ms)
     outputs = build(predictions, truths, settings, join, metrics, args.out_of_orderness_ms, args.redis_ttl_s)
     for key, stream in outputs.items():
         topic = topic_name(key, prefix)

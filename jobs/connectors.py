@@ -33,18 +33,24 @@ def read_bytes(
     uid: str,
     bounded: bool = False,
     watermarks: WatermarkStrategy | None = None,
+    start_ms: int | None = None,
 ) -> DataStream:
     """A stream of raw message values (`bytes`) from `topics`, read_committed.
 
     Decoding happens downstream in a process function: a deserializer could only drop or fail.
-    `bounded=True` stops at the offsets that were latest when the job started.
+    `bounded=True` stops at the offsets that were latest when the job started. `start_ms`
+    starts at the first record written at or after that time instead of the group's offsets.
     """
+    if start_ms is None:
+        start = KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST)
+    else:
+        start = KafkaOffsetsInitializer.timestamp(start_ms)
     builder = (
         KafkaSource.builder()
         .set_bootstrap_servers(settings.bootstrap_servers)
         .set_topics(*topics)
         .set_group_id(group_id)
-        .set_starting_offsets(KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST))
+        .set_starting_offsets(start)
         .set_value_only_deserializer(ByteArraySchema())
         .set_property("isolation.level", "read_committed")
         .set_property("commit.offsets.on.checkpoint", "true")

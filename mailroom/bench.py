@@ -529,7 +529,7 @@ def run_router(run: Run, kind: str) -> Result:
     """jobs.router --bounded over a pre-filled documents topic holding only texts or only scans."""
     from mailroom.kafkautil import read_topic
     from mailroom.produce import DocumentProducer, plan, to_document
-    from mailroom.submit import start_job
+    from mailroom.submit import start_job, stop_job
 
     is_scan = kind == "scans"
     docs = [d for d in run.corpus.documents if (d["content_type"] == "image") == is_scan]
@@ -544,13 +544,14 @@ def run_router(run: Run, kind: str) -> Result:
             raise BenchError(f"{name}: {len(sent.failed)} documents not acknowledged, {len(sent.refused)} refused")
         log = run.log_dir / f"{name}.log"
         started = time.time()
-        proc = start_job(settings, "jobs.router", ["--bounded", "--parallelism", "1", "--group-id", f"bench-{name}"], log)
+        proc = start_job(settings, "jobs.router", ["--bounded", "--parallelism", "1", "--group-id", f"bench-{name}"], log,
+                         log_dir=log.with_suffix(""))
         timeout_s = 300 + sent.sent / 20
         with TreeSampler([proc.pid]) as sampler, console.status(f"{name}: jobs.router --bounded over {sent.sent:,} documents"):
             try:
                 returncode = proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                _stop([proc])
+                stop_job(proc)
                 raise BenchError(f"{name}: the job did not finish within {timeout_s:.0f} s; see {log}") from None
         wall = time.time() - started
         if returncode:
@@ -565,6 +566,8 @@ def run_router(run: Run, kind: str) -> Result:
 
 def run_stream(run: Run, variant: str, parallelism: int) -> Result:
     """The peer or the scoring job: sustained rate over the routed backlog, then latency at half of it."""
+    from mailroom.submit import stop_job
+
     name = f"{variant}-p{parallelism}"
     with scratch(run, name) as settings:
         _send_backlog(settings, run.corpus, name)
@@ -582,7 +585,8 @@ def run_stream(run: Run, variant: str, parallelism: int) -> Result:
                     sent, offered = _pace(settings, run.corpus, window.rate / 2, run.paced_s, name)
                     _await(watcher, "paced", sent, procs, log, f"{name}: paced", timeout_s=120)
             finally:
-                _stop(procs)
+                for proc in procs:
+                    stop_job(proc)
         backlog, paced = list(watcher.arrivals["backlog"].values()), list(watcher.arrivals["paced"].values())
     result = _result(variant, _mixed(run.corpus), parallelism, [a.scored_ms for a in backlog], window, sampler.usage, started)
     result.offered_per_s = round(offered)
@@ -622,25 +626,8 @@ def _start(settings: Settings, variant: str, parallelism: int, log: Path) -> lis
 
     group = f"bench-{variant}-p{parallelism}"
     if variant == "mailroom":
-        return [start_job(settings, "jobs.scoring", ["--parallelism", str(parallelism), "--group-id", group], log)]
+        return [start_job(settings, "jobs.scoring", ["--parallelism", str(parallelism), "--group-id", group], log, log_dir=log.with_suffix(""))]
     return [start_job(settings, "mailroom.bench", ["--group-id", group], log) for _ in range(parallelism)]
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    """SIGTERM to the process group of each process we started (a job's client and its JVM share
-    one: start_job starts a new session), SIGKILL if it lingers."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for proc in procs:
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                pass
-        try:
-            for proc in procs:
-                proc.wait(timeout=30)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def _await(watcher: "OutputWatcher", phase: str, n: int, procs: list[subprocess.Popen], log: Path, desc: str, timeout_s: float) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from pyflink.common import Configuration
 from pyflink.datastream import StreamExecutionEnvironment
 
-from mailroom.flinkconf import job_config
+from mailroom.flinkconf import embedded_ui_port, job_config
 from mailroom.settings import Settings
 
 
@@ -22,6 +22,7 @@ def make_env(settings: Settings, job: str, parallelism: int | None = None, resto
     for key, value in job_config(settings).items():
         config.set_string(key, value)
     config.set_string("execution.checkpointing.dir", checkpoint_root(settings, job).as_uri())
+    config.set_string("rest.port", str(embedded_ui_port(settings, job)))  # the MiniCluster's web UI
     if restore_from:
         config.set_string("execution.state-recovery.path", restore_from)
     env = StreamExecutionEnvironment.get_execution_environment(config)
@@ -39,3 +40,4 @@ def latest_checkpoint(settings: Settings, job: str) -> Path | None:
     """The newest complete checkpoint (a chk-N folder with _metadata) of `job`, if any."""
     done = [p.parent for p in checkpoint_root(settings, job).glob("*/chk-*/_metadata")]
     return max(done, key=lambda p: p.stat().st_mtime) if done else None
+

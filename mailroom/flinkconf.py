@@ -46,7 +46,17 @@ def job_config(settings: Settings) -> dict[str, str]:
         "execution.checkpointing.savepoint-dir": (settings.run_dir / "savepoints").resolve().as_uri(),
         "rest.bind-address": settings.host,  # the MiniCluster's REST endpoint: loopback only
         "rest.address": settings.host,
+        "jobmanager.bind-host": settings.host,  # also the BLOB server's, which binds 0.0.0.0 otherwise
+        "taskmanager.bind-host": settings.host,
     }
+
+
+EMBEDDED_UI_OFFSETS = {"router": 10, "scoring": 11, "accuracy": 12, "smoke": 13}
+
+
+def embedded_ui_port(settings: Settings, job: str) -> int:
+    """The fixed web UI / REST port of a job's embedded MiniCluster: the session cluster's + offset."""
+    return settings.flink_rest_port + EMBEDDED_UI_OFFSETS[job]
 
 
 def flink_home() -> Path:

@@ -7,13 +7,16 @@ it). Cluster: `flink run -py jobs/<name>.py ...` from the pip package's own bin/
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import signal
 import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 from mailroom.settings import Settings
-from mailroom.flinkconf import flink_home
+from mailroom.flinkconf import embedded_ui_port, flink_home
 from mailroom.stack import FlinkCluster
 
 
@@ -78,3 +81,21 @@ def stop_job(job: subprocess.Popen, timeout: float = 60) -> None:
             job.wait(timeout)
         except ProcessLookupError:
             pass
+
+
+def wait_until_running(settings: Settings, job: str, process: subprocess.Popen, timeout_s: float = 180) -> None:
+    """Block until the embedded job `job` (router, scoring, ...) has all its tasks running."""
+    url = f"http://{settings.host}:{embedded_ui_port(settings, job)}/jobs/overview"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the {job} job exited (code {process.returncode}) before it ran; see {job_log_dir(settings, 'jobs.' + job)}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                jobs = json.load(response)["jobs"]
+            if any(j["state"] == "RUNNING" and j["tasks"]["running"] == j["tasks"]["total"] for j in jobs):
+                return
+        except (OSError, ValueError, KeyError):
+            pass  # not up yet
+        time.sleep(0.5)
+    raise RuntimeError(f"the {job} job was not running after {timeout_s:.0f} s")
