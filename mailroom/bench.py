@@ -63,7 +63,7 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 VARIANTS = ("limit", "router", "peer", "mailroom")
-DOCS, QUICK_DOCS = 8000, 400
+DOCS, QUICK_DOCS = 10_000, 400
 PACED_S, QUICK_PACED_S = 20.0, 5.0  # how long the paced producer offers load
 ROUTER_TEXT_DOCS, QUICK_ROUTER_TEXT_DOCS = 20_000, 2_000  # text documents are repeated up to this many (the router is fast on text)
 PACED_PREFIX = "paced-"  # doc_id prefix of the paced phase's documents
@@ -467,12 +467,38 @@ def scratch(run: Run, name: str) -> Iterator[Settings]:
     from mailroom.stack import Kafka
 
     settings = replace(run.settings, topic_prefix=f"bench-{run.run_id}-{name}.", run_dir=run.out_dir / "run" / name)
+    settings = replace(settings, flink_rest_port=_free_flink_port(settings))
     Kafka(settings).create_topics()
     try:
         yield settings
     finally:
         delete_topics(settings, [t.name(settings.topic_prefix) for t in TOPICS])
         shutil.rmtree(settings.run_dir, ignore_errors=True)  # checkpoints
+
+
+def _free_flink_port(settings: Settings) -> int:
+    """A flink_rest_port whose embedded jobs' web UI ports are free: the bench's jobs must not
+    collide with a job someone runs beside them on the default ports."""
+    from mailroom.flinkconf import embedded_ui_port
+    from mailroom.stack import port_free
+
+    for base in range(settings.flink_rest_port + 500, settings.flink_rest_port + 1500, 100):
+        trial = replace(settings, flink_rest_port=base)
+        if all(port_free(settings.host, embedded_ui_port(trial, job)) for job in ("router", "scoring")):
+            return base
+    raise BenchError(f"no free ports for the jobs' web UI above {settings.flink_rest_port + 500}")
+
+
+def _await_group_exit(proc: subprocess.Popen, timeout_s: float = 60) -> None:
+    """Wait until no process of a finished job's process group (its JVM too) is left, so the
+    next job finds its ports free."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)  # signal 0: only asks whether the group still exists
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
 
 
 def run_limit(run: Run) -> Result:
@@ -554,6 +580,7 @@ def run_router(run: Run, kind: str) -> Result:
                 stop_job(proc)
                 raise BenchError(f"{name}: the job did not finish within {timeout_s:.0f} s; see {log}") from None
         wall = time.time() - started
+        _await_group_exit(proc)
         if returncode:
             raise BenchError(f"{name}: the job exited with {returncode}; see {log}")
         records = read_topic(settings, topic_name("routed_scans" if is_scan else "routed_text", settings.topic_prefix), min_count=sent.sent)
@@ -587,6 +614,7 @@ def run_stream(run: Run, variant: str, parallelism: int) -> Result:
             finally:
                 for proc in procs:
                     stop_job(proc)
+                    _await_group_exit(proc)
         backlog, paced = list(watcher.arrivals["backlog"].values()), list(watcher.arrivals["paced"].values())
     result = _result(variant, _mixed(run.corpus), parallelism, [a.scored_ms for a in backlog], window, sampler.usage, started)
     result.offered_per_s = round(offered)

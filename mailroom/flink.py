@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pyflink.common import Configuration
@@ -22,7 +23,8 @@ def make_env(settings: Settings, job: str, parallelism: int | None = None, resto
     for key, value in job_config(settings).items():
         config.set_string(key, value)
     config.set_string("execution.checkpointing.dir", checkpoint_root(settings, job).as_uri())
-    config.set_string("rest.port", str(embedded_ui_port(settings, job)))  # the MiniCluster's web UI
+    if embedded():
+        config.set_string("rest.port", str(embedded_ui_port(settings, job)))  # the MiniCluster's web UI
     if restore_from:
         config.set_string("execution.state-recovery.path", restore_from)
     env = StreamExecutionEnvironment.get_execution_environment(config)
@@ -41,3 +43,9 @@ def latest_checkpoint(settings: Settings, job: str) -> Path | None:
     done = [p.parent for p in checkpoint_root(settings, job).glob("*/chk-*/_metadata")]
     return max(done, key=lambda p: p.stat().st_mtime) if done else None
 
+
+
+def embedded() -> bool:
+    """True when this program starts its own MiniCluster; False under `flink run`, whose
+    client hands the program a gateway (PYFLINK_GATEWAY_PORT) and owns the REST settings."""
+    return "PYFLINK_GATEWAY_PORT" not in os.environ

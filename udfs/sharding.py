@@ -2,10 +2,11 @@
 
 The scoring job re-keys documents by a small integer before micro-batching. A key that
 happened to land two upstream subtasks on one downstream subtask would halve throughput, so
-we pick, for every subtask, the smallest integer key that Flink routes to it: Flink hashes a
-key's Java hashCode (an Integer's own value) with murmur3 into one of `max_parallelism` key
-groups, and key groups are split into contiguous ranges per subtask
-(`KeyGroupRangeAssignment`). tests/flink/test_sharding.py checks this against the JVM.
+we pick, for every subtask, the smallest integer key that Flink routes to it. PyFlink's
+key_by hands Java the key wrapped in a one-field Row, whose hashCode is 62 + the Integer's
+own (measured: tests/flink/test_sharding.py checks it against the JVM); Flink hashes that with
+murmur3 into one of `max_parallelism` key groups, and key groups are split into contiguous
+ranges per subtask (`KeyGroupRangeAssignment`).
 
 >>> shard_keys(1)
 [0]
@@ -48,9 +49,14 @@ def murmur_hash(code: int) -> int:
     return -code if code != -(1 << 31) else 0
 
 
+def row_hash(key: int) -> int:
+    """Java's hashCode of the Row(key) that PyFlink's key_by builds around an INT key."""
+    return _i32(62 + key)
+
+
 def subtask_of(key: int, parallelism: int, max_parallelism: int = MAX_PARALLELISM) -> int:
-    """The subtask index Flink routes an integer key to."""
-    key_group = murmur_hash(key) % max_parallelism
+    """The subtask index Flink routes a Python INT key (key_by(..., Types.INT())) to."""
+    key_group = murmur_hash(row_hash(key)) % max_parallelism
     return key_group * parallelism // max_parallelism
 
 
