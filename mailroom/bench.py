@@ -271,24 +271,27 @@ def table(results: list[Result]) -> Table:
 
 
 def plot(results: list[Result], path: Path) -> None:
-    """Throughput per variant (left) and latency percentiles (right), log scales."""
+    """Sustained throughput per variant (left, log scale) and latency percentiles (right)."""
     import matplotlib
     import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 0.5 * len(results) + 2.5))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 0.55 * len(results) + 2.5))
     rated = [r for r in results if r.docs_per_s]
-    left.barh([r.label for r in rated], [r.docs_per_s for r in rated], color="tab:blue")
-    left.set(xscale="log", xlabel="documents/s (sustained, backlog)", title="throughput")
+    bars = left.barh([r.label for r in rated], [r.docs_per_s for r in rated], color="tab:blue")
+    left.bar_label(bars, labels=[f"{r.docs_per_s:,.0f}" for r in rated], padding=3)
+    if rated:
+        left.set_xlim(10 ** math.floor(math.log10(min(r.docs_per_s for r in rated))), max(r.docs_per_s for r in rated) * 4)
+    left.set(xscale="log", xlabel="documents/s", title="sustained throughput (pre-filled backlog)")
     left.invert_yaxis()
     timed = [r for r in results if r.latency_ms and r.latency_ms["p50"] is not None]
     rows = np.arange(len(timed))
     for offset, point in zip((-0.27, 0, 0.27), ("p50", "p95", "p99")):
         right.barh(rows + offset, [r.latency_ms[point] for r in timed], height=0.27, label=point)
-    right.set_yticks(rows, [f"{r.label} @ {r.offered_per_s:,.0f}/s" for r in timed])
-    right.set(xscale="log", xlabel="ms, receipt -> department topic (paced at half the sustained rate)", title="latency")
+    right.set_yticks(rows, [f"{r.label}\n@ {r.offered_per_s:,.0f} docs/s" for r in timed])
+    right.set(xlabel="ms from receipt to a department topic", title="latency at half the sustained rate")
     right.invert_yaxis()
     right.legend()
     fig.tight_layout()
