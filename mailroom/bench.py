@@ -63,7 +63,7 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 VARIANTS = ("limit", "router", "peer", "mailroom")
-DOCS, QUICK_DOCS = 10_000, 400
+DOCS, QUICK_DOCS = 12_000, 400
 PACED_S, QUICK_PACED_S = 20.0, 5.0  # how long the paced producer offers load
 ROUTER_TEXT_DOCS, QUICK_ROUTER_TEXT_DOCS = 20_000, 2_000  # text documents are repeated up to this many (the router is fast on text)
 PACED_PREFIX = "paced-"  # doc_id prefix of the paced phase's documents
@@ -328,7 +328,8 @@ class PeerScorer:
         if history is None:
             history = self.histories[routed["sender"]] = SenderHistory()
         self.pending.append(self.features.observe(history, routed))
-        self.oldest_ms = now_ms if self.oldest_ms is None else self.oldest_ms
+        if self.oldest_ms is None:
+            self.oldest_ms = now_ms
         return self.flush(now_ms) if len(self.pending) >= self.config.batch_size else []
 
     def wait_ms(self, now_ms: int, idle_ms: int = 100) -> int:
@@ -744,10 +745,9 @@ class OutputWatcher:
 # --- profile ---------------------------------------------------------------------------------
 
 
-def profile_scoring(corpus: Corpus, config, top: int = 25, scorer_factory: Callable | None = None) -> tuple[float, str]:
+def profile_scoring(corpus: Corpus, config, top: int = 25) -> tuple[float, str]:
     """The peer's scoring logic over the corpus in plain Python (no Kafka): docs/s without the
     profiler, then the `top` functions by cumulative time under cProfile."""
-    make = scorer_factory or (lambda: PeerScorer(config))
 
     def score_all(scorer: PeerScorer) -> None:
         now = _now_ms()
@@ -755,12 +755,11 @@ def profile_scoring(corpus: Corpus, config, top: int = 25, scorer_factory: Calla
             scorer.add(value, now)
         scorer.flush(now)
 
-    scorer = make()
     started = time.perf_counter()
-    score_all(scorer)
+    score_all(PeerScorer(config))
     rate = len(corpus.routed) / (time.perf_counter() - started)
-    profiler, scorer = cProfile.Profile(), make()
-    profiler.runcall(score_all, scorer)
+    profiler = cProfile.Profile()
+    profiler.runcall(score_all, PeerScorer(config))
     text = io.StringIO()
     pstats.Stats(profiler, stream=text).strip_dirs().sort_stats("cumulative").print_stats(top)
     return rate, text.getvalue()

@@ -122,20 +122,58 @@ def _wait(check, proc: psutil.Process | None, timeout: float, what: str, log: Pa
     raise StackError(f"{what} did not answer within {timeout:.0f}s ({last_error}). See {log}:\n{_tail(log)}")
 
 
+# --- services started and tracked by us ------------------------------------------------------
+
+
+class TrackedService:
+    """A process `up` started, recorded in <run_dir>/<name>/process.json; checked for real."""
+
+    name = ""
+
+    def __init__(self, settings: Settings, log_name: str):
+        self.s = settings
+        self.dir = settings.run_dir / self.name
+        self.log = self.dir / log_name
+        self.pidfile = self.dir / "process.json"
+
+    def process(self) -> psutil.Process | None:
+        return _tracked(self.pidfile)
+
+    def _answers(self) -> bool:
+        raise NotImplementedError
+
+    def where(self) -> str:
+        raise NotImplementedError
+
+    def status(self) -> ServiceStatus:
+        proc = self.process()
+        if not proc:
+            return ServiceStatus(self.name, False, "not running", log=self.log)
+        try:
+            answers = self._answers()
+        except Exception as exc:
+            return ServiceStatus(self.name, False, f"process {proc.pid} runs but does not answer: {exc}", proc.pid, self.log)
+        return ServiceStatus(self.name, answers, self.where(), proc.pid, self.log, _rss_mb(proc))
+
+    def stop(self) -> bool:
+        proc = self.process()
+        if proc:
+            _stop(proc)
+        self.pidfile.unlink(missing_ok=True)
+        return proc is not None
+
+
 # --- Kafka -----------------------------------------------------------------------------------
 
 
-class Kafka:
+class Kafka(TrackedService):
     """A single-node Kafka broker + controller (KRaft) from the jars in .cache/jars/broker."""
 
     name = "kafka"
 
     def __init__(self, settings: Settings):
-        self.s = settings
-        self.dir = settings.run_dir / "kafka"
+        super().__init__(settings, "kafka.out")
         self.data = self.dir / "data"
-        self.log = self.dir / "kafka.out"
-        self.pidfile = self.dir / "process.json"
 
     @property
     def classpath(self) -> str:
@@ -200,9 +238,6 @@ class Kafka:
             main_class,
             *args,
         ]
-
-    def process(self) -> psutil.Process | None:
-        return _tracked(self.pidfile)
 
     def start(self) -> None:
         if proc := self.process():  # started earlier, maybe still booting
@@ -272,41 +307,20 @@ class Kafka:
         finally:
             admin.close()
 
-    def status(self) -> ServiceStatus:
-        proc = self.process()
-        if not proc:
-            return ServiceStatus(self.name, False, "not running", log=self.log)
-        try:
-            answers = self._answers()
-        except Exception as exc:
-            return ServiceStatus(self.name, False, f"process {proc.pid} runs but does not answer: {exc}", proc.pid, self.log)
-        where = f"{self.s.bootstrap_servers} (controller {self.s.host}:{self.s.kafka_controller_port})"
-        return ServiceStatus(self.name, answers, where, proc.pid, self.log, _rss_mb(proc))
-
-    def stop(self) -> bool:
-        proc = self.process()
-        if proc:
-            _stop(proc)
-        self.pidfile.unlink(missing_ok=True)
-        return proc is not None
+    def where(self) -> str:
+        return f"{self.s.bootstrap_servers} (controller {self.s.host}:{self.s.kafka_controller_port})"
 
 
 # --- Redis -----------------------------------------------------------------------------------
 
 
-class Redis:
+class Redis(TrackedService):
     """Debian's redis-server on loopback, password required, no persistence (a cache)."""
 
     name = "redis"
 
     def __init__(self, settings: Settings):
-        self.s = settings
-        self.dir = settings.run_dir / "redis"
-        self.log = self.dir / "redis.log"
-        self.pidfile = self.dir / "process.json"
-
-    def process(self) -> psutil.Process | None:
-        return _tracked(self.pidfile)
+        super().__init__(settings, "redis.log")
 
     def start(self) -> None:
         if proc := self.process():
@@ -340,22 +354,8 @@ class Redis:
         finally:
             client.close()
 
-    def status(self) -> ServiceStatus:
-        proc = self.process()
-        if not proc:
-            return ServiceStatus(self.name, False, "not running", log=self.log)
-        try:
-            self._answers()
-        except Exception as exc:
-            return ServiceStatus(self.name, False, f"process {proc.pid} runs but does not answer: {exc}", proc.pid, self.log)
-        return ServiceStatus(self.name, True, f"{self.s.host}:{self.s.redis_port} (password required)", proc.pid, self.log, _rss_mb(proc))
-
-    def stop(self) -> bool:
-        proc = self.process()
-        if proc:
-            _stop(proc)
-        self.pidfile.unlink(missing_ok=True)
-        return proc is not None
+    def where(self) -> str:
+        return f"{self.s.host}:{self.s.redis_port} (password required)"
 
 
 # --- Flink session cluster -------------------------------------------------------------------

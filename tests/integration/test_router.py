@@ -18,6 +18,7 @@ from mailroom.kafkautil import producer, read_topic
 from mailroom.submit import run_job, start_job
 from schemas import codec
 from tests.unit.badinputs import bad_inputs, valid_scan_document, valid_text_document
+from tests.unit.test_codec import _apache_read
 from udfs.routing import RouterConfig
 
 
@@ -104,6 +105,8 @@ def test_books_balance_over_thousands_of_mixed_documents(stack, test_settings, r
     reasons = Counter(codec.decode(r.value)[2]["reason"] for r in dead)
     assert set(reasons) <= {"UNDECODABLE", "DUPLICATE_ID"} and reasons["DUPLICATE_ID"] > 0
     assert all(codec.decode(r.value)[2]["content_type"] == "IMAGE" for r in scans[:50])
+    for message in text[:20] + scans[:5] + dead[:20]:  # the contract is not private: Apache Avro's reader agrees
+        assert _apache_read(message.value) == codec.decode(message.value).record
 
 
 def test_crash_and_restart_from_checkpoint_loses_and_duplicates_nothing(stack, test_settings, router_topics, tmp_path):

@@ -20,6 +20,7 @@ from mailroom.topics import DEPARTMENTS, department_topic_key, topic_name
 from models.generator import generate
 from schemas import codec
 from tests.unit.badinputs import text_document
+from tests.unit.test_codec import _apache_read
 from udfs.features import FEATURE_SET_ID, SENDER_FEATURES
 from udfs.routing import Router, RouterConfig
 from udfs.scoring import ScoringConfig
@@ -81,6 +82,8 @@ def test_documents_end_to_end_into_department_topics_exactly_once(pipeline_setti
                 right += 1
     assert right > len(docs) * 0.6, f"only {right} of {len(docs)} routed to the right department"
     assert all(p["latency_ms"] >= 0 for p in predictions)
+    raw = read_topic(settings, topic_name(department_topic_key("invoice"), settings.topic_prefix), timeout_s=2)[:20]
+    assert raw and all(_apache_read(m.value) == codec.decode(m.value).record for m in raw)  # a reader that is not ours
 
 
 def test_sender_features_in_flink_state_and_in_redis(pipeline_settings):
