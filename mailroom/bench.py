@@ -140,6 +140,13 @@ class Usage:
         return round(max(s[2] for s in self.samples), 1) if self.samples else None
 
     @property
+    def own_cores(self) -> float | None:
+        """Cores the process trees used on average, from the first sample to the last."""
+        if len(self.samples) < 2:
+            return None
+        return round(self.cpu_s / (self.samples[-1][0] - self.samples[0][0]), 2)
+
+    @property
     def machine_busy_cores(self) -> float | None:
         """Cores busy on average, machine-wide, from the first sample to the last."""
         if len(self.samples) < 2:
@@ -220,7 +227,8 @@ class Result:
     peak_rss_mb: float | None = None
     wall_s: float | None = None
     first_output_s: float | None = None  # process start -> first record processed
-    machine_busy_cores: float | None = None  # machine-wide, while the variant's processes ran
+    own_cores: float | None = None  # the variant's processes, on average while they ran
+    machine_busy_cores: float | None = None  # machine-wide (the broker, the bench, other users too)
 
     @property
     def label(self) -> str:
@@ -255,8 +263,9 @@ def report(results: list[Result], meta: dict, errors: list[str]) -> dict:
 
 
 def table(results: list[Result]) -> Table:
-    out = Table(title="mailroom bench", caption=goal_line(results), caption_justify="left")
-    columns = ("variant", "input", "p", "docs", "docs/s", "offered/s", "p50 ms", "p95 ms", "p99 ms", "CPU s", "CPU ms/doc", "peak RSS MB")
+    out = Table(title="mailroom bench", caption=goal_line(results) + "\ncores own/all: the variant's processes / the whole machine "
+                "(2 cores); a gap well above the broker's and the bench's share means someone else was busy too.", caption_justify="left")
+    columns = ("variant", "input", "p", "docs", "docs/s", "offered/s", "p50 ms", "p95 ms", "p99 ms", "CPU s", "CPU ms/doc", "peak RSS MB", "cores own/all")
     for name in columns:
         out.add_column(name, justify="left" if name in ("variant", "input") else "right")
 
@@ -266,7 +275,8 @@ def table(results: list[Result]) -> Table:
     for r in results:
         latency = r.latency_ms or {}
         out.add_row(r.variant, r.input, num(r.parallelism), f"{r.docs:,}", num(r.docs_per_s), num(r.offered_per_s), num(latency.get("p50")), num(latency.get("p95")),
-                    num(latency.get("p99")), num(r.cpu_s, 1), num(r.cpu_ms_per_doc, 2), num(r.peak_rss_mb))
+                    num(latency.get("p99")), num(r.cpu_s, 1), num(r.cpu_ms_per_doc, 2), num(r.peak_rss_mb),
+                    "-" if r.own_cores is None else f"{r.own_cores:.1f}/{r.machine_busy_cores:.1f}")
     return out
 
 
@@ -634,7 +644,7 @@ def _result(variant: str, input_: str, parallelism: int, times_ms: list[int], wi
         cpu_ms_per_doc = round(usage.cpu_between(window.start_ms / 1000, window.end_ms / 1000) * 1000 / window.records, 2)
     return Result(variant, input_, parallelism, len(times_ms), round(window.rate) if window else None, cpu_s=usage.cpu_s,
                   cpu_ms_per_doc=cpu_ms_per_doc, peak_rss_mb=usage.peak_rss_mb, first_output_s=round(min(times_ms) / 1000 - started, 1),
-                  machine_busy_cores=usage.machine_busy_cores, **extra)
+                  own_cores=usage.own_cores, machine_busy_cores=usage.machine_busy_cores, **extra)
 
 
 def _mixed(corpus: Corpus) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mailroom.topics import DEPARTMENTS
+from models.image_features import image_features
 from models.registry import ModelRef, Registry
 from models.scoring import Scorer
 from schemas import codec
@@ -63,7 +64,7 @@ class PendingDocument:
     sender: str
     content_type: str  # TEXT | IMAGE
     text: str | None  # the model text (subject + body), for TEXT
-    image: bytes | None  # the cleaned PNG, for IMAGE
+    image_features: np.ndarray | None  # layout features of the cleaned scan, for IMAGE (not the PNG: small to buffer)
     received_ms: int
     features: list[float]
 
@@ -93,7 +94,7 @@ class SenderFeatures:
             sender=routed["sender"],
             content_type=routed["content_type"],
             text=None if is_scan else model_text(routed["subject"], routed["text"]),
-            image=routed["image"] if is_scan else None,
+            image_features=image_features(routed["image"]) if is_scan else None,
             received_ms=routed["received_ms"],
             features=features,
         )
@@ -118,7 +119,7 @@ class BatchScorer:
             if content_type == "TEXT":
                 labels, probabilities = scorer.score_texts([batch[i].text for i in index], context)
             else:
-                labels, probabilities = scorer.score_images([batch[i].image for i in index], context)
+                labels, probabilities = scorer.score_images([batch[i].image_features for i in index], context)
             for i, label, probs in zip(index, labels, probabilities):
                 out[i] = self._prediction(batch[i], scorer, label, probs, now_ms)
         return out

@@ -45,9 +45,9 @@ def test_usage_interpolates_cpu_between_samples():
     usage = Usage([(0.0, 10.0, 100.0, 50.0), (1.0, 11.0, 300.0, 51.5), (2.0, 13.0, 200.0, 53.0)])
     assert usage.cpu_s == 3.0
     assert usage.peak_rss_mb == 300.0
-    assert usage.machine_busy_cores == 1.5
+    assert usage.machine_busy_cores == 1.5 and usage.own_cores == 1.5
     assert usage.cpu_between(0.5, 1.5) == pytest.approx(1.5)
-    assert Usage().cpu_s is None and Usage().peak_rss_mb is None and Usage().machine_busy_cores is None
+    assert Usage().cpu_s is None and Usage().peak_rss_mb is None and Usage().machine_busy_cores is None and Usage().own_cores is None
 
 
 def _results() -> list[Result]:
