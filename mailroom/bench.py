@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import faulthandler
 import io
 import json
 import math
@@ -379,6 +380,7 @@ def peer_main(argv: list[str] | None = None) -> int:
     out = producer(settings)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>`: where is it stuck?
 
     def send(scored: list[tuple[str, bytes]]) -> None:
         for department, prediction in scored:
@@ -584,7 +586,7 @@ def run_router(run: Run, kind: str) -> Result:
             raise BenchError(f"{name}: {len(sent.failed)} documents not acknowledged, {len(sent.refused)} refused")
         log = run.log_dir / f"{name}.log"
         started = time.time()
-        proc = start_job(settings, "jobs.router", ["--bounded", "--parallelism", "1", "--group-id", f"bench-{name}"], log,
+        proc = start_job(settings, "jobs.router", ["--bounded", "--parallelism", "1", "--group-id", settings.topic_prefix + "group"], log,
                          log_dir=log.with_suffix(""))
         timeout_s = 300 + sent.sent / 20
         with TreeSampler([proc.pid]) as sampler, console.status(f"{name}: jobs.router --bounded over {sent.sent:,} documents"):
@@ -619,12 +621,18 @@ def run_stream(run: Run, variant: str, parallelism: int) -> Result:
             try:
                 with TreeSampler([p.pid for p in procs]) as sampler:
                     n = len(run.corpus.routed)
-                    _await(watcher, "backlog", n, procs, log, f"{name}: backlog", timeout_s=300 + n / 20)
+                    _await(watcher, "backlog", n, procs, log, f"{name}: backlog")
                     window = sustained_window(a.scored_ms for a in watcher.arrivals["backlog"].values())
                     if window is None:
                         raise BenchError(f"{name}: the backlog was scored too fast to time; use more --docs")
                     sent, offered = _pace(settings, run.corpus, window.rate / 2, run.paced_s, name)
-                    _await(watcher, "paced", sent, procs, log, f"{name}: paced", timeout_s=120)
+                    _await(watcher, "paced", sent, procs, log, f"{name}: paced")
+            except BenchError:
+                if variant == "peer":  # its threads' stacks into its log (faulthandler, see peer_main)
+                    for proc in procs:
+                        proc.send_signal(signal.SIGUSR1)
+                    time.sleep(1)
+                raise
             finally:
                 for proc in procs:
                     stop_job(proc)
@@ -666,24 +674,26 @@ def _send_backlog(settings: Settings, corpus: Corpus, name: str) -> None:
 def _start(settings: Settings, variant: str, parallelism: int, log: Path) -> list[subprocess.Popen]:
     from mailroom.submit import start_job
 
-    group = f"bench-{variant}-p{parallelism}"
+    group = settings.topic_prefix + "group"  # unique per run, like the topics
     if variant == "mailroom":
         return [start_job(settings, "jobs.scoring", ["--parallelism", str(parallelism), "--group-id", group], log, log_dir=log.with_suffix(""))]
     return [start_job(settings, "mailroom.bench", ["--group-id", group], log) for _ in range(parallelism)]
 
 
-def _await(watcher: "OutputWatcher", phase: str, n: int, procs: list[subprocess.Popen], log: Path, desc: str, timeout_s: float) -> None:
-    """Wait until `n` documents of `phase` have arrived in the department topics."""
-    deadline = time.monotonic() + timeout_s
+def _await(watcher: "OutputWatcher", phase: str, n: int, procs: list[subprocess.Popen], log: Path, desc: str, stall_s: float = 120) -> None:
+    """Wait until `n` documents of `phase` have arrived in the department topics; fail when the
+    processes exit or nothing new arrives for `stall_s` (a job's start-up included)."""
+    progress_at, done = time.monotonic(), 0
     with tqdm(total=n, desc=desc, unit="doc") as bar:
-        while (done := len(watcher.arrivals[phase])) < n:
-            bar.update(done - bar.n)
+        while done < n:
+            time.sleep(0.2)
+            if (now_done := len(watcher.arrivals[phase])) > done:
+                progress_at, done = time.monotonic(), now_done
+                bar.update(done - bar.n)
             if exited := [p for p in procs if p.poll() is not None]:
                 raise BenchError(f"{desc}: process {exited[0].pid} exited with {exited[0].returncode}; see {log}")
-            if time.monotonic() > deadline:
-                raise BenchError(f"{desc}: only {done:,} of {n:,} documents arrived within {timeout_s:.0f} s; see {log}")
-            time.sleep(0.2)
-        bar.update(done - bar.n)
+            if time.monotonic() - progress_at > stall_s:
+                raise BenchError(f"{desc}: {done:,} of {n:,} documents arrived, then nothing for {stall_s:.0f} s; see {log}")
 
 
 def _pace(settings: Settings, corpus: Corpus, rate: float, seconds: float, name: str) -> tuple[int, float]:

@@ -161,16 +161,16 @@ def run(settings: Settings, count: int = 600, rate: float = 60.0, scan_share: fl
     docs = _documents(run_id, count, seed, scan_share)
     bad = _unreadable(random.Random(seed), max(3, count // 50))
     jobs = {}
-    for name in ("router", "scoring"):
-        log_dir = job_log_dir(settings, f"jobs.{name}")
-        log_dir.mkdir(parents=True, exist_ok=True)
-        jobs[name] = start_job(settings, f"jobs.{name}", [], log_dir / "job.out")
-    with console.status("starting the router and scoring jobs (a MiniCluster each) ..."):
-        for name, job in jobs.items():
-            wait_until_running(settings, name, job)
     clock = ArrivalClock(settings, run_id)
-    clock.start()
     try:
+        for name in ("router", "scoring"):
+            log_dir = job_log_dir(settings, f"jobs.{name}")
+            log_dir.mkdir(parents=True, exist_ok=True)
+            jobs[name] = start_job(settings, f"jobs.{name}", [], log_dir / "job.out")
+        with console.status("starting the router and scoring jobs (a MiniCluster each) ..."):
+            for name, job in jobs.items():
+                wait_until_running(settings, name, job)
+        clock.start()
         console.print(f"[bold]{run_id}[/bold]: sending {len(docs)} documents ({sum(d['content_type'].upper() == 'IMAGE' for d in docs)} scans) "
                       f"and {len(bad)} unreadable messages at {rate:g}/s (seed {seed}); Flink UIs: router "
                       f"http://{settings.host}:{embedded_ui_port(settings, 'router')}, scoring http://{settings.host}:{embedded_ui_port(settings, 'scoring')}")

@@ -45,12 +45,14 @@ class Settings:
     run_dir: Path = PROJECT_DIR / ".run"  # MAILROOM_RUN_DIR: data, logs, PID files (git-ignored)
     cache_dir: Path = PROJECT_DIR / ".cache"  # MAILROOM_CACHE_DIR: fetched jars (git-ignored)
     host: str = "127.0.0.1"  # MAILROOM_HOST: every service binds here, loopback only
-    kafka_port: int = 39092  # MAILROOM_KAFKA_PORT: the broker's client listener
-    kafka_controller_port: int = 39093  # MAILROOM_KAFKA_CONTROLLER_PORT: the KRaft controller
+    # Default ports sit below Linux's ephemeral range (32768-60999), so a client socket that
+    # the kernel numbers at random never takes one while its service restarts.
+    kafka_port: int = 29092  # MAILROOM_KAFKA_PORT: the broker's client listener
+    kafka_controller_port: int = 29093  # MAILROOM_KAFKA_CONTROLLER_PORT: the KRaft controller
     kafka_heap: str = "512m"  # MAILROOM_KAFKA_HEAP: the broker JVM's -Xmx
-    redis_port: int = 36379  # MAILROOM_REDIS_PORT
+    redis_port: int = 26379  # MAILROOM_REDIS_PORT
     redis_password: str = ""  # MAILROOM_REDIS_PASSWORD: default generated once into run_dir
-    flink_rest_port: int = 38081  # MAILROOM_FLINK_REST_PORT: session cluster REST API and web UI
+    flink_rest_port: int = 28081  # MAILROOM_FLINK_REST_PORT: session cluster REST API and web UI
     flink_conf_file: Path = PROJECT_DIR / "flink-conf" / "config.yaml"  # MAILROOM_FLINK_CONF
     topic_prefix: str = "mailroom."  # MAILROOM_TOPIC_PREFIX: namespaces every topic name
     python_executable: str = sys.executable  # MAILROOM_PYTHON: the interpreter Flink workers run

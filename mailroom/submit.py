@@ -6,6 +6,7 @@ it). Cluster: `flink run -py jobs/<name>.py ...` from the pip package's own bin/
 
 from __future__ import annotations
 
+import http.client
 import importlib.util
 import json
 import os
@@ -95,7 +96,7 @@ def wait_until_running(settings: Settings, job: str, process: subprocess.Popen, 
                 jobs = json.load(response)["jobs"]
             if any(j["state"] == "RUNNING" and j["tasks"]["running"] == j["tasks"]["total"] for j in jobs):
                 return
-        except (OSError, ValueError, KeyError):
-            pass  # not up yet
+        except (OSError, ValueError, KeyError, http.client.HTTPException):
+            pass  # not up yet (or, briefly, something else answers on the port)
         time.sleep(0.5)
     raise RuntimeError(f"the {job} job was not running after {timeout_s:.0f} s")

@@ -26,10 +26,10 @@ def test_settings() -> Settings:
     return Settings.from_env(
         {},
         run_dir=PROJECT_DIR / ".run" / "test",
-        kafka_port=39192,
-        kafka_controller_port=39193,
-        redis_port=36479,
-        flink_rest_port=38181,
+        kafka_port=29192,
+        kafka_controller_port=29193,
+        redis_port=26479,
+        flink_rest_port=28181,
     )
 
 

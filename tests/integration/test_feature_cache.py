@@ -11,7 +11,7 @@ from udfs.feature_cache import FeatureMirror
 
 @pytest.fixture
 def private_redis(tmp_path):
-    settings = Settings.from_env({}, run_dir=tmp_path / "run", redis_port=36679)
+    settings = Settings.from_env({}, run_dir=tmp_path / "run", redis_port=26679)
     redis = Redis(settings)
     redis.start()
     yield settings, redis

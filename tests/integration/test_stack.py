@@ -17,7 +17,7 @@ from mailroom.topics import TOPICS
 @pytest.fixture
 def own_stack(tmp_path):
     """A second, private stack (own ports, own run dir) that a test may break."""
-    settings = Settings.from_env({}, run_dir=tmp_path / "run", kafka_port=39292, kafka_controller_port=39293, redis_port=36579, flink_rest_port=38281)
+    settings = Settings.from_env({}, run_dir=tmp_path / "run", kafka_port=29292, kafka_controller_port=29293, redis_port=26579, flink_rest_port=28281)
     stack = Stack(settings)
     yield stack
     stack.down()
