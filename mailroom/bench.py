@@ -518,9 +518,9 @@ def _await_group_exit(proc: subprocess.Popen, timeout_s: float = 60) -> None:
 
 
 def run_limit(run: Run) -> Result:
-    """onnxruntime alone: every routed document's model inputs precomputed, scored batch by batch."""
+    """onnxruntime alone: every routed document's model inputs precomputed (SenderFeatures.observe
+    computes a scan's layout features), scored batch by batch."""
     from models.bench import _rate
-    from models.image_features import image_features
     from models.modelio import onnx_feeds
     from udfs.features import normalise_text
     from udfs.scoring import BatchScorer, ScoringConfig
@@ -531,13 +531,13 @@ def run_limit(run: Run) -> Result:
     calls = []  # (session, feeds) of every batch
     for model, kind in ((scorer.text, "TEXT"), (scorer.image, "IMAGE")):
         docs = [p for p in pending if p.content_type == kind]
-        for start in tqdm(range(0, len(docs), config.batch_size), desc=f"limit: {kind.lower()} model inputs", unit="batch"):
+        for start in range(0, len(docs), config.batch_size):
             chunk = docs[start:start + config.batch_size]
             inputs = {"context": [p.features for p in chunk]}
             if kind == "TEXT":
                 inputs["text"] = [normalise_text(p.text) for p in chunk]
             else:
-                inputs["image_features"] = [image_features(p.image) for p in chunk]
+                inputs["image_features"] = [p.image_features for p in chunk]
             calls.append((model.session, onnx_feeds(model.kind, inputs)))
     passes = 0
 
@@ -561,7 +561,7 @@ def _pending_documents(corpus: Corpus) -> list:
 
     features, histories = SenderFeatures(mirror=None), {}
     pending = []
-    for _, value in corpus.routed:
+    for _, value in tqdm(corpus.routed, desc="limit: model inputs", unit="doc"):
         routed = codec.decode(value, expected="routed_document").record
         pending.append(features.observe(histories.setdefault(routed["sender"], SenderHistory()), routed))
     return pending
@@ -813,6 +813,7 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
     variants = [v for v in VARIANTS if v in args.variants]
     config = _check_ready(settings, needs_kafka=not args.profile and variants != ["limit"])
     fast_kafka_crc()
+    started = time.monotonic()
     corpus = build_corpus(docs, args.seed, args.scan_share)
     if args.profile:
         rate, text = profile_scoring(corpus, config)
@@ -836,7 +837,6 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
         if variant in variants:
             steps += [(f"{variant} p{p}", lambda variant=variant, p=p: run_stream(run, variant, p)) for p in run.parallelism]
     results, errors = [], []
-    started = time.monotonic()
     for name, step in steps:
         console.print(f"[bold]{name}[/bold]")
         try:

@@ -40,7 +40,7 @@ def _send(settings, key: str, record_type: str, records: list[dict]) -> None:
     prod.close()
 
 
-def _read(settings, key: str, min_count: int = 0, timeout_s: float = 10) -> list[dict]:
+def _read(settings, key: str, min_count: int = 0, timeout_s: float = 60) -> list[dict]:
     return [codec.decode(r.value).record for r in read_topic(settings, topic_name(key, settings.topic_prefix), min_count, timeout_s)]
 
 
@@ -72,7 +72,7 @@ def test_join_in_either_order_late_truth_and_figures_match_sklearn(pipeline_sett
     _send(settings, "predictions", "prediction", predictions + late_predictions)
     _send(settings, "ground_truth", "ground_truth", [t for i, t in enumerate(truths) if i % 2] + late + orphans)
 
-    result = run_job(settings, "jobs.accuracy", ["--bounded", "--truth-wait-ms", str(2 * HOUR_MS + 3 * HOUR_MS // 2), *ONE_WINDOW],
+    result = run_job(settings, "jobs.accuracy", ["--bounded", "--group-id", f"{settings.topic_prefix}accuracy", "--truth-wait-ms", str(2 * HOUR_MS + 3 * HOUR_MS // 2), *ONE_WINDOW],
                      timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -103,7 +103,7 @@ def test_planted_degradation_alerts_and_a_healthy_model_does_not(pipeline_settin
     broken, broken_truth = _stream(350, wrong_on="invoice", seed=3, version="2", prefix="b")
     _send(settings, "predictions", "prediction", healthy + broken)
     _send(settings, "ground_truth", "ground_truth", healthy_truth + broken_truth)
-    result = run_job(settings, "jobs.accuracy", ["--bounded", *ONE_WINDOW, "--min-support", "100", "--min-macro-f1", "0.85"], timeout=600)
+    result = run_job(settings, "jobs.accuracy", ["--bounded", "--group-id", f"{settings.topic_prefix}accuracy", *ONE_WINDOW, "--min-support", "100", "--min-macro-f1", "0.85"], timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
 
     reports = {r["model_version"]: r for r in _read(settings, "metrics", min_count=2)}
