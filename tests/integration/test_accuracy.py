@@ -123,7 +123,7 @@ def test_crash_and_restart_counts_no_pair_twice(pipeline_settings, tmp_path):
     settings = pipeline_settings
     predictions, truths = _stream(400, wrong_on=None, seed=4)
     group = f"{settings.topic_prefix}accuracy"
-    args = ["--group-id", group, *ONE_WINDOW, "--out-of-orderness-ms", "0"]
+    args = ["--group-id", group, *ONE_WINDOW, "--out-of-orderness-ms", str(4 * HOUR_MS)]  # truths come up to 3 h out of order
     job = start_job(settings, "jobs.accuracy", args, tmp_path / "first.log")
     try:
         _send(settings, "predictions", "prediction", predictions[:200])
