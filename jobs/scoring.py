@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pyflink.common import Types, WatermarkStrategy
+from pyflink.common import Types
 from pyflink.datastream import DataStream
 
 from jobs.connectors import BYTES, read_bytes, write_bytes
@@ -74,8 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     prefix = settings.topic_prefix
     routed_topics = [topic_name("routed_text", prefix), topic_name("routed_scans", prefix)]
     predictions_topic = topic_name("predictions", prefix)
-    documents = read_bytes(env, settings, routed_topics, args.group_id, uid="scoring-source-documents", bounded=args.bounded,
-                           watermarks=WatermarkStrategy.no_watermarks())
+    documents = read_bytes(env, settings, routed_topics, args.group_id, uid="scoring-source-documents", bounded=args.bounded)
     own_predictions = read_bytes(env, settings, [predictions_topic], f"{args.group_id}-feedback", uid="scoring-source-predictions",
                                  bounded=args.bounded)
     outputs = build(documents, own_predictions, settings, config)

@@ -29,7 +29,7 @@ from rich.table import Table
 from mailroom.accuracy import class_table, latest_by_model, summary_table
 from mailroom.flinkconf import embedded_ui_port
 from mailroom.feedback import FeedbackProfile, send_feedback, simulate_feedback, with_predictions
-from mailroom.kafkautil import producer, read_topic
+from mailroom.kafkautil import MAX_MESSAGE_BYTES, producer, read_topic
 from mailroom.produce import to_document
 from mailroom.settings import Settings
 from mailroom.stack import Stack
@@ -48,19 +48,25 @@ ALERT_THRESHOLDS = ["--min-macro-f1", "0.85", "--min-accuracy", "0.8"]
 
 @dataclass
 class ArrivalClock:
-    """Consumes the department topics (read_committed) and notes when each document arrived."""
+    """Consumes the department and dead-letter topics (read_committed) while the run lasts:
+    when each of this run's documents arrived, its prediction, and every new dead letter."""
 
     settings: Settings
     run_id: str
-    arrivals: dict[str, tuple[str, float]] = field(default_factory=dict)  # doc_id -> (department, arrival ms)
+    arrivals: dict[str, float] = field(default_factory=dict)  # doc_id -> ms from receipt to arrival
+    predictions: dict[str, dict] = field(default_factory=dict)  # doc_id -> prediction record
+    dead_letters: list[dict] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
     def start(self) -> None:
+        prefix = self.settings.topic_prefix
+        self._dead_topic = topic_name("dead_letters", prefix)
         consumer = KafkaConsumer(
-            *(topic_name(department_topic_key(label), self.settings.topic_prefix) for label in DEPARTMENTS),
+            self._dead_topic, *(topic_name(department_topic_key(label), prefix) for label in DEPARTMENTS),
             bootstrap_servers=self.settings.bootstrap_servers, isolation_level="read_committed",
             auto_offset_reset="latest", enable_auto_commit=False, group_id=f"mailroom-demo-{self.run_id}",
+            fetch_max_bytes=MAX_MESSAGE_BYTES, max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
         )
         consumer.poll(timeout_ms=2000)  # join the group and take positions before documents flow
         self._thread = threading.Thread(target=self._run, args=(consumer,), daemon=True)
@@ -68,13 +74,22 @@ class ArrivalClock:
 
     def _run(self, consumer: KafkaConsumer) -> None:
         while not self._stop.is_set():
-            for batch in consumer.poll(timeout_ms=200).values():
+            for partition, batch in consumer.poll(timeout_ms=200).items():
                 now = time.time() * 1000
                 for message in batch:
+                    if partition.topic == self._dead_topic:
+                        self.dead_letters.append(codec.decode(message.value, expected="dead_letter").record)
+                        continue
                     prediction = codec.decode(message.value, expected="prediction").record
                     if prediction["doc_id"].startswith(self.run_id):
-                        self.arrivals[prediction["doc_id"]] = (prediction["department"], now - prediction["received_ms"])
+                        self.predictions[prediction["doc_id"]] = prediction
+                        self.arrivals[prediction["doc_id"]] = now - prediction["received_ms"]
         consumer.close()
+
+    def dead_letters_of(self, source_topic: str, sent: set[tuple[int, int]]) -> list[dict]:
+        """The dead letters of messages this run sent ((partition, offset) in `source_topic`)."""
+        return [d for d in list(self.dead_letters)
+                if d["source_topic"] == source_topic and (d["source_partition"], d["source_offset"]) in sent]
 
     def stop(self) -> None:
         self._stop.set()
@@ -181,21 +196,15 @@ def run(settings: Settings, count: int = 600, rate: float = 60.0, scan_share: fl
         for job in jobs.values():
             stop_job(job)
     report = _report(settings, docs, clock, dead, len(sent))
-    report["accuracy"] = _accuracy(settings, docs, run_id, seed, drift, started_ms)
+    report["accuracy"] = _accuracy(settings, docs, list(clock.predictions.values()), seed, drift, started_ms, run_id)
     return report
-
-
-def _dead_letters_of(settings: Settings, sent: set[tuple[int, int]]) -> list[dict]:
-    source = topic_name("documents", settings.topic_prefix)
-    letters = [codec.decode(r.value, expected="dead_letter").record for r in read_topic(settings, topic_name("dead_letters", settings.topic_prefix), timeout_s=2)]
-    return [d for d in letters if d["source_topic"] == source and (d["source_partition"], d["source_offset"]) in sent]
 
 
 def _wait_for_results(settings: Settings, clock: ArrivalClock, sent: set, documents: int, jobs: dict, timeout_s: float) -> list[dict]:
     deadline = time.monotonic() + timeout_s
     with console.status("waiting for every document to reach its department ...") as status:
         while True:
-            dead = _dead_letters_of(settings, sent)
+            dead = clock.dead_letters_of(topic_name("documents", settings.topic_prefix), sent)
             arrived = len(clock.arrivals)
             status.update(f"arrived in department topics: {arrived}; dead-lettered: {len(dead)}; of {len(sent)} sent")
             if arrived + len(dead) >= len(sent):
@@ -209,37 +218,34 @@ def _wait_for_results(settings: Settings, clock: ArrivalClock, sent: set, docume
 
 
 def _report(settings: Settings, docs: list[dict], clock: ArrivalClock, dead: list[dict], sent: int) -> dict:
-    departments = Counter(dept for dept, _ in clock.arrivals.values())
+    departments = Counter(p["department"] for p in clock.predictions.values())
     truth = {d["doc_id"]: d["label"] for d in docs}
-    right = sum(1 for doc_id, (dept, _) in clock.arrivals.items() if dept == DEPARTMENTS[truth[doc_id]])
+    right = sum(1 for doc_id, p in clock.predictions.items() if p["department"] == DEPARTMENTS[truth[doc_id]])
     table = Table(title="Documents per department topic")
     table.add_column("department")
     table.add_column("documents", justify="right")
     table.add_column("of which truly theirs", justify="right")
     for dept in DEPARTMENTS.values():
-        theirs = sum(1 for doc_id, (d, _) in clock.arrivals.items() if d == dept and DEPARTMENTS[truth[doc_id]] == dept)
+        theirs = sum(1 for doc_id, p in clock.predictions.items() if p["department"] == dept and DEPARTMENTS[truth[doc_id]] == dept)
         table.add_row(dept, str(departments.get(dept, 0)), str(theirs))
     console.print(table)
 
     reasons = Counter(d["reason"] for d in dead)
     console.print("dead letters: " + (", ".join(f"{reason} {n}" for reason, n in reasons.most_common()) or "none"))
-    latencies = np.array([ms for _, ms in clock.arrivals.values()])
+    latencies = np.array(list(clock.arrivals.values()))
     percentiles = {f"p{p}": float(np.percentile(latencies, p)) for p in (50, 95, 99)} if len(latencies) else {}
     console.print("latency from receipt to a department topic (read_committed, includes the exactly-once commit): "
                   + ", ".join(f"{k} {v:.0f} ms" for k, v in percentiles.items()))
-    predictions = [codec.decode(r.value).record for r in read_topic(settings, topic_name("predictions", settings.topic_prefix), timeout_s=2)]
-    versions = Counter(f"{p['model_name']} v{p['model_version']}" for p in predictions if p["doc_id"] in truth)
+    versions = Counter(f"{p['model_name']} v{p['model_version']}" for p in clock.predictions.values())
     console.print("models: " + ", ".join(f"{m} ({n} documents)" for m, n in sorted(versions.items())))
     console.print(f"routed to the department the document truly belongs to: {right} of {len(docs)} ({right / len(docs):.0%}); "
                   f"books: sent {sent} = {len(clock.arrivals)} classified + {len(dead)} dead-lettered")
     return {"departments": dict(departments), "dead_letters": dict(reasons), "latency_ms": percentiles, "models": dict(versions),
-            "right_department": right, "documents": len(docs), "arrived": len(clock.arrivals), "predictions": predictions}
+            "right_department": right, "documents": len(docs), "arrived": len(clock.arrivals)}
 
 
-def _accuracy(settings: Settings, docs: list[dict], run_id: str, seed: int, drift: bool, started_ms: int) -> dict:
+def _accuracy(settings: Settings, docs: list[dict], predictions: list[dict], seed: int, drift: bool, started_ms: int, run_id: str) -> dict:
     """Simulated feedback for this run's documents, then the accuracy job over it (bounded)."""
-    predictions = [p for p in (codec.decode(r.value).record for r in read_topic(settings, topic_name("predictions", settings.topic_prefix), timeout_s=2))
-                   if p["doc_id"].startswith(run_id)]
     profile = FeedbackProfile(drift=DRIFT if drift else None)
     feedback = simulate_feedback(with_predictions(docs, predictions), seed=seed, profile=profile)
     sent = send_feedback(producer(settings), topic_name("ground_truth", settings.topic_prefix), feedback, progress=False)
