@@ -19,15 +19,15 @@ import sys
 from pyflink.common import Duration, Types, WatermarkStrategy
 
 from jobs.connectors import BYTES, read_bytes, write_bytes
-from mailroom.flink import make_env
-from mailroom.settings import Settings
-from mailroom.topics import topic_name
+from jobs.environment import make_env
+from config.settings import Settings
+from schemas.topics import topic_name
+from schemas.units import DAY_S, MINUTE_MS
 from udfs.functions import ACCURACY_OUTPUTS, DecodeRecords, EventTimeOf, JoinPredictionsWithTruth, TrackAccuracy
 from udfs.joining import JoinConfig
 from udfs.metrics import MetricsConfig
 
 JOB = "accuracy"
-MINUTE_MS = 60_000
 
 
 def build(predictions, truths, settings: Settings, join: JoinConfig, metrics: MetricsConfig, out_of_orderness_ms: int, redis_ttl_s: int):
@@ -75,7 +75,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--min-macro-f1", type=float, default=m.min_macro_f1, help="alert below this macro-F1 (default %(default)s)")
     parser.add_argument("--min-accuracy", type=float, default=m.min_accuracy, help="alert below this accuracy (default %(default)s)")
     parser.add_argument("--out-of-orderness-ms", type=int, default=5 * MINUTE_MS, help="watermark lag behind the newest event (default 5 min)")
-    parser.add_argument("--redis-ttl-s", type=int, default=7 * 24 * 3600, help="TTL of the dashboard keys in Redis (default 7 days)")
+    parser.add_argument("--redis-ttl-s", type=int, default=7 * DAY_S, help="TTL of the dashboard keys in Redis (default 7 days)")
     parser.add_argument("--parallelism", type=int, default=None, help="operator parallelism (default: flink-conf)")
     parser.add_argument("--bounded", action="store_true", help="stop at the inputs' latest offsets at start; then every wait ends")
     parser.add_argument("--from-ms", type=int, default=None, help="read records written from this epoch ms on, not from the group's offsets")

@@ -17,8 +17,8 @@ from pyflink.datastream.connectors.kafka import (
     KafkaSource,
 )
 
-from mailroom.settings import Settings
-from mailroom.topics import BIG_MESSAGE_BYTES
+from config.settings import Settings
+from schemas.topics import BIG_MESSAGE_BYTES
 
 BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
 # Must stay below the broker's transaction.max.timeout.ms (15 min, see mailroom/stack.py).

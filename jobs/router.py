@@ -15,9 +15,9 @@ from pyflink.common import Types
 from pyflink.datastream import DataStream
 
 from jobs.connectors import BYTES, read_records, write_bytes
-from mailroom.flink import make_env
-from mailroom.settings import Settings
-from mailroom.topics import topic_name
+from jobs.environment import make_env
+from config.settings import Settings
+from schemas.topics import topic_name
 from udfs.functions import DEAD_LETTERS, ROUTED_SCANS, ROUTED_TEXT, DropDuplicateIds, RouteDocuments
 from udfs.routing import RouterConfig
 

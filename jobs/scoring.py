@@ -17,9 +17,10 @@ from pyflink.common import Types
 from pyflink.datastream import DataStream
 
 from jobs.connectors import BYTES, read_bytes, write_bytes
-from mailroom.flink import make_env
-from mailroom.settings import Settings
-from mailroom.topics import DEPARTMENTS, department_topic_key, topic_name
+from jobs.environment import make_env
+from config.settings import Settings
+from schemas.labels import DEPARTMENTS
+from schemas.topics import department_topic_key, topic_name
 from udfs.functions import DEPARTMENT_OUTPUTS, ComputeSenderFeatures, DecodeRecords, ScoreMicroBatches
 from udfs.scoring import ScoringConfig
 from udfs.sharding import MAX_PARALLELISM

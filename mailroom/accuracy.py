@@ -17,8 +17,9 @@ from pathlib import Path
 from rich.console import Console, Group
 from rich.table import Table
 
-from mailroom.settings import Settings
-from mailroom.topics import topic_name
+from config.settings import Settings
+from schemas.redis_keys import accuracy_pattern
+from schemas.topics import topic_name
 from schemas import codec
 from udfs.metrics import MetricsConfig
 
@@ -48,7 +49,7 @@ def read_reports(settings: Settings, topic: str, timeout_s: float = 10) -> tuple
 def read_dashboard(client, namespace: str = REDIS_NAMESPACE) -> dict[str, dict]:
     """Redis key -> its hash decoded (window and recent as dicts, counts as a dict)."""
     entries = {}
-    for key in sorted(client.scan_iter(match=f"{namespace}:*")):
+    for key in sorted(client.scan_iter(match=accuracy_pattern(namespace))):
         raw = {k.decode(): v.decode() for k, v in client.hgetall(key).items()}
         entries[key.decode()] = {
             **raw,

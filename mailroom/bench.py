@@ -56,8 +56,9 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
-from mailroom.settings import PROJECT_DIR, Settings
-from mailroom.topics import BY_KEY, DEPARTMENTS, TOPICS, department_topic_key, topic_name
+from config.settings import PROJECT_DIR, Settings
+from schemas.labels import DEPARTMENTS
+from schemas.topics import BY_KEY, TOPICS, department_topic_key, topic_name
 from schemas import codec
 
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -332,7 +333,7 @@ class PeerScorer:
         self.oldest_ms: int | None = None
 
     def add(self, value: bytes, now_ms: int) -> list[tuple[str, bytes]]:
-        from udfs.features import SenderHistory
+        from models.features import SenderHistory
 
         routed = codec.decode(value, expected="routed_document").record
         history = self.histories.get(routed["sender"])
@@ -495,7 +496,7 @@ def scratch(run: Run, name: str) -> Iterator[Settings]:
 def _free_flink_port(settings: Settings) -> int:
     """A flink_rest_port whose embedded jobs' web UI ports are free: the bench's jobs must not
     collide with a job someone runs beside them on the default ports."""
-    from mailroom.flinkconf import embedded_ui_port
+    from config.flinkconf import embedded_ui_port
     from mailroom.stack import port_free
 
     for base in range(settings.flink_rest_port + 500, settings.flink_rest_port + 1500, 100):
@@ -522,7 +523,7 @@ def run_limit(run: Run) -> Result:
     computes a scan's layout features), scored batch by batch."""
     from models.bench import _rate
     from models.modelio import onnx_feeds
-    from udfs.features import normalise_text
+    from models.features import normalise_text
     from udfs.scoring import BatchScorer, ScoringConfig
 
     config = ScoringConfig.from_registry(run.settings.registry_dir)
@@ -556,7 +557,7 @@ def run_limit(run: Run) -> Result:
 
 def _pending_documents(corpus: Corpus) -> list:
     """The routed documents with their sender features, as the scorer receives them."""
-    from udfs.features import SenderHistory
+    from models.features import SenderHistory
     from udfs.scoring import SenderFeatures
 
     features, histories = SenderFeatures(mirror=None), {}

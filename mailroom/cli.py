@@ -9,7 +9,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from mailroom.settings import ENV_VARS, Settings
+from config.settings import ENV_VARS, Settings
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
@@ -90,13 +90,14 @@ def cmd_job(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
-    from mailroom.topics import TOPICS
+    from schemas.topics import TOPICS
+    from schemas.units import DAY_MS
 
-    table = Table(title="Declared topics (mailroom/topics.py)")
+    table = Table(title="Declared topics (schemas/topics.py)")
     for col in ("topic", "partitions", "retention (days)", "purpose"):
         table.add_column(col)
     for t in TOPICS:
-        table.add_row(t.name(settings.topic_prefix), str(t.partitions), f"{t.retention_ms / 86_400_000:g}", t.purpose)
+        table.add_row(t.name(settings.topic_prefix), str(t.partitions), f"{t.retention_ms / DAY_MS:g}", t.purpose)
     console.print(table)
     return 0
 
@@ -135,13 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Run a job on the embedded MiniCluster (in the foreground), or submit it to the standalone "
                          "session cluster with --cluster (detached; watch it in the Flink web UI). Arguments after `--` go to the job: "
                          "`mailroom job scoring -- --help` lists them.")
-    job.add_argument("name", choices=["router", "scoring", "accuracy", "smoke"], help="which job")
+    job.add_argument("name", choices=["router", "scoring", "accuracy"], help="which job")
     job.add_argument("--cluster", action="store_true", help="submit to the session cluster (`mailroom stack up --flink` first)")
     job.add_argument("--parallelism", type=int, help="operator parallelism (default: flink-conf/config.yaml)")
     job.add_argument("job_args", nargs=argparse.REMAINDER, help="arguments for the job itself, after --")
     job.set_defaults(func=cmd_job)
 
-    topics = sub.add_parser("topics", help="list the declared Kafka topics", description="List the topics declared in mailroom/topics.py.")
+    topics = sub.add_parser("topics", help="list the declared Kafka topics", description="List the topics declared in schemas/topics.py.")
     topics.set_defaults(func=cmd_topics)
 
     for register in _command_modules():
@@ -159,7 +160,7 @@ def _command_modules():
     """Subcommands that live beside their code: each module has register(subparsers)."""
     import importlib
 
-    for name in ("mailroom.produce", "mailroom.deadletters", "models.cli", "mailroom.feedback", "mailroom.accuracy", "mailroom.bench"):
+    for name in ("mailroom.produce", "mailroom.deadletters", "mailroom.models_cli", "mailroom.feedback", "mailroom.accuracy", "mailroom.bench"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:

@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from mailroom.kafkautil import producer, read_topic
-from mailroom.settings import Settings
-from mailroom.topics import topic_name
+from config.settings import Settings
+from schemas.topics import topic_name
 from schemas import codec
 
 console = Console(width=160)

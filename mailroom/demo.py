@@ -27,14 +27,15 @@ from rich.console import Console
 from rich.table import Table
 
 from mailroom.accuracy import class_table, latest_by_model, summary_table
-from mailroom.flinkconf import embedded_ui_port
+from config.flinkconf import embedded_ui_port
 from mailroom.feedback import FeedbackProfile, send_feedback, simulate_feedback, with_predictions
 from mailroom.kafkautil import MAX_MESSAGE_BYTES, producer, read_topic
 from mailroom.produce import to_document
-from mailroom.settings import Settings
+from config.settings import Settings
 from mailroom.stack import Stack
 from mailroom.submit import job_log_dir, run_job, start_job, stop_job, wait_until_running
-from mailroom.topics import DEPARTMENTS, department_topic_key, topic_name
+from schemas.labels import DEPARTMENTS
+from schemas.topics import department_topic_key, topic_name
 from models.generator import generate
 from models.registry import Registry, RegistryError
 from schemas import codec

@@ -3,7 +3,7 @@
 Three sources: one verdict from the command line (--doc-id X --label invoice [--kind CORRECT]),
 a file (JSONL objects, or CSV with the columns doc_id,label[,kind,comment,department,sent_ms],
 header optional), or --simulate: realistic feedback from departments on documents we sent
-(`simulate_feedback`). Every input is validated first (labels against mailroom.topics.LABELS);
+(`simulate_feedback`). Every input is validated first (labels against schemas.labels.LABELS);
 a file with an invalid line sends nothing unless --skip-invalid.
 
 As a library (what `make run` uses):
@@ -30,14 +30,15 @@ from typing import Iterable, Mapping
 from rich.console import Console
 from tqdm import tqdm
 
-from mailroom.settings import Settings
-from mailroom.topics import DAY_MS, DEPARTMENTS, LABELS, topic_name
+from config.settings import Settings
+from schemas.labels import DEPARTMENTS, LABELS
+from schemas.topics import topic_name
+from schemas.units import DAY_MS, MINUTE_MS
 from schemas import codec
 
 console = Console(width=160)
 err = Console(stderr=True)
 
-MINUTE_MS = 60_000
 KINDS = ("CONFIRM", "CORRECT")
 FILE_COLUMNS = ("doc_id", "label", "kind", "comment", "department", "sent_ms")  # CSV column order without a header
 MAX_DOC_ID_CHARS = 200

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mailroom.settings import Settings
+from config.settings import Settings
 
 POM = Path(__file__).parent / "jvm" / "pom.xml"
 PROFILES = ("broker", "connector")

@@ -8,9 +8,9 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
-from mailroom.settings import Settings
+from config.settings import Settings
 
-from mailroom.topics import BIG_MESSAGE_BYTES as MAX_MESSAGE_BYTES  # large scans; the router rejects what exceeds its own limit
+from schemas.topics import BIG_MESSAGE_BYTES as MAX_MESSAGE_BYTES  # large scans; the router rejects what exceeds its own limit
 
 
 def producer(settings: Settings, **overrides) -> KafkaProducer:

@@ -31,8 +31,8 @@ from rich.console import Console
 from tqdm import tqdm
 
 from mailroom.kafkautil import MAX_MESSAGE_BYTES
-from mailroom.settings import Settings
-from mailroom.topics import topic_name
+from config.settings import Settings
+from schemas.topics import topic_name
 from schemas import codec
 
 console = Console(width=160)

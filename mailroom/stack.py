@@ -22,9 +22,9 @@ from pathlib import Path
 
 import psutil
 
-from mailroom.flinkconf import flink_home, write_cluster_conf
-from mailroom.settings import Settings
-from mailroom.topics import TOPICS
+from config.flinkconf import flink_home, write_cluster_conf
+from config.settings import Settings
+from schemas.topics import TOPICS
 
 
 class StackError(RuntimeError):
@@ -201,7 +201,7 @@ class Kafka(TrackedService):
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
-            # topics are declared in mailroom/topics.py; a typo must not create a new one
+            # topics are declared in schemas/topics.py; a typo must not create a new one
             "auto.create.topics.enable": "false",
             # Flink's exactly-once sink keeps transactions open up to its timeout (15 min cap)
             "transaction.max.timeout.ms": "900000",

@@ -16,8 +16,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from mailroom.settings import Settings
-from mailroom.flinkconf import embedded_ui_port, flink_home
+from config.settings import Settings
+from config.flinkconf import embedded_ui_port, flink_home
 from mailroom.stack import FlinkCluster
 
 
@@ -28,7 +28,7 @@ def job_log_dir(settings: Settings, module: str) -> Path:
 
 def job_command(settings: Settings, module: str, args: list[str], cluster: bool = False, detached: bool = False,
                 log_dir: Path | None = None) -> tuple[list[str], dict]:
-    """The command line and environment that run `module` (e.g. 'jobs.smoke') with `args`."""
+    """The command line and environment that run `module` (e.g. 'jobs.router') with `args`."""
     env = {**os.environ, **_settings_env(settings)}
     if not cluster:
         env["FLINK_LOG_DIR"] = str(log_dir or job_log_dir(settings, module))
@@ -66,7 +66,7 @@ def _settings_env(settings: Settings) -> dict[str, str]:
     """Settings as the environment variables a child process reads them from."""
     from dataclasses import fields
 
-    from mailroom.settings import ENV_VARS
+    from config.settings import ENV_VARS
 
     return {ENV_VARS[f.name]: str(getattr(settings, f.name)) for f in fields(settings)}
 

@@ -17,7 +17,7 @@ from models.registry import Registry, RegistryError
 from models.scoring import Scorer
 from models.training import build_dataset, context_vectors
 from models.image_features import image_features
-from udfs.features import model_text
+from models.features import model_text
 
 
 def _rate(work, batch: int, seconds: float) -> dict:

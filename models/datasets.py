@@ -16,7 +16,7 @@ import json
 import random
 from pathlib import Path
 
-from mailroom.topics import LABELS
+from schemas.labels import LABELS
 
 
 class DatasetError(ValueError):

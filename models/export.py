@@ -21,7 +21,7 @@ from skl2onnx import convert_sklearn
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from models.modelio import initial_types, onnx_feeds, onnx_session, sklearn_matrix
-from udfs.features import FEATURE_SET_ID, SENDER_FEATURES, model_text
+from models.features import FEATURE_SET_ID, SENDER_FEATURES, model_text
 
 TOKEN_PATTERN = r"(?u)\b\w\w+\b"
 TOKEN_EXP = r"[\p{L}\p{N}_]{2,}"

@@ -32,7 +32,8 @@ from datetime import datetime, timezone
 from email.utils import format_datetime
 from pathlib import Path
 
-from mailroom.topics import LABELS
+from schemas.labels import LABELS
+from schemas.units import DAY_MS, HOUR_MS
 from models.fragments import (CLASS_FRAGMENTS, COMMON, CV_SECTIONS, DISTRACTORS, OTHER_KINDS, OUR_COMPANIES, PORTAL_TOPICS, TABLE_HEADERS,
                               TOTAL_WORDS, VOCAB)
 
@@ -138,7 +139,7 @@ class Facts(dict):
             return format_money(value, lang, r)
         if key in ("date", "due_date", "delivery_date"):
             offset_days = {"date": r.randint(-40, 0), "due_date": r.randint(7, 60), "delivery_date": r.randint(-10, 30)}[key]
-            return format_date(self.when_ms + offset_days * 86_400_000, lang, r)
+            return format_date(self.when_ms + offset_days * DAY_MS, lang, r)
         if key == "company":
             return self.sender.company or company_name(r, lang)
         if key == "iban":
@@ -415,7 +416,7 @@ def generate(n: int, seed: int, scan_share: float = 0.3, fragment_half: int | No
     composer = TextComposer(fragment_half)
     our_domain = slug(box.our_company) + ".example"
     recipients = [(rng.choice(VOCAB["en"]["first"]), rng.choice(VOCAB["en"]["last"])) for _ in range(6)]
-    docs, now, previous = [], start_ms + rng.randint(0, 3_600_000), None
+    docs, now, previous = [], start_ms + rng.randint(0, HOUR_MS), None
     for i in range(n):
         if previous is not None and rng.random() < BURST_P:
             sender = previous
@@ -478,7 +479,7 @@ def _headers(rng: random.Random, channel: str, sender: Sender, our_domain: str, 
         return {"X-Portal-Form": rng.choice(["contact", "support", "feedback"]), "X-Portal-Session": token, "Date": date}
     if channel == "api":
         return {"X-Api-Client": slug(sender.company or sender.address), "X-Request-Id": token, "Date": date}
-    return {"X-Scanner-Id": f"scan-{rng.randint(1, 4):02d}", "X-Scan-Dpi": rng.choice(["200", "300"]), "X-Batch-Id": f"B{now_ms // 3_600_000}", "Date": date}
+    return {"X-Scanner-Id": f"scan-{rng.randint(1, 4):02d}", "X-Scan-Dpi": rng.choice(["200", "300"]), "X-Batch-Id": f"B{now_ms // HOUR_MS}", "Date": date}
 
 
 # --- writing and reading ---------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The models' input contract, in one place: ONNX input names/types and the matching sklearn matrix.
 
-Text model: inputs `text` (string [N, 1], already `udfs.features.model_text`-normalised) and
+Text model: inputs `text` (string [N, 1], already `models.features.model_text`-normalised) and
 `context` (float32 [N, len(SENDER_FEATURES)]). Image model: `image_features` (float32
 [N, len(IMAGE_FEATURES)]) and `context`. Both output `label` (string [N]) and `probabilities`
 (float32 [N, n_labels], columns in the card's `labels` order).
@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from models.image_features import IMAGE_FEATURES
-from udfs.features import SENDER_FEATURES
+from models.features import SENDER_FEATURES
 
 KINDS = ("text", "image")
 INPUT_NAMES = {"text": ("text", "context"), "image": ("image_features", "context")}

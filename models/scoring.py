@@ -18,7 +18,7 @@ import numpy as np
 from models.image_features import IMAGE_FEATURES, image_features
 from models.modelio import onnx_feeds, onnx_session
 from models.registry import ModelRef, Registry
-from udfs.features import FEATURE_SET_ID, SENDER_FEATURES, normalise_text
+from models.features import FEATURE_SET_ID, SENDER_FEATURES, normalise_text
 
 
 class FeatureSetMismatch(RuntimeError):
@@ -32,7 +32,7 @@ class Scorer:
         trained_on = model.card.get("feature_set_id")
         if trained_on != FEATURE_SET_ID:
             raise FeatureSetMismatch(f"{model.kind} model v{model.version} was trained with feature set {trained_on!r}, "
-                                     f"but udfs.features computes {FEATURE_SET_ID!r}; retrain or deploy matching code")
+                                     f"but models.features computes {FEATURE_SET_ID!r}; retrain or deploy matching code")
         self.kind, self.version, self.card = model.kind, model.version, model.card
         self.labels: tuple[str, ...] = tuple(model.card["labels"])
         self.session = onnx_session(str(model.onnx_path))
@@ -43,7 +43,7 @@ class Scorer:
         return cls(Registry(registry_dir).champion(kind))
 
     def score_texts(self, texts: list[str], context: np.ndarray) -> tuple[list[str], np.ndarray]:
-        """Labels and probabilities for texts built by `udfs.features.model_text` (normalised
+        """Labels and probabilities for texts built by `models.features.model_text` (normalised
         again here, which changes nothing for such texts and protects against raw input)."""
         self._expect("text")
         return self._run({"text": [normalise_text(t) for t in texts], "context": self._context(context, len(texts))})

@@ -31,7 +31,7 @@ from typing import Callable
 
 import numpy as np
 
-from udfs.features import model_text
+from models.features import model_text
 
 STRATEGIES = ("sequential", "random", "stratified", "custom")
 NUM_PERM, BANDS = 60, 15  # MinHash signature length; LSH bands of 4 rows (~0.5 similarity to become a candidate)

@@ -3,7 +3,7 @@
 `train(config)`:
 1. documents: `generate(n, seed, scan_share)` plus, if `real_dir` is set, `load_real` (at most
    `real_cap_per_source` per source, so the big real sources do not drown the rest);
-2. context: every document is replayed in receipt order through `udfs.features.SenderHistory`
+2. context: every document is replayed in receipt order through `models.features.SenderHistory`
    (true labels recorded), the class the streaming job uses; real documents have no sender and
    get an unknown sender's vector;
 3. a leakage-free split (`models.segregation.split`, duplicates and near duplicates together);
@@ -44,8 +44,8 @@ from models.generator import generate
 from models.image_features import image_feature_matrix
 from models.modelio import INPUT_NAMES, KINDS, N_CONTEXT, N_IMAGE, input_signature, sklearn_matrix, take
 from models.segregation import split
-from mailroom.topics import LABELS
-from udfs.features import FEATURE_SET_ID, SenderHistory, model_text
+from schemas.labels import LABELS
+from models.features import FEATURE_SET_ID, SenderHistory, model_text
 
 GENERATED_SOURCE = "generated"
 MAX_VOCABULARY = 20_000
@@ -417,7 +417,7 @@ def preprocessing(model: TrainedModel) -> dict:
     tfidf = model.pipeline.named_steps["features"].named_transformers_["text"]
     return {"tfidf": {"ngram_range": list(tfidf.ngram_range), "min_df": tfidf.min_df, "max_features": tfidf.max_features,
                       "vocabulary": len(tfidf.vocabulary_), "token_pattern": tfidf.token_pattern, "onnx_tokenexp": TOKEN_EXP,
-                      "normalisation_outside_graph": "udfs.features.model_text"},
+                      "normalisation_outside_graph": "models.features.model_text"},
             "context": "MaxAbsScaler"}
 
 

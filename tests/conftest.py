@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mailroom.settings import PROJECT_DIR, Settings
+from config.settings import PROJECT_DIR, Settings
 
 LAYERS = {"unit": None, "flink": "flink", "integration": "integration"}
 

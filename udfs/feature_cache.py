@@ -19,6 +19,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
+from schemas.redis_keys import mirror_stats_key, sender_key
+
 log = logging.getLogger("mailroom.feature_cache")
 
 
@@ -56,7 +58,7 @@ class FeatureMirror:
     _last_flush: float = field(default=0.0, repr=False)
 
     def key(self, sender: str) -> str:
-        return f"{self.namespace}:sender:{sender}"
+        return sender_key(self.namespace, sender)
 
     @property
     def redis_down(self) -> bool:
@@ -83,8 +85,8 @@ class FeatureMirror:
                 key = self.key(sender)
                 pipe.hset(key, mapping=mapping)
                 pipe.expire(key, self.ttl_s)
-            pipe.hset(f"{self.namespace}:mirror", mapping=self._stats_mapping())  # the outage record, for operators
-            pipe.expire(f"{self.namespace}:mirror", self.ttl_s)
+            pipe.hset(mirror_stats_key(self.namespace), mapping=self._stats_mapping())  # the outage record, for operators
+            pipe.expire(mirror_stats_key(self.namespace), self.ttl_s)
             pipe.execute()
         except Exception as exc:  # redis-py raises ConnectionError, TimeoutError, ...
             self._went_down(exc)

@@ -12,7 +12,7 @@ from pyflink.datastream import KeyedCoProcessFunction, KeyedProcessFunction, Map
 from pyflink.common.watermark_strategy import TimestampAssigner
 from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
 
-from mailroom.topics import DEPARTMENTS
+from schemas.labels import DEPARTMENTS
 from schemas import codec
 from udfs.dashboard import DashboardWriter
 from udfs.feature_cache import FeatureMirror
@@ -22,31 +22,11 @@ from udfs.metrics import AccuracyTracker, metrics_key
 from udfs.routing import Destination, DuplicateWindow, Router
 from udfs.scoring import BatchScorer, SenderFeatures
 from udfs.sharding import shard_keys
-from udfs.smoke import RedisCounter
 
 BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
 DEAD_LETTERS = OutputTag("dead-letters", BYTES)
 ROUTED_TEXT = OutputTag("routed-text", BYTES)
 ROUTED_SCANS = OutputTag("routed-scans", BYTES)
-
-
-class CountInRedisFunction(MapFunction):
-    """Smoke fixture: `RedisCounter.count` on every record."""
-
-    def __init__(self, settings, run_id: str):
-        self.settings, self.run_id = settings, run_id
-        self.counter = None
-
-    def open(self, runtime_context: RuntimeContext):
-        self.counter = RedisCounter(self.settings, self.run_id)
-        self.counter.open()
-
-    def map(self, value):
-        return self.counter.count(value)
-
-    def close(self):
-        if self.counter:
-            self.counter.close()
 
 
 # --- router ----------------------------------------------------------------------------------

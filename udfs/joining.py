@@ -62,7 +62,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mailroom.topics import DAY_MS, HOUR_MS
+from schemas.units import DAY_MS, HOUR_MS
 from schemas import codec
 
 # the prediction fields a pair and a labelled example need; the rest is not kept in state
@@ -365,7 +365,7 @@ class Joiner:
 
 @dataclass(frozen=True)
 class Outgoing:
-    """A record to write: topic key (mailroom.topics), Kafka key, record type and record."""
+    """A record to write: topic key (schemas.topics), Kafka key, record type and record."""
 
     topic: str
     key: str

@@ -58,10 +58,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Mapping, MutableMapping
 
-from mailroom.topics import HOUR_MS, LABELS
+from schemas.labels import LABELS
+from schemas.redis_keys import ACCURACY_NAMESPACE, accuracy_key
+from schemas.units import HOUR_MS, MINUTE_MS
 from udfs.joining import Corrected, Event, LabelledPair, Matched, Outgoing, Predicted
 
-MINUTE_MS = 60_000
 UNATTRIBUTED = ("", "")  # the metrics key of events without a model (OrphanTruth): they are only counted
 LATE_FOR_WINDOWS = "late_for_windows"  # count of events whose pane was only in windows already reported
 METRIC_NAMES = {"macro_f1": "macro-F1", "accuracy": "accuracy"}  # the alert rule's metrics, as people write them
@@ -81,7 +82,7 @@ class MetricsConfig:
     min_macro_f1: float = 0.7
     min_accuracy: float = 0.75
     rearm_margin: float = 0.02  # after an alert, both figures must be this far above their thresholds
-    redis_namespace: str = "mailroom:accuracy"
+    redis_namespace: str = ACCURACY_NAMESPACE
 
     def __post_init__(self):
         if self.slide_ms <= 0 or self.window_ms <= 0 or self.window_ms % self.slide_ms:
@@ -263,9 +264,7 @@ class AccuracyTracker:
 
     def redis_key(self, state: ModelMetrics) -> str:
         """One key per model version (orphan truths: `<namespace>:unattributed`)."""
-        if (state.model_name, state.model_version) == UNATTRIBUTED:
-            return f"{self.config.redis_namespace}:unattributed"
-        return f"{self.config.redis_namespace}:{state.model_name}:{state.model_version}"
+        return accuracy_key(self.config.redis_namespace, state.model_name, state.model_version)
 
     def redis_mapping(self, state: ModelMetrics, now_ms: int) -> dict[str, str]:
         """The dashboard hash for `redis_key(state)`: latest window report and last-N figures as

@@ -1,7 +1,7 @@
 """The router's logic: decode, validate and clean a document; route it or dead-letter it.
 
 Plain Python (no pyflink): the Flink job calls `Router.route` once per Kafka record and writes
-the result's `value` to the topic named by `result.destination` (a key of mailroom.topics).
+the result's `value` to the topic named by `result.destination` (a key of schemas.topics).
 
 Only *expected* bad input becomes a dead letter, with one of these reason codes (the same
 enum, DeadLetterReason, is in schemas/dead_letter.v1.avsc). Any other exception is a bug in
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import MutableMapping
 
-from mailroom.topics import HOUR_MS
+from schemas.units import HOUR_MS
 from schemas import codec
 from udfs.cleaning import CorruptImage, FormatMismatch, ImageTooLarge, clean_image, clean_line, clean_text
 
@@ -69,7 +69,7 @@ class Reason(str, Enum):
 
 
 class Destination(str, Enum):
-    """Where a result goes; the value is the topic's key in mailroom.topics."""
+    """Where a result goes; the value is the topic's key in schemas.topics."""
 
     TEXT = "routed_text"
     SCANS = "routed_scans"

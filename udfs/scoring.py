@@ -11,15 +11,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mailroom.topics import DEPARTMENTS
+from schemas.labels import DEPARTMENTS
+from schemas.redis_keys import FEATURES_NAMESPACE
+from schemas.units import DAY_MS, DAY_S
 from models.image_features import image_features
 from models.registry import ModelRef, Registry
 from models.scoring import Scorer
 from schemas import codec
 from udfs.feature_cache import FeatureMirror
-from udfs.features import FEATURE_SET_ID, SENDER_FEATURES, SenderHistory, model_text
+from models.features import FEATURE_SET_ID, SENDER_FEATURES, SenderHistory, model_text
 
-DAY_MS = 86_400_000
 TRIAGE = DEPARTMENTS["other"]
 
 
@@ -34,8 +35,8 @@ class ScoringConfig:
     max_batch_delay_ms: int = 200  # ... or when its oldest document waited this long
     sender_state_ttl_ms: int = 7 * DAY_MS  # a sender's state expires after a week without writes
     sender_idle_ms: int = 2 * DAY_MS  # a timer clears a sender silent this long
-    redis_namespace: str = "mailroom:features"
-    redis_ttl_s: int = 2 * 86_400  # every mirrored key expires
+    redis_namespace: str = FEATURES_NAMESPACE
+    redis_ttl_s: int = 2 * DAY_S  # every mirrored key expires
 
     @classmethod
     def from_registry(cls, registry_dir, **overrides) -> "ScoringConfig":

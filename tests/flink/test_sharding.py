@@ -6,7 +6,7 @@ from pyflink.common import Types
 from pyflink.datastream import KeyedProcessFunction
 from pyflink.java_gateway import get_gateway
 
-from mailroom.flink import make_env
+from jobs.environment import make_env
 from udfs.functions import _subtask
 from udfs.sharding import MAX_PARALLELISM, row_hash, shard_keys, subtask_of
 

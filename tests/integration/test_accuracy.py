@@ -11,14 +11,17 @@ import time
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, recall_score
 
-from mailroom.flink import latest_checkpoint
+from jobs.environment import latest_checkpoint
 from mailroom.kafkautil import producer, read_topic
 from mailroom.submit import run_job, start_job, stop_job
-from mailroom.topics import DEPARTMENTS, LABELS, topic_name
+from schemas.labels import DEPARTMENTS, LABELS
+from schemas.redis_keys import ACCURACY_NAMESPACE, accuracy_key
+from schemas.topics import topic_name
+from schemas.units import HOUR_MS
 from schemas import codec
 
 BASE_MS = 1_790_000_000_000
-HOUR_MS = 3_600_000
+
 ONE_WINDOW = ["--window-ms", str(24 * HOUR_MS), "--slide-ms", str(24 * HOUR_MS), "--settle-ms", "0"]
 
 
@@ -93,10 +96,10 @@ def test_join_in_either_order_late_truth_and_figures_match_sklearn(pipeline_sett
     for label in set(y_true):
         assert per_class[label]["recall"] == pytest.approx(recall_score(y_true, y_pred, labels=[label], average="macro", zero_division=0))
 
-    dashboard = settings.redis_client().hgetall("mailroom:accuracy:mailroom-text:1")
+    dashboard = settings.redis_client().hgetall(accuracy_key(ACCURACY_NAMESPACE, "mailroom-text", "1"))
     counts = json.loads(dashboard[b"counts"])
     assert counts["LateTruth"] == 5 and counts["Matched"] == 300 and counts["Unmatched"] == 5
-    orphaned = json.loads(settings.redis_client().hget("mailroom:accuracy:unattributed", "counts"))
+    orphaned = json.loads(settings.redis_client().hget(accuracy_key(ACCURACY_NAMESPACE, "", ""), "counts"))
     assert orphaned["OrphanTruth"] == 3
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mailroom.settings import Settings
+from config.settings import Settings
 from mailroom.stack import Redis
+from schemas.redis_keys import mirror_stats_key, sender_key
 from udfs.feature_cache import FeatureMirror
 
 
@@ -26,8 +27,8 @@ def test_pipelined_writes_with_ttl_and_prewarm(private_redis):
     mirror.flush()
     assert mirror.stats.flushes == 3  # 2 full buffers + the final flush: pipelines, not per-record calls
     client = settings.redis_client()
-    assert client.hget("t1:sender:s5@x", "docs") == b"65"  # newest value per sender won
-    assert 0 < client.ttl("t1:sender:s5@x") <= 120
+    assert client.hget(sender_key("t1", "s5@x"), "docs") == b"65"  # newest value per sender won
+    assert 0 < client.ttl(sender_key("t1", "s5@x")) <= 120
     assert mirror.fetch("s5@x") == {"docs": "65"} and mirror.fetch("nobody@x") is None
 
 
@@ -50,5 +51,5 @@ def test_outage_is_counted_once_and_pending_writes_survive(private_redis, caplog
     assert mirror.flush()  # the pending writes go out when Redis is back
     assert not mirror.redis_down
     client = settings.redis_client()
-    assert [client.hget(f"t2:sender:b{i}@x", "docs") for i in range(5)] == [str(i).encode() for i in range(5)]
-    assert client.hget("t2:mirror", "outages") == b"1"
+    assert [client.hget(sender_key("t2", f"b{i}@x"), "docs") for i in range(5)] == [str(i).encode() for i in range(5)]
+    assert client.hget(mirror_stats_key("t2"), "outages") == b"1"

@@ -13,7 +13,7 @@ from collections import Counter
 
 import pytest
 
-from mailroom.flink import latest_checkpoint
+from jobs.environment import latest_checkpoint
 from mailroom.kafkautil import producer, read_topic
 from mailroom.submit import run_job, start_job
 from schemas import codec

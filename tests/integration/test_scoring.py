@@ -16,12 +16,14 @@ from mailroom.kafkautil import producer, read_topic
 from mailroom.produce import DocumentProducer
 from mailroom.stack import Redis
 from mailroom.submit import run_job, start_job, stop_job
-from mailroom.topics import DEPARTMENTS, department_topic_key, topic_name
+from schemas.labels import DEPARTMENTS
+from schemas.redis_keys import sender_key
+from schemas.topics import department_topic_key, topic_name
 from models.generator import generate
 from schemas import codec
 from tests.unit.badinputs import text_document
 from tests.unit.test_codec import _apache_read
-from udfs.features import FEATURE_SET_ID, SENDER_FEATURES
+from models.features import FEATURE_SET_ID, SENDER_FEATURES
 from udfs.routing import Router, RouterConfig
 from udfs.scoring import ScoringConfig
 
@@ -107,7 +109,7 @@ def test_sender_features_in_flink_state_and_in_redis(pipeline_settings):
     assert all(f["sender_scan_share"] == 0 for f in got)
 
     client = settings.redis_client()
-    key = f"{ScoringConfig.redis_namespace}:sender:{sender}"
+    key = sender_key(ScoringConfig.redis_namespace, sender)
     cached = {k.decode(): v.decode() for k, v in client.hgetall(key).items()}
     assert cached["feature_set_id"] == FEATURE_SET_ID and cached["docs"] == "4"
     assert float(cached["sender_gap_log_s"]) == pytest.approx(math.log1p(7200))  # the latest document's features

@@ -10,6 +10,7 @@ import pytest
 from mailroom.kafkautil import producer, read_topic
 from mailroom.stack import FlinkCluster
 from mailroom.submit import run_job
+from schemas.redis_keys import smoke_counter_key
 
 
 def _round_trip(settings, topics, cluster: bool) -> None:
@@ -22,13 +23,13 @@ def _round_trip(settings, topics, cluster: bool) -> None:
     prod.flush()
     prod.close()
 
-    result = run_job(settings, "jobs.smoke", ["--input", source, "--output", sink, "--run-id", run_id], cluster=cluster, timeout=600)
+    result = run_job(settings, "tests.jobs.smoke", ["--input", source, "--output", sink, "--run-id", run_id], cluster=cluster, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
 
     received = [r.value for r in read_topic(settings, sink, min_count=len(sent))]
     assert len(received) == len(sent)  # once: no duplicates, none lost
     assert sorted(received) == sorted(sent)  # unchanged, byte for byte
-    assert int(settings.redis_client().get(f"mailroom:smoke:{run_id}")) == len(sent)
+    assert int(settings.redis_client().get(smoke_counter_key(run_id))) == len(sent)
 
 
 def test_smoke_job_on_minicluster(stack, test_settings, topics):

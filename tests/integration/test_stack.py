@@ -9,9 +9,9 @@ import psutil
 import pytest
 import redis
 
-from mailroom.settings import Settings
+from config.settings import Settings
 from mailroom.stack import Stack, StackError
-from mailroom.topics import TOPICS
+from schemas.topics import TOPICS
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from mailroom.bench import (PeerScorer, Result, Usage, fast_kafka_crc, goal, goa
                             table)
 from schemas import codec
 from tests.unit.badinputs import valid_text_document
-from udfs.features import SENDER_FEATURES
+from models.features import SENDER_FEATURES
 from udfs.routing import Router, RouterConfig
 
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mailroom.flinkconf import base_config, cluster_config, job_config
-from mailroom.settings import ENV_VARS, PROJECT_DIR, Settings
-from mailroom.topics import DEPARTMENTS, LABELS, TOPICS, department_topic_key, topic_name
+from config.flinkconf import base_config, cluster_config, job_config
+from config.settings import ENV_VARS, PROJECT_DIR, Settings
+from schemas.labels import DEPARTMENTS, LABELS
+from schemas.topics import TOPICS, department_topic_key, topic_name
 
 
 def test_environment_overrides_defaults(tmp_path):
@@ -20,7 +21,7 @@ def test_environment_overrides_defaults(tmp_path):
 
 
 def test_every_setting_names_its_environment_variable():
-    source = (PROJECT_DIR / "mailroom" / "settings.py").read_text()
+    source = (PROJECT_DIR / "config" / "settings.py").read_text()
     for field, var in ENV_VARS.items():
         assert re.search(rf"^\s+{field}: .*# {var}", source, re.M), f"{field} has no comment naming {var}"
 
@@ -107,6 +108,6 @@ def test_compose_flink_runs_python_jobs_with_the_projects_config():
         assert "requirements.lock" in dockerfile and "openjdk-17" in dockerfile
         assert "apache-flink==2.2.1" in lock and svc["image"].endswith(":2.2.1")
         assert "./flink-conf/config.yaml:/opt/mailroom/flink-conf/config.yaml:ro" in svc["volumes"]
-        assert "python -m mailroom.flinkconf" in svc["command"][-1]
+        assert "python -m config.flinkconf" in svc["command"][-1]
         assert f"{'jobmanager' if name == 'jobmanager' else 'taskmanager'}.sh start-foreground" in svc["command"][-1]
     assert set(_compose()["volumes"]) == {"kafka-data", "flink-state"}

@@ -1,4 +1,4 @@
-"""udfs/features.py: sender context features (hand-computed) and the shared text normalisation."""
+"""models/features.py: sender context features (hand-computed) and the shared text normalisation."""
 
 import doctest
 import math
@@ -7,9 +7,9 @@ import unicodedata
 
 import pytest
 
-import udfs.features
-from mailroom.topics import LABELS
-from udfs.features import (FEATURE_SET_ID, LABEL_MEMORY, MAX_TEXT_CHARS, SENDER_FEATURES, SenderHistory, model_text,
+import models.features
+from schemas.labels import LABELS
+from models.features import (FEATURE_SET_ID, LABEL_MEMORY, MAX_TEXT_CHARS, SENDER_FEATURES, SenderHistory, model_text,
                            normalise_text)
 
 HOUR, MINUTE = 3_600_000, 60_000
@@ -20,7 +20,7 @@ def feats(values):
 
 
 def test_doctest():
-    assert doctest.testmod(udfs.features).failed == 0
+    assert doctest.testmod(models.features).failed == 0
 
 
 def test_feature_list_is_one_per_label_plus_activity():

@@ -14,8 +14,9 @@ from kafka.future import Future
 
 from mailroom import feedback
 from mailroom.feedback import FeedbackProfile, check_label, ground_truth, read_feedback_file, simulate_feedback, with_predictions
-from mailroom.settings import Settings
-from mailroom.topics import DAY_MS, DEPARTMENTS, HOUR_MS, LABELS
+from config.settings import Settings
+from schemas.labels import DEPARTMENTS, LABELS
+from schemas.units import DAY_MS, HOUR_MS
 from schemas import codec
 from udfs.joining import Joiner
 from udfs.metrics import figures

@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from mailroom.topics import DEPARTMENTS, LABELS
+from schemas.labels import DEPARTMENTS, LABELS
 from schemas import codec
 from udfs.joining import (Corrected, DuplicatePrediction, DuplicateTruth, JoinConfig, Joiner, LateTruth, Matched, OrphanTruth, PairState,
                           Predicted, StaleTruth, Unmatched, labelled_examples)

@@ -10,7 +10,8 @@ import random
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from mailroom.topics import DEPARTMENTS, HOUR_MS, LABELS
+from schemas.labels import DEPARTMENTS, LABELS
+from schemas.units import HOUR_MS
 from schemas import codec
 from udfs.joining import Corrected, Joiner, Matched
 from udfs.metrics import UNATTRIBUTED, AccuracyTracker, MetricsConfig, figures, metrics_key

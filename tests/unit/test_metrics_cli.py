@@ -12,8 +12,9 @@ from rich.console import Console
 
 from mailroom import accuracy
 from mailroom.accuracy import class_table, latest_by_model, plot_reports, read_dashboard, summary_table
-from mailroom.settings import Settings
-from mailroom.topics import DEPARTMENTS, HOUR_MS, LABELS
+from config.settings import Settings
+from schemas.labels import DEPARTMENTS, LABELS
+from schemas.units import HOUR_MS
 from schemas import codec
 from udfs.joining import Joiner
 from udfs.metrics import AccuracyTracker, MetricsConfig

@@ -1,4 +1,4 @@
-"""models/cli.py through the real `mailroom` entry point: generate, train --quick, models, bench-models."""
+"""mailroom/models_cli.py through the real `mailroom` entry point: generate, train --quick, models, bench-models."""
 
 import json
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mailroom.settings import PROJECT_DIR
+from config.settings import PROJECT_DIR
 from models.datasets import DatasetError, load_real
 
 REAL_DIR = PROJECT_DIR.parent / "shared" / "data" / "real"

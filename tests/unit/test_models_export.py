@@ -9,7 +9,7 @@ from models.modelio import N_CONTEXT, N_IMAGE, onnx_feeds, onnx_session
 from models.registry import Registry
 from models.generator import generate
 from models.training import Candidate, Dataset, TrainConfig, TrainedModel, TrainingRun, build_dataset, context_vectors, fit, publish
-from udfs.features import FEATURE_SET_ID, model_text
+from models.features import FEATURE_SET_ID, model_text
 
 UNIGRAMS = (("ngram_range", (1, 1)), ("min_df", 2))
 BIGRAMS = (("ngram_range", (1, 2)), ("min_df", 2))

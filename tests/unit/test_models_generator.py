@@ -13,10 +13,10 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
-from mailroom.topics import LABELS
+from schemas.labels import LABELS
 from models.fragments import CLASS_FRAGMENTS, COMMON, DISTRACTORS
 from models.generator import Facts, Mailbox, TextComposer, generate, read_jsonl, write_directory, write_jsonl
-from udfs.features import model_text
+from models.features import model_text
 
 FIELDS = {"doc_id", "received_ms", "channel", "sender", "subject", "content_type", "text", "image", "mime_type", "page_count", "headers", "label"}
 

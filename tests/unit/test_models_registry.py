@@ -13,7 +13,7 @@ from models.generator import generate
 from models.modelio import input_signature, onnx_feeds, onnx_session
 from models.registry import PromotionRefused, Registry, RegistryError
 from models.training import Candidate, build_dataset, context_vectors, fit
-from udfs.features import FEATURE_SET_ID
+from models.features import FEATURE_SET_ID
 
 CANDIDATE = Candidate("logreg", (("C", 10.0),), (("ngram_range", (1, 1)), ("min_df", 2)))
 

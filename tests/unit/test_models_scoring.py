@@ -12,7 +12,7 @@ from models.image_features import image_features
 from models.registry import Registry
 from models.scoring import FeatureSetMismatch, Scorer
 from models.training import TrainConfig, publish, train
-from udfs.features import FEATURE_SET_ID, SENDER_FEATURES, SenderHistory, model_text
+from models.features import FEATURE_SET_ID, SENDER_FEATURES, SenderHistory, model_text
 
 
 @pytest.fixture(scope="module")

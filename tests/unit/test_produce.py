@@ -14,7 +14,7 @@ from kafka.future import Future
 
 from mailroom import cli, produce
 from mailroom.produce import DocumentProducer, Refusal, from_directory, from_generator, from_jsonl, plan, to_document
-from mailroom.settings import Settings
+from config.settings import Settings
 from schemas import codec
 from tests.unit.badinputs import TEXT, scan_image
 

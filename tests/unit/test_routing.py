@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mailroom.settings import PROJECT_DIR
+from config.settings import PROJECT_DIR
 from schemas import codec
 from tests.unit.badinputs import RECEIVED_MS, bad_inputs, scan_document, scan_image, text_document, valid_scan_document, valid_text_document
 from udfs import routing

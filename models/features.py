@@ -25,12 +25,11 @@ import unicodedata
 from collections import deque
 from dataclasses import dataclass, field
 
-from mailroom.topics import LABELS
+from schemas.labels import LABELS
+from schemas.units import DAY_MS, HOUR_MS
 
 FEATURE_SET_ID = "sender-v1"
 
-HOUR_MS = 3_600_000
-DAY_MS = 24 * HOUR_MS
 MAX_RECENT = 1000  # timestamps kept per sender; docs_1h/docs_24h saturate here
 LABEL_MEMORY = 20  # the last labels a sender's label shares are computed over
 

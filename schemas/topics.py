@@ -7,21 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-HOUR_MS = 3_600_000
-BIG_MESSAGE_BYTES = 64 * 2**20  # the input must accept oversized documents so the router can dead-letter them
-DAY_MS = 24 * HOUR_MS
+from schemas.labels import DEPARTMENTS
+from schemas.units import DAY_MS
 
-# label -> department that handles it (and whose topic receives it)
-DEPARTMENTS = {
-    "invoice": "finance",
-    "offer": "sales",
-    "purchase_order": "procurement",
-    "job_application": "hr",
-    "complaint": "customer-care",
-    "service_request": "service-desk",
-    "other": "triage",
-}
-LABELS = tuple(DEPARTMENTS)
+BIG_MESSAGE_BYTES = 64 * 2**20  # the input must accept oversized documents so the router can dead-letter them
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 It proves the plumbing: the connector jar, the Python workers, Redis from a worker, and the
 transactional KafkaSink. The bytes pass through unchanged; Redis counts them per run id.
+Run embedded with `python -m tests.jobs.smoke`, or on the session cluster with `flink run -py`.
 """
 
 from __future__ import annotations
@@ -9,20 +10,43 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pyflink.datastream import DataStream
+from pyflink.datastream import DataStream, MapFunction, RuntimeContext
 
+from config.settings import Settings
 from jobs.connectors import BYTES, read_bytes, write_bytes
-from mailroom.flink import make_env
-from mailroom.settings import Settings
-from udfs.functions import CountInRedisFunction
+from jobs.environment import make_env
+from schemas.redis_keys import smoke_counter_key
+from schemas.units import DAY_S
+
+
+class CountInRedis(MapFunction):
+    """Counts every record under `smoke_counter_key(run_id)` and passes it on unchanged."""
+
+    def __init__(self, settings: Settings, run_id: str):
+        self.settings, self.run_id = settings, run_id
+        self.client = None
+
+    def open(self, runtime_context: RuntimeContext):
+        self.client = self.settings.redis_client()
+
+    def map(self, value):
+        pipe = self.client.pipeline()
+        pipe.incr(smoke_counter_key(self.run_id))
+        pipe.expire(smoke_counter_key(self.run_id), DAY_S)
+        pipe.execute()
+        return value
+
+    def close(self):
+        if self.client is not None:
+            self.client.close()
 
 
 def build(raw: DataStream, settings: Settings, run_id: str) -> DataStream:
-    return raw.map(CountInRedisFunction(settings, run_id), output_type=BYTES).name("count in redis").uid("smoke-count-in-redis")
+    return raw.map(CountInRedis(settings, run_id), output_type=BYTES).name("count in redis").uid("smoke-count-in-redis")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="jobs/smoke.py", description=__doc__)
+    parser = argparse.ArgumentParser(prog="tests/jobs/smoke.py", description=__doc__)
     parser.add_argument("--input", required=True, help="topic to read (bounded: up to its latest offset at start)")
     parser.add_argument("--output", required=True, help="topic to write")
     parser.add_argument("--run-id", required=True, help="Redis counter key suffix: mailroom:smoke:<run-id>")

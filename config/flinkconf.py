@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from mailroom.settings import PROJECT_DIR, Settings
+from config.settings import PROJECT_DIR, Settings
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, str]:
@@ -100,5 +100,5 @@ def write_cluster_conf(settings: Settings, conf_dir: Path) -> Path:
     return conf_dir
 
 
-if __name__ == "__main__":  # used by docker-compose.yml: python -m mailroom.flinkconf
+if __name__ == "__main__":  # used by docker-compose.yml: python -m config.flinkconf
     print(write_cluster_conf(Settings.from_env(), Settings.from_env().run_dir / "flink" / "conf"))

@@ -8,8 +8,8 @@ from pathlib import Path
 from pyflink.common import Configuration
 from pyflink.datastream import StreamExecutionEnvironment
 
-from mailroom.flinkconf import embedded_ui_port, job_config
-from mailroom.settings import Settings
+from config.flinkconf import embedded_ui_port, job_config
+from config.settings import Settings
 
 
 def make_env(settings: Settings, job: str, parallelism: int | None = None, restore_from: str | None = None) -> StreamExecutionEnvironment:

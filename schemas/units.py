@@ -1,0 +1,11 @@
+"""Time units: every duration in Mailroom is a whole number of milliseconds (`*_ms`).
+
+>>> DAY_MS // HOUR_MS, HOUR_MS // MINUTE_MS
+(24, 60)
+"""
+
+SECOND_MS = 1_000
+MINUTE_MS = 60 * SECOND_MS
+HOUR_MS = 60 * MINUTE_MS
+DAY_MS = 24 * HOUR_MS
+DAY_S = DAY_MS // SECOND_MS
