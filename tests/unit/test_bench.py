@@ -8,8 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from mailroom.bench import (PeerScorer, Result, Usage, fast_kafka_crc, goal, goal_line, percentiles, plot, report, sustained_window,
-                            table)
+from mailroom.bench.figures import Result, goal, goal_line, percentiles, report, sustained_window
+from mailroom.bench.output import plot, table
+from mailroom.bench.peer import PeerScorer, fast_kafka_crc
+from mailroom.bench.sampling import Usage
 from schemas import codec
 from tests.unit.badinputs import valid_text_document
 from models.features import SENDER_FEATURES
@@ -141,6 +143,37 @@ def test_peer_flushes_a_partial_batch_when_its_oldest_document_waited_long_enoug
     assert peer.wait_ms(now_ms=1_300) == 0
     assert len(peer.flush(now_ms=1_300)) == 1
     assert peer.flush(now_ms=1_400) == [] and peer.wait_ms(now_ms=1_400) == 100
+
+
+def test_peer_batches_by_size_with_the_shared_policy():
+    stand_in = LabelsEverythingAnInvoice()
+    peer = PeerScorer(SimpleNamespace(batch_size=3, max_batch_delay_ms=200), scorer=stand_in)
+    flushed = [len(peer.add(_routed(f"d{i}"), now_ms=1_000 + i)) for i in range(7)]
+    assert flushed == [0, 0, 3, 0, 0, 3, 0]
+    assert [len(batch) for batch in stand_in.batches] == [3, 3]
+    assert len(peer.pending) == 1 and peer.batcher.size(0) == 1
+
+
+def test_peer_wait_counts_down_from_the_first_pending_document():
+    peer = PeerScorer(SimpleNamespace(batch_size=10, max_batch_delay_ms=200), scorer=LabelsEverythingAnInvoice())
+    assert peer.wait_ms(now_ms=500, idle_ms=30) == 30 and not peer.is_due(now_ms=500)
+    peer.add(_routed("a"), now_ms=1_000)
+    assert peer.wait_ms(now_ms=1_000) == 200
+    peer.add(_routed("b"), now_ms=1_120)  # a later document does not restart the clock
+    assert peer.wait_ms(now_ms=1_120) == 80 and not peer.is_due(now_ms=1_199)
+    assert peer.wait_ms(now_ms=5_000) == 0 and peer.is_due(now_ms=1_200)
+
+
+def test_peer_flush_empties_the_batch_and_restarts_the_clock():
+    stand_in = LabelsEverythingAnInvoice()
+    peer = PeerScorer(SimpleNamespace(batch_size=10, max_batch_delay_ms=200), scorer=stand_in)
+    peer.add(_routed("a"), now_ms=1_000)
+    peer.add(_routed("b"), now_ms=1_010)
+    assert len(peer.flush(now_ms=1_050)) == 2 and [len(b) for b in stand_in.batches] == [2]
+    assert peer.pending == [] and peer.batcher.size(0) == 0 and peer.wait_ms(now_ms=1_050) == 100
+    peer.add(_routed("c"), now_ms=3_000)
+    assert peer.wait_ms(now_ms=3_050) == 150
+    assert peer.flush(now_ms=3_100) and peer.flush(now_ms=3_100) == [] and stand_in.batches[-1][0].doc_id == "c"
 
 
 def test_fast_kafka_crc_computes_the_same_checksum():

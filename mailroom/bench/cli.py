@@ -1,0 +1,121 @@
+"""`mailroom bench`: the subcommand, its checks and the run of the chosen variants."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from config.settings import PROJECT_DIR, Settings
+from mailroom.bench.corpus import build_corpus
+from mailroom.bench.figures import Result, report
+from mailroom.bench.output import console, err, plot, table
+from mailroom.bench.peer import fast_kafka_crc
+from mailroom.bench.variants import BenchError, Run, profile_scoring, run_limit, run_router, run_stream
+
+VARIANTS = ("limit", "router", "peer", "mailroom")
+DOCS, QUICK_DOCS = 12_000, 400
+PACED_S, QUICK_PACED_S = 20.0, 5.0  # how long the paced producer offers load
+ROUTER_TEXT_DOCS, QUICK_ROUTER_TEXT_DOCS = 20_000, 2_000  # text documents are repeated up to this many (the router is fast on text)
+
+
+def _bench_doc() -> str:
+    """The package docstring: the command's description and the report's method."""
+    from mailroom import bench
+
+    return bench.__doc__
+
+
+def _check_ready(settings: Settings, needs_kafka: bool):
+    """The scoring config from the registry; and Kafka answering, if needed. BenchError otherwise."""
+    from models.registry import RegistryError
+    from udfs.scoring import ScoringConfig
+
+    try:
+        config = ScoringConfig.from_registry(settings.registry_dir)
+    except RegistryError as exc:
+        raise BenchError(f"No champion models in {settings.registry_dir} ({exc}). Train them: `mailroom train` (`--quick`: a few seconds).")
+    if needs_kafka:
+        from mailroom.stack import Kafka
+
+        if not Kafka(settings).status().running:
+            raise BenchError(f"Kafka does not answer at {settings.bootstrap_servers}. Start the stack: `mailroom stack up`.")
+    return config
+
+
+def _cmd(args: argparse.Namespace, settings: Settings) -> int:
+    if not 0 <= args.scan_share < 1:
+        err.print("[red]error:[/red] --scan-share must be at least 0 and below 1")
+        return 2
+    docs = args.docs or (QUICK_DOCS if args.quick else DOCS)
+    variants = [v for v in VARIANTS if v in args.variants]
+    try:
+        config = _check_ready(settings, needs_kafka=not args.profile and variants != ["limit"])
+    except BenchError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        return 1
+    fast_kafka_crc()
+    started = time.monotonic()
+    corpus = build_corpus(docs, args.seed, args.scan_share)
+    if args.profile:
+        rate, text = profile_scoring(corpus, config)
+        console.print(f"scoring logic (decode, SenderFeatures, BatchScorer) in plain Python, {len(corpus.routed):,} documents "
+                      f"({corpus.mix}): {rate:,.0f} docs/s without the profiler")
+        console.print(text, highlight=False, markup=False)
+        return 0
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out_dir = args.out / run_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run = Run(settings, corpus, out_dir, run_id, tuple(args.parallelism or ((1,) if args.quick else (1, 2))),
+              QUICK_PACED_S if args.quick else PACED_S, QUICK_ROUTER_TEXT_DOCS if args.quick else ROUTER_TEXT_DOCS)
+    run.log_dir.mkdir(exist_ok=True)
+    steps: list[tuple[str, Callable[[], Result]]] = []
+    if "limit" in variants:
+        steps.append(("limit", lambda: run_limit(run)))
+    if "router" in variants:
+        steps += [(f"router {kind}", lambda kind=kind: run_router(run, kind)) for kind in ("text", "scans")
+                  if any((d["content_type"] == "image") == (kind == "scans") for d in corpus.documents)]
+    for variant in ("peer", "mailroom"):
+        if variant in variants:
+            steps += [(f"{variant} p{p}", lambda variant=variant, p=p: run_stream(run, variant, p)) for p in run.parallelism]
+    results, errors = [], []
+    for name, step in steps:
+        console.print(f"[bold]{name}[/bold]")
+        try:
+            results.append(step())
+        except BenchError as exc:
+            errors.append(str(exc))
+            err.print(f"[red]{name} failed:[/red] {exc}")
+    meta = {"run_id": run_id, "seconds": round(time.monotonic() - started), "docs": len(corpus.documents), "routed": len(corpus.routed),
+            "seed": args.seed, "scan_share": round(corpus.scan_share, 3), "batch_size": config.batch_size,
+            "max_batch_delay_ms": config.max_batch_delay_ms, "paced_s": run.paced_s,
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+            "method": _bench_doc().split("How it measures")[1].split("Peer and mailroom")[0].strip()}
+    (out_dir / "bench.json").write_text(json.dumps(report(results, meta, errors), indent=2))
+    if results:
+        plot(results, out_dir / "bench.png")
+    console.print(table(results))
+    console.print(f"raw figures: {out_dir / 'bench.json'}; plot: {out_dir / 'bench.png'}; logs: {run.log_dir}")
+    return 1 if errors else 0
+
+
+def register(sub) -> None:
+    parser = sub.add_parser("bench", help="throughput, latency, CPU and memory: Mailroom vs onnxruntime alone and a hand-written peer",
+                            description=_bench_doc().split("\n`python -m")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                            epilog="Needs champion models (`mailroom train`) and, unless only limit or --profile, the stack (`mailroom stack up`).")
+    parser.add_argument("--docs", type=int, metavar="N", help=f"documents to generate (default {DOCS:,}: the whole bench takes 7-8 minutes on 2 cores; --quick: {QUICK_DOCS})")
+    parser.add_argument("--quick", action="store_true", help="a ~1-minute smoke: few documents, a short paced phase, parallelism 1")
+    parser.add_argument("--scan-share", type=float, default=0.3, help="expected share of scanned documents (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=11, help="the generator's seed (default %(default)s)")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS), metavar="V",
+                        help=f"which variants to run, of {', '.join(VARIANTS)} (default: all)")
+    parser.add_argument("--parallelism", nargs="+", type=int, metavar="P", help="parallelisms of peer and mailroom (default 1 2; --quick 1)")
+    parser.add_argument("--profile", action="store_true", help="instead: profile the scoring logic in plain Python (cProfile, no Kafka) "
+                        "and print the top functions by cumulative time")
+    parser.add_argument("--out", type=Path, default=PROJECT_DIR / "bench-results", help="results directory (default: %(default)s)")
+    parser.set_defaults(func=_cmd)

@@ -1,0 +1,62 @@
+"""The bench's output: the consoles, the results table and the plot."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from mailroom.bench.figures import Result, goal_line
+
+console = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True)
+
+
+def table(results: list[Result]) -> Table:
+    out = Table(title="mailroom bench", caption=goal_line(results) + "\ncores own/all: the variant's processes / the whole machine "
+                "(2 cores); a gap well above the broker's and the bench's share means someone else was busy too.", caption_justify="left")
+    columns = ("variant", "input", "p", "docs", "docs/s", "offered/s", "p50 ms", "p95 ms", "p99 ms", "CPU s", "CPU ms/doc", "peak RSS MB", "cores own/all")
+    for name in columns:
+        out.add_column(name, justify="left" if name in ("variant", "input") else "right")
+
+    def num(value, digits: int = 0) -> str:
+        return "-" if value is None else f"{value:,.{digits}f}"
+
+    for r in results:
+        latency = r.latency_ms or {}
+        out.add_row(r.variant, r.input, num(r.parallelism), f"{r.docs:,}", num(r.docs_per_s), num(r.offered_per_s), num(latency.get("p50")), num(latency.get("p95")),
+                    num(latency.get("p99")), num(r.cpu_s, 1), num(r.cpu_ms_per_doc, 2), num(r.peak_rss_mb),
+                    "-" if r.own_cores is None else f"{r.own_cores:.1f}/{r.machine_busy_cores:.1f}")
+    return out
+
+
+def plot(results: list[Result], path: Path) -> None:
+    """Sustained throughput per variant (left, log scale) and latency percentiles (right)."""
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 0.55 * len(results) + 2.5))
+    rated = [r for r in results if r.docs_per_s]
+    bars = left.barh([r.label for r in rated], [r.docs_per_s for r in rated], color="tab:blue")
+    left.bar_label(bars, labels=[f"{r.docs_per_s:,.0f}" for r in rated], padding=3)
+    if rated:
+        left.set_xlim(10 ** math.floor(math.log10(min(r.docs_per_s for r in rated) / 3)), max(r.docs_per_s for r in rated) * 4)
+    left.set(xscale="log", xlabel="documents/s", title="sustained throughput (pre-filled backlog)")
+    left.invert_yaxis()
+    timed = [r for r in results if r.latency_ms and r.latency_ms["p50"] is not None]
+    rows = np.arange(len(timed))
+    for offset, point in zip((-0.27, 0, 0.27), ("p50", "p95", "p99")):
+        right.barh(rows + offset, [r.latency_ms[point] for r in timed], height=0.27, label=point)
+    right.set_yticks(rows, [f"{r.label}\n@ {r.offered_per_s:,.0f} docs/s" for r in timed])
+    right.set(xlabel="ms from receipt to a department topic", title="latency at half the sustained rate")
+    right.invert_yaxis()
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,345 @@
+"""Each variant's measurement: the limit, the router job, and the peer or the scoring job over
+a routed backlog and then at a paced rate; each in its own topics and run directory."""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import math
+import os
+import pstats
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+from tqdm import tqdm
+
+from config.settings import Settings
+from mailroom.bench.corpus import Corpus, pending_documents
+from mailroom.bench.figures import Result, Window, percentiles, sustained_window
+from mailroom.bench.output import console
+from mailroom.bench.peer import PeerScorer
+from mailroom.bench.sampling import TreeSampler, Usage, epoch_ms
+from schemas import codec
+from schemas.labels import DEPARTMENTS
+from schemas.topics import BY_KEY, TOPICS, department_topic_key, topic_name
+
+PACED_PREFIX = "paced-"  # doc_id prefix of the paced phase's documents
+LIMIT_SECONDS = 3.0
+
+
+class BenchError(RuntimeError):
+    """A variant could not be measured; the message says why and where the log is."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """What one `mailroom bench` run does and where it writes."""
+
+    settings: Settings
+    corpus: Corpus
+    out_dir: Path
+    run_id: str
+    parallelism: tuple[int, ...]
+    paced_s: float
+    router_text_docs: int
+
+    @property
+    def log_dir(self) -> Path:
+        return self.out_dir / "logs"
+
+
+@contextmanager
+def scratch(run: Run, name: str) -> Iterator[Settings]:
+    """Settings of one variant: its own topics (a fresh prefix, deleted afterwards) and run directory."""
+    from mailroom.kafkautil import delete_topics
+    from mailroom.stack import Kafka
+
+    settings = replace(run.settings, topic_prefix=f"bench-{run.run_id}-{name}.", run_dir=run.out_dir / "run" / name)
+    settings = replace(settings, flink_rest_port=_free_flink_port(settings))
+    Kafka(settings).create_topics()
+    try:
+        yield settings
+    finally:
+        delete_topics(settings, [t.name(settings.topic_prefix) for t in TOPICS])
+        shutil.rmtree(settings.run_dir, ignore_errors=True)  # checkpoints
+
+
+def _free_flink_port(settings: Settings) -> int:
+    """A flink_rest_port whose embedded jobs' web UI ports are free: the bench's jobs must not
+    collide with a job someone runs beside them on the default ports."""
+    from config.flinkconf import embedded_ui_port
+    from mailroom.stack import port_free
+
+    for base in range(settings.flink_rest_port + 500, settings.flink_rest_port + 1500, 100):
+        trial = replace(settings, flink_rest_port=base)
+        if all(port_free(settings.host, embedded_ui_port(trial, job)) for job in ("router", "scoring")):
+            return base
+    raise BenchError(f"no free ports for the jobs' web UI above {settings.flink_rest_port + 500}")
+
+
+def _await_group_exit(proc: subprocess.Popen, timeout_s: float = 60) -> None:
+    """Wait until no process of a finished job's process group (its JVM too) is left, so the
+    next job finds its ports free."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)  # signal 0: only asks whether the group still exists
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+
+
+def run_limit(run: Run) -> Result:
+    """onnxruntime alone: every routed document's model inputs precomputed (SenderFeatures.observe
+    computes a scan's layout features), scored batch by batch."""
+    from models.bench import _rate
+    from models.modelio import onnx_feeds
+    from models.features import normalise_text
+    from udfs.scoring import BatchScorer, ScoringConfig
+
+    config = ScoringConfig.from_registry(run.settings.registry_dir)
+    scorer = BatchScorer(config)
+    pending = pending_documents(run.corpus)
+    calls = []  # (session, feeds) of every batch
+    for model, kind in ((scorer.text, "TEXT"), (scorer.image, "IMAGE")):
+        docs = [p for p in pending if p.content_type == kind]
+        for start in range(0, len(docs), config.batch_size):
+            chunk = docs[start:start + config.batch_size]
+            inputs = {"context": [p.features for p in chunk]}
+            if kind == "TEXT":
+                inputs["text"] = [normalise_text(p.text) for p in chunk]
+            else:
+                inputs["image_features"] = [p.image_features for p in chunk]
+            calls.append((model.session, onnx_feeds(model.kind, inputs)))
+    passes = 0
+
+    def score_all() -> None:
+        nonlocal passes
+        passes += 1
+        for session, feeds in calls:
+            session.run(["label", "probabilities"], feeds)
+
+    cpu = time.process_time()
+    with console.status("limit: onnxruntime batches"):
+        rate = _rate(score_all, len(pending), LIMIT_SECONDS)
+    cpu_ms_per_doc = (time.process_time() - cpu) * 1000 / (passes * len(pending))
+    return Result("limit", run.corpus.mix, None, len(pending), round(rate["docs_per_s"]), cpu_ms_per_doc=round(cpu_ms_per_doc, 3))
+
+
+def run_router(run: Run, kind: str) -> Result:
+    """jobs.router --bounded over a pre-filled documents topic holding only texts or only scans."""
+    from mailroom.kafkautil import read_topic
+    from mailroom.produce import DocumentProducer, plan, to_document
+    from mailroom.submit import start_job, stop_job
+
+    is_scan = kind == "scans"
+    docs = [d for d in run.corpus.documents if (d["content_type"] == "image") == is_scan]
+    copies = 1 if is_scan else max(1, math.ceil(run.router_text_docs / max(1, len(docs))))
+    candidates = [(f"{d['doc_id']} copy {k}", to_document({**d, "doc_id": f"{d['doc_id']}-{k}"}, d["received_ms"]))
+                  for k in range(copies) for d in docs]
+    name = f"router-{kind}"
+    with scratch(run, name) as settings:
+        with DocumentProducer(settings) as producer:
+            sent = producer.send_plan(plan(candidates))
+        if sent.failed or sent.refused:
+            raise BenchError(f"{name}: {len(sent.failed)} documents not acknowledged, {len(sent.refused)} refused")
+        log = run.log_dir / f"{name}.log"
+        started = time.time()
+        proc = start_job(settings, "jobs.router", ["--bounded", "--parallelism", "1", "--group-id", settings.topic_prefix + "group"], log,
+                         log_dir=log.with_suffix(""))
+        timeout_s = 300 + sent.sent / 20
+        with TreeSampler([proc.pid]) as sampler, console.status(f"{name}: jobs.router --bounded over {sent.sent:,} documents"):
+            try:
+                returncode = proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                stop_job(proc)
+                raise BenchError(f"{name}: the job did not finish within {timeout_s:.0f} s; see {log}") from None
+        wall = time.time() - started
+        _await_group_exit(proc)
+        if returncode:
+            raise BenchError(f"{name}: the job exited with {returncode}; see {log}")
+        records = read_topic(settings, topic_name("routed_scans" if is_scan else "routed_text", settings.topic_prefix), min_count=sent.sent)
+    times = [codec.decode(r.value, expected="routed_document").record["routed_ms"] for r in records]
+    if len(times) != sent.sent:
+        raise BenchError(f"{name}: {sent.sent:,} documents in, {len(times):,} routed out; see {log}")
+    window = sustained_window(times)
+    return _result("router", kind, 1, times, window, sampler.usage, started, wall_s=round(wall, 1))
+
+
+def run_stream(run: Run, variant: str, parallelism: int) -> Result:
+    """The peer or the scoring job: sustained rate over the routed backlog, then latency at half of it."""
+    from mailroom.submit import stop_job
+
+    name = f"{variant}-p{parallelism}"
+    with scratch(run, name) as settings:
+        _send_backlog(settings, run.corpus, name)
+        log = run.log_dir / f"{name}.log"
+        with OutputWatcher(settings) as watcher:
+            started = time.time()
+            procs = _start(settings, variant, parallelism, log)
+            try:
+                with TreeSampler([p.pid for p in procs]) as sampler:
+                    n = len(run.corpus.routed)
+                    _await(watcher, "backlog", n, procs, log, f"{name}: backlog")
+                    window = sustained_window(a.scored_ms for a in watcher.arrivals["backlog"].values())
+                    if window is None:
+                        raise BenchError(f"{name}: the backlog was scored too fast to time; use more --docs")
+                    sent, offered = _pace(settings, run.corpus, window.rate / 2, run.paced_s, name)
+                    _await(watcher, "paced", sent, procs, log, f"{name}: paced")
+            except BenchError:
+                if variant == "peer":  # its threads' stacks into its log (faulthandler, see peer_main)
+                    for proc in procs:
+                        proc.send_signal(signal.SIGUSR1)
+                    time.sleep(1)
+                raise
+            finally:
+                for proc in procs:
+                    stop_job(proc)
+                    _await_group_exit(proc)
+        backlog, paced = list(watcher.arrivals["backlog"].values()), list(watcher.arrivals["paced"].values())
+    result = _result(variant, run.corpus.mix, parallelism, [a.scored_ms for a in backlog], window, sampler.usage, started)
+    result.offered_per_s = round(offered)
+    result.latency_ms = percentiles(a.arrived_ms - a.received_ms for a in paced)
+    result.scored_latency_ms = percentiles(a.scored_ms - a.received_ms for a in paced)
+    return result
+
+
+def _result(variant: str, input_: str, parallelism: int, times_ms: list[int], window: Window | None, usage: Usage, started: float,
+            **extra) -> Result:
+    cpu_ms_per_doc = None
+    if window is not None and len(usage.samples) > 1:
+        cpu_ms_per_doc = round(usage.cpu_between(window.start_ms / 1000, window.end_ms / 1000) * 1000 / window.records, 2)
+    return Result(variant, input_, parallelism, len(times_ms), round(window.rate) if window else None, cpu_s=usage.cpu_s,
+                  cpu_ms_per_doc=cpu_ms_per_doc, peak_rss_mb=usage.peak_rss_mb, first_output_s=round(min(times_ms) / 1000 - started, 1),
+                  own_cores=usage.own_cores, machine_busy_cores=usage.machine_busy_cores, **extra)
+
+
+def _send_backlog(settings: Settings, corpus: Corpus, name: str) -> None:
+    from mailroom.kafkautil import producer
+
+    out = producer(settings, batch_size=2**20)
+    with tqdm(total=len(corpus.routed), desc=f"{name}: pre-filling routed topics", unit="doc") as bar:
+        futures = [out.send(topic_name(key, settings.topic_prefix), value).add_both(lambda _: bar.update(1)) for key, value in corpus.routed]
+        out.flush()
+    out.close()
+    if any(f.failed() for f in futures):
+        raise BenchError(f"{name}: the broker did not acknowledge {sum(f.failed() for f in futures)} routed documents")
+
+
+def _start(settings: Settings, variant: str, parallelism: int, log: Path) -> list[subprocess.Popen]:
+    from mailroom.submit import start_job
+
+    group = settings.topic_prefix + "group"  # unique per run, like the topics
+    if variant == "mailroom":
+        return [start_job(settings, "jobs.scoring", ["--parallelism", str(parallelism), "--group-id", group], log, log_dir=log.with_suffix(""))]
+    # the peer: `python -m mailroom.bench` runs peer_main (__main__.py)
+    return [start_job(settings, "mailroom.bench", ["--group-id", group], log) for _ in range(parallelism)]
+
+
+def _await(watcher: "OutputWatcher", phase: str, n: int, procs: list[subprocess.Popen], log: Path, desc: str, stall_s: float = 120) -> None:
+    """Wait until `n` documents of `phase` have arrived in the department topics; fail when the
+    processes exit or nothing new arrives for `stall_s` (a job's start-up included)."""
+    progress_at, done = time.monotonic(), 0
+    with tqdm(total=n, desc=desc, unit="doc") as bar:
+        while done < n:
+            time.sleep(0.2)
+            if (now_done := len(watcher.arrivals[phase])) > done:
+                progress_at, done = time.monotonic(), now_done
+                bar.update(done - bar.n)
+            if exited := [p for p in procs if p.poll() is not None]:
+                raise BenchError(f"{desc}: process {exited[0].pid} exited with {exited[0].returncode}; see {log}")
+            if time.monotonic() - progress_at > stall_s:
+                raise BenchError(f"{desc}: {done:,} of {n:,} documents arrived, then nothing for {stall_s:.0f} s; see {log}")
+
+
+def _pace(settings: Settings, corpus: Corpus, rate: float, seconds: float, name: str) -> tuple[int, float]:
+    """Send routed documents at `rate` per second for `seconds`, received_ms stamped at send time.
+    Returns how many were sent and the rate actually offered."""
+    from mailroom.kafkautil import producer
+
+    records = [(key, codec.decode(value, expected="routed_document").record) for key, value in corpus.routed]
+    count = max(50, round(rate * seconds))
+    out = producer(settings, linger_ms=0)
+    started = time.perf_counter()
+    for i in tqdm(range(count), desc=f"{name}: offering {rate:,.0f} docs/s", unit="doc"):
+        delay = started + i / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        key, record = records[i % len(records)]
+        value = codec.encode("routed_document", {**record, "doc_id": f"{PACED_PREFIX}{i:06d}", "received_ms": epoch_ms()})
+        out.send(topic_name(key, settings.topic_prefix), value)
+    out.flush()
+    offered = count / (time.perf_counter() - started)
+    out.close()
+    return count, offered
+
+
+class Arrival(NamedTuple):
+    received_ms: int
+    scored_ms: int
+    arrived_ms: int
+
+
+class OutputWatcher:
+    """Reads every department topic (read_committed) in a thread and keeps each document's first
+    arrival, split into the backlog and the paced phase (doc_id prefix)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.arrivals: dict[str, dict[str, Arrival]] = {"backlog": {}, "paced": {}}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="output-watcher", daemon=True)
+
+    def __enter__(self) -> "OutputWatcher":
+        from kafka import KafkaConsumer, TopicPartition
+
+        self.consumer = KafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers, isolation_level="read_committed",
+                                      enable_auto_commit=False, fetch_max_wait_ms=20)
+        keys = [department_topic_key(label) for label in DEPARTMENTS]
+        partitions = [TopicPartition(topic_name(k, self.settings.topic_prefix), p) for k in keys for p in range(BY_KEY[k].partitions)]
+        self.consumer.assign(partitions)
+        self.consumer.seek_to_beginning(*partitions)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.consumer.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            polled = self.consumer.poll(timeout_ms=100)
+            arrived = epoch_ms()
+            for records in polled.values():
+                for record in records:
+                    p = codec.decode(record.value, expected="prediction").record
+                    phase = "paced" if p["doc_id"].startswith(PACED_PREFIX) else "backlog"
+                    self.arrivals[phase].setdefault(p["doc_id"], Arrival(p["received_ms"], p["scored_ms"], arrived))
+
+
+def profile_scoring(corpus: Corpus, config, top: int = 25) -> tuple[float, str]:
+    """The peer's scoring logic over the corpus in plain Python (no Kafka): docs/s without the
+    profiler, then the `top` functions by cumulative time under cProfile."""
+
+    def score_all(scorer: PeerScorer) -> None:
+        now = epoch_ms()
+        for _, value in corpus.routed:
+            scorer.add(value, now)
+        scorer.flush(now)
+
+    started = time.perf_counter()
+    score_all(PeerScorer(config))
+    rate = len(corpus.routed) / (time.perf_counter() - started)
+    profiler = cProfile.Profile()
+    profiler.runcall(score_all, PeerScorer(config))
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).strip_dirs().sort_stats("cumulative").print_stats(top)
+    return rate, text.getvalue()
