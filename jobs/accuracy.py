@@ -5,6 +5,7 @@
     ground truth (event time: sent_ms) -----+        |
                                       (key: model name + version) --> windows + last N
                                       --> metrics (accuracy reports), alerts, retraining requests, Redis
+    a record that does not decode, or that makes the join raise --> dead-letters (PROCESSING_ERROR)
 
 A separate job (not a side stream of the scoring job): ground truth arrives days later and at
 its own pace, its event-time watermarks must not hold back scoring, and it can be restarted,
@@ -14,50 +15,57 @@ rescaled or replayed from the predictions log without touching the scoring path.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 
 from pyflink.common import Duration, Types, WatermarkStrategy
 
-from jobs.connectors import BYTES, read_bytes, write_bytes
-from jobs.environment import make_env
 from config.settings import Settings
+from jobs.connectors import BYTES, read_records, write_bytes
+from jobs.environment import make_env
 from schemas.topics import topic_name
 from schemas.units import DAY_S, MINUTE_MS
-from udfs.functions import ACCURACY_OUTPUTS, DecodeRecords, EventTimeOf, JoinPredictionsWithTruth, TrackAccuracy
-from udfs.joining import JoinConfig
+from udfs.adapters.accuracy import ACCURACY_OUTPUTS, JOB, EventTimeOf, JoinPredictionsWithTruth, TrackAccuracy
+from udfs.adapters.common import DEAD_LETTERS, DecodeOrDeadLetter
+from udfs.joining import JOIN_VERSION, JoinConfig
 from udfs.metrics import MetricsConfig
 
-JOB = "accuracy"
 
+def build(predictions, truths, join: JoinConfig, metrics: MetricsConfig, out_of_orderness_ms: int, redis_ttl_s: int,
+          redis_client_factory=None) -> dict:
+    """Wire the join and the metrics over (value, topic, partition, offset) rows of predictions
+    and ground truth. Returns the metrics, alerts, retraining requests, labelled examples and
+    dead letters. `redis_client_factory` (None: no Redis) feeds the dashboard hashes."""
 
-def build(predictions, truths, settings: Settings, join: JoinConfig, metrics: MetricsConfig, out_of_orderness_ms: int, redis_ttl_s: int):
-    """Wire the join and the metrics over raw prediction and ground-truth streams."""
-
-    def event_time(stream, record_type: str, field: str, uid: str):
+    def event_time(rows, record_type: str, field: str, uid: str):
         strategy = (  # with_idleness returns a new strategy without a Python assigner: assigner last
             WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(out_of_orderness_ms))
             .with_idleness(Duration.of_seconds(30))
             .with_timestamp_assigner(EventTimeOf(field))
         )
-        decoded = stream.map(DecodeRecords(record_type), output_type=Types.PICKLED_BYTE_ARRAY()).name(f"decode {record_type}").uid(f"{uid}-decode")
-        return decoded.assign_timestamps_and_watermarks(strategy).name(f"event time: {field}").uid(f"{uid}-event-time")
+        decoded = rows.process(DecodeOrDeadLetter(record_type, JOB, JOIN_VERSION, join.max_failures_per_minute),
+                               output_type=Types.PICKLED_BYTE_ARRAY()).name(f"decode {record_type}").uid(f"{uid}-decode")
+        return decoded, decoded.assign_timestamps_and_watermarks(strategy).name(f"event time: {field}").uid(f"{uid}-event-time")
 
+    decoded_predictions, timed_predictions = event_time(predictions, "prediction", "received_ms", "accuracy-predictions")
+    decoded_truths, timed_truths = event_time(truths, "ground_truth", "sent_ms", "accuracy-truths")
     joined = (
-        event_time(predictions, "prediction", "received_ms", "accuracy-predictions")
-        .connect(event_time(truths, "ground_truth", "sent_ms", "accuracy-truths"))
-        .key_by(lambda p: p["doc_id"], lambda t: t["doc_id"], key_type=Types.STRING())
+        timed_predictions.connect(timed_truths)
+        .key_by(lambda p: p[0]["doc_id"], lambda t: t[0]["doc_id"], key_type=Types.STRING())
         .process(JoinPredictionsWithTruth(join), output_type=Types.PICKLED_BYTE_ARRAY())
         .name("join predictions with ground truth")
         .uid("accuracy-join")
     )
     reports = (
         joined.key_by(lambda keyed_event: keyed_event[0], key_type=Types.STRING())
-        .process(TrackAccuracy(settings, metrics, redis_ttl_s), output_type=BYTES)
+        .process(TrackAccuracy(metrics, redis_ttl_s, redis_client_factory), output_type=BYTES)
         .name("online accuracy per model version")
         .uid("accuracy-metrics")
     )
     outputs = {key: reports.get_side_output(tag) for key, tag in ACCURACY_OUTPUTS.items() if key != "labelled_examples"}
     outputs["labelled_examples"] = joined.get_side_output(ACCURACY_OUTPUTS["labelled_examples"])
+    outputs["dead_letters"] = decoded_predictions.get_side_output(DEAD_LETTERS).union(
+        decoded_truths.get_side_output(DEAD_LETTERS), joined.get_side_output(DEAD_LETTERS))
     return outputs
 
 
@@ -76,6 +84,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--min-accuracy", type=float, default=m.min_accuracy, help="alert below this accuracy (default %(default)s)")
     parser.add_argument("--out-of-orderness-ms", type=int, default=5 * MINUTE_MS, help="watermark lag behind the newest event (default 5 min)")
     parser.add_argument("--redis-ttl-s", type=int, default=7 * DAY_S, help="TTL of the dashboard keys in Redis (default 7 days)")
+    parser.add_argument("--max-failures-per-minute", type=int, default=j.max_failures_per_minute,
+                        help="records per minute (per subtask) that may be dead-lettered for a processing error before "
+                        "the job fails: more is a bug, not bad records (default: %(default)s)")
     parser.add_argument("--parallelism", type=int, default=None, help="operator parallelism (default: flink-conf)")
     parser.add_argument("--bounded", action="store_true", help="stop at the inputs' latest offsets at start; then every wait ends")
     parser.add_argument("--from-ms", type=int, default=None, help="read records written from this epoch ms on, not from the group's offsets")
@@ -86,16 +97,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     settings = Settings.from_env()
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    join = JoinConfig(truth_wait_ms=args.truth_wait_ms, prediction_wait_ms=args.prediction_wait_ms)
+    join = JoinConfig(truth_wait_ms=args.truth_wait_ms, prediction_wait_ms=args.prediction_wait_ms,
+                      max_failures_per_minute=args.max_failures_per_minute)
     metrics = MetricsConfig(window_ms=args.window_ms, slide_ms=args.slide_ms, settle_ms=args.settle_ms, last_n=args.last_n,
                             min_support=args.min_support, min_macro_f1=args.min_macro_f1, min_accuracy=args.min_accuracy)
     env = make_env(settings, JOB, args.parallelism, args.restore_from)
     prefix = settings.topic_prefix
-    predictions = read_bytes(env, settings, [topic_name("predictions", prefix)], f"{args.group_id}-predictions", uid="accuracy-source-predictions",
-                             bounded=args.bounded, start_ms=args.from_ms)
-    truths = read_bytes(env, settings, [topic_name("ground_truth", prefix)], f"{args.group_id}-truth", uid="accuracy-source-truth",
-                        bounded=args.bounded, start_ms=args.from_ms)
-    outputs = build(predictions, truths, settings, join, metrics, args.out_of_orderness_ms, args.redis_ttl_s)
+    predictions = read_records(env, settings, [topic_name("predictions", prefix)], f"{args.group_id}-predictions",
+                               bounded=args.bounded, start_ms=args.from_ms)
+    truths = read_records(env, settings, [topic_name("ground_truth", prefix)], f"{args.group_id}-truth", bounded=args.bounded,
+                          start_ms=args.from_ms)
+    redis = functools.partial(settings.redis_client, socket_timeout=2, socket_connect_timeout=2)
+    outputs = build(predictions, truths, join, metrics, args.out_of_orderness_ms, args.redis_ttl_s, redis)
     for key, stream in outputs.items():
         topic = topic_name(key, prefix)
         stream.sink_to(write_bytes(settings, topic, f"{args.group_id}-{key}")).name(f"kafka: {topic}").uid(f"accuracy-sink-{key}")

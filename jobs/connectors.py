@@ -83,19 +83,26 @@ def write_bytes(settings: Settings, topic: str, transactional_id_prefix: str, ex
 def read_records(
     env: StreamExecutionEnvironment,
     settings: Settings,
-    topic: str,
+    topics: list[str],
     group_id: str,
     bounded: bool = False,
+    start_ms: int | None = None,
 ) -> DataStream:
-    """Rows of (value, topic, partition, offset) from `topic`, read_committed.
+    """Rows of (value, topic, partition, offset) from `topics`, read_committed.
 
     The DataStream KafkaSource in PyFlink only hands Python the value; a dead letter needs the
     source coordinates too, so this reads through the Kafka table connector's metadata columns
     (same KafkaSource underneath, same checkpointed offsets) with the `raw` format: the value
-    arrives as the original bytes, or None for a null (tombstone) message.
+    arrives as the original bytes, or None for a null (tombstone) message. `bounded=True` stops
+    at the offsets that were latest at start; `start_ms` starts at the first record written at
+    or after that time instead of the group's offsets.
     """
     t_env = StreamTableEnvironment.create(env)
-    table = "kafka_" + re.sub(r"\W", "_", topic)
+    table = "kafka_" + re.sub(r"\W", "_", "_".join(topics))
+    if start_ms is None:
+        startup = "'scan.startup.mode' = 'group-offsets',"
+    else:
+        startup = f"'scan.startup.mode' = 'timestamp', 'scan.startup.timestamp-millis' = '{start_ms}',"
     t_env.execute_sql(
         f"""
         CREATE TEMPORARY TABLE {table} (
@@ -105,13 +112,13 @@ def read_records(
           `offset` BIGINT METADATA VIRTUAL
         ) WITH (
           'connector' = 'kafka',
-          'topic' = '{topic}',
+          'topic' = '{";".join(topics)}',
           'properties.bootstrap.servers' = '{settings.bootstrap_servers}',
           'properties.group.id' = '{group_id}',
           'properties.isolation.level' = 'read_committed',
           'properties.auto.offset.reset' = 'earliest',
           'properties.max.partition.fetch.bytes' = '{BIG_MESSAGE_BYTES}',
-          'scan.startup.mode' = 'group-offsets',
+          {startup}
           {"'scan.bounded.mode' = 'latest-offset'," if bounded else ""}
           'format' = 'raw'
         )"""

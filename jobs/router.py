@@ -18,7 +18,8 @@ from jobs.connectors import BYTES, read_records, write_bytes
 from jobs.environment import make_env
 from config.settings import Settings
 from schemas.topics import topic_name
-from udfs.functions import DEAD_LETTERS, ROUTED_SCANS, ROUTED_TEXT, DropDuplicateIds, RouteDocuments
+from udfs.adapters.common import DEAD_LETTERS
+from udfs.adapters.router import ROUTED_SCANS, ROUTED_TEXT, DropDuplicateIds, RouteDocuments
 from udfs.routing import RouterConfig
 
 JOB = "router"
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv, settings)
     env = make_env(settings, JOB, args.parallelism, args.restore_from)
     config = RouterConfig(duplicate_window_ms=args.duplicate_window_ms)
-    raw = read_records(env, settings, args.input, args.group_id, bounded=args.bounded)
+    raw = read_records(env, settings, [args.input], args.group_id, bounded=args.bounded)
     outputs = build(raw, config)
     for name, topic in (("text", args.text_topic), ("scans", args.scans_topic), ("dead_letters", args.dead_letter_topic)):
         sink = write_bytes(settings, topic, f"{args.group_id}-{name}")

@@ -3,6 +3,7 @@
     routed.text + routed.scans --(key: sender)--> sender features (keyed state, Redis mirror)
         <-- predictions log (this job's own decisions: the sender's recent labels)
     --(key: subtask shard)--> micro-batched ONNX scoring --> dept.<department> + predictions
+    a record that makes decoding, features or a model raise --> dead-letters (PROCESSING_ERROR)
 
 The champion models are resolved from the registry before the job starts (a model trained on
 another feature set is refused there) and loaded once per operator instance.
@@ -11,31 +12,40 @@ another feature set is refused there) and loaded once per operator instance.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 
 from pyflink.common import Types
 from pyflink.datastream import DataStream
 
-from jobs.connectors import BYTES, read_bytes, write_bytes
-from jobs.environment import make_env
 from config.settings import Settings
+from jobs.connectors import BYTES, read_records, write_bytes
+from jobs.environment import make_env
+from models.registry import RegistryError
+from models.scoring import FeatureSetMismatch
 from schemas.labels import DEPARTMENTS
 from schemas.topics import department_topic_key, topic_name
-from udfs.functions import DEPARTMENT_OUTPUTS, ComputeSenderFeatures, DecodeRecords, ScoreMicroBatches
-from udfs.scoring import ScoringConfig
+from udfs.adapters.common import DEAD_LETTERS, DecodeOrDeadLetter
+from udfs.adapters.scoring import (DEPARTMENT_OUTPUTS, JOB, ComputeSenderFeatures, ScoreMicroBatches, sender_and_source,
+                                   sender_label_and_source)
+from udfs.scoring import SCORING_VERSION, ScoringConfig
 from udfs.sharding import MAX_PARALLELISM
 
-JOB = "scoring"
 
-
-def build(documents: DataStream, own_predictions: DataStream, settings: Settings, config: ScoringConfig) -> dict[str, DataStream]:
-    """Wire feature computation and scoring; returns the predictions and each department's stream."""
-    routed = documents.map(DecodeRecords("routed_document"), output_type=Types.PICKLED_BYTE_ARRAY()).name("decode routed documents").uid("scoring-decode-documents")
-    decided = own_predictions.map(DecodeRecords("prediction"), output_type=Types.PICKLED_BYTE_ARRAY()).name("decode own predictions").uid("scoring-decode-predictions")
+def build(documents: DataStream, own_predictions: DataStream, config: ScoringConfig, redis_client_factory=None) -> dict[str, DataStream]:
+    """Wire feature computation and scoring over (value, topic, partition, offset) rows of the
+    routed documents and of the job's own predictions. Returns the predictions, each
+    department's stream and the dead letters. `redis_client_factory` (None: no Redis) feeds
+    the sender feature mirror."""
+    budget = config.max_failures_per_minute
+    routed = documents.process(DecodeOrDeadLetter("routed_document", JOB, SCORING_VERSION, budget, project=sender_and_source),
+                               output_type=Types.PICKLED_BYTE_ARRAY()).name("decode routed documents").uid("scoring-decode-documents")
+    decided = own_predictions.process(DecodeOrDeadLetter("prediction", JOB, SCORING_VERSION, budget, project=sender_label_and_source),
+                                      output_type=Types.PICKLED_BYTE_ARRAY()).name("decode own predictions").uid("scoring-decode-predictions")
     pending = (
         routed.connect(decided)
-        .key_by(lambda doc: doc["sender"], lambda prediction: prediction["sender"], key_type=Types.STRING())
-        .process(ComputeSenderFeatures(settings, config), output_type=Types.PICKLED_BYTE_ARRAY())
+        .key_by(lambda item: item[0], lambda item: item[0], key_type=Types.STRING())
+        .process(ComputeSenderFeatures(config, redis_client_factory), output_type=Types.PICKLED_BYTE_ARRAY())
         .name("sender features")
         .uid("scoring-sender-features")
     )
@@ -47,6 +57,8 @@ def build(documents: DataStream, own_predictions: DataStream, settings: Settings
     )
     outputs = {"predictions": predictions}
     outputs.update({dept: predictions.get_side_output(tag) for dept, tag in DEPARTMENT_OUTPUTS.items()})
+    outputs["dead_letters"] = routed.get_side_output(DEAD_LETTERS).union(
+        decided.get_side_output(DEAD_LETTERS), pending.get_side_output(DEAD_LETTERS), predictions.get_side_output(DEAD_LETTERS))
     return outputs
 
 
@@ -60,6 +72,9 @@ def parse_args(argv: list[str], settings: Settings) -> argparse.Namespace:
                         help="score a partial batch after this wait (default: %(default)s)")
     parser.add_argument("--triage-threshold", type=float, default=ScoringConfig.triage_threshold,
                         help="below this top probability a document goes to triage (default: %(default)s)")
+    parser.add_argument("--max-failures-per-minute", type=int, default=ScoringConfig.max_failures_per_minute,
+                        help="records per minute (per subtask) that may be dead-lettered for a processing error before "
+                        "the job fails: more is a bug, not bad records (default: %(default)s)")
     parser.add_argument("--bounded", action="store_true", help="stop at the inputs' latest offsets at start")
     parser.add_argument("--restore-from", default=None, help="resume from this checkpoint or savepoint path")
     return parser.parse_args(argv)
@@ -68,22 +83,28 @@ def parse_args(argv: list[str], settings: Settings) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     settings = Settings.from_env()
     args = parse_args(sys.argv[1:] if argv is None else argv, settings)
-    config = ScoringConfig.from_registry(args.registry, batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay_ms,
-                                         triage_threshold=args.triage_threshold)
+    try:
+        config = ScoringConfig.from_registry(args.registry, batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay_ms,
+                                             triage_threshold=args.triage_threshold, max_failures_per_minute=args.max_failures_per_minute)
+    except (FeatureSetMismatch, RegistryError) as exc:
+        sys.exit(f"Refusing to start: {exc}")
     env = make_env(settings, JOB, args.parallelism, args.restore_from)
     env.set_max_parallelism(MAX_PARALLELISM)
     prefix = settings.topic_prefix
     routed_topics = [topic_name("routed_text", prefix), topic_name("routed_scans", prefix)]
     predictions_topic = topic_name("predictions", prefix)
-    documents = read_bytes(env, settings, routed_topics, args.group_id, uid="scoring-source-documents", bounded=args.bounded)
-    own_predictions = read_bytes(env, settings, [predictions_topic], f"{args.group_id}-feedback", uid="scoring-source-predictions",
-                                 bounded=args.bounded)
-    outputs = build(documents, own_predictions, settings, config)
+    documents = read_records(env, settings, routed_topics, args.group_id, bounded=args.bounded)
+    own_predictions = read_records(env, settings, [predictions_topic], f"{args.group_id}-feedback", bounded=args.bounded)
+    redis = functools.partial(settings.redis_client, socket_timeout=2, socket_connect_timeout=2)
+    outputs = build(documents, own_predictions, config, redis)
     outputs["predictions"].sink_to(write_bytes(settings, predictions_topic, f"{args.group_id}-predictions")).name(
         f"kafka: {predictions_topic}").uid("scoring-sink-predictions")
     for label, dept in DEPARTMENTS.items():
         topic = topic_name(department_topic_key(label), prefix)
         outputs[dept].sink_to(write_bytes(settings, topic, f"{args.group_id}-{dept}")).name(f"kafka: {topic}").uid(f"scoring-sink-{dept}")
+    dead_letters = topic_name("dead_letters", prefix)
+    outputs["dead_letters"].sink_to(write_bytes(settings, dead_letters, f"{args.group_id}-dead-letters")).name(
+        f"kafka: {dead_letters}").uid("scoring-sink-dead-letters")
     env.execute(f"mailroom-{JOB}")
 
 

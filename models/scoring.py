@@ -25,14 +25,22 @@ class FeatureSetMismatch(RuntimeError):
     """The model was trained on other context features than this code computes."""
 
 
+def check_feature_set(model: ModelRef) -> None:
+    """The one feature-set check: raises FeatureSetMismatch unless `model` was trained on the
+    context features this code computes (`models.features.FEATURE_SET_ID`)."""
+    trained_on = model.card.get("feature_set_id")
+    if trained_on != FEATURE_SET_ID:
+        raise FeatureSetMismatch(
+            f"the {model.kind} model v{model.version} ({model.onnx_path}) was trained with feature set {trained_on!r}, but this "
+            f"code computes {FEATURE_SET_ID!r}. Retrain (`mailroom train`) or promote a model trained with {FEATURE_SET_ID!r} "
+            f"(`mailroom models list`).")
+
+
 class Scorer:
     """One registered model, loaded into a single-threaded onnxruntime session."""
 
     def __init__(self, model: ModelRef):
-        trained_on = model.card.get("feature_set_id")
-        if trained_on != FEATURE_SET_ID:
-            raise FeatureSetMismatch(f"{model.kind} model v{model.version} was trained with feature set {trained_on!r}, "
-                                     f"but models.features computes {FEATURE_SET_ID!r}; retrain or deploy matching code")
+        check_feature_set(model)
         self.kind, self.version, self.card = model.kind, model.version, model.card
         self.labels: tuple[str, ...] = tuple(model.card["labels"])
         self.session = onnx_session(str(model.onnx_path))

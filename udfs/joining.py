@@ -70,6 +70,9 @@ PREDICTION_FIELDS = ("doc_id", "sender", "content_type", "label", "probabilities
                      "feature_set_id", "received_ms", "features")
 
 
+JOIN_VERSION = "1.0.0"  # written into the accuracy job's dead letters; bump when the join's rules change
+
+
 @dataclass(frozen=True)
 class JoinConfig:
     """How long each side waits for the other, and the verdict rule. Picklable."""
@@ -78,6 +81,7 @@ class JoinConfig:
     prediction_wait_ms: int = HOUR_MS  # a truth for an unknown doc_id waits this long for its prediction
     remember_closed_ms: int = 30 * DAY_MS  # after the wait, later truths are LateTruth for this long (orphans after)
     correct_outranks_confirm: bool = True  # a CORRECT outranks any CONFIRM; False: the newest verdict wins
+    max_failures_per_minute: int = 100  # records dead-lettered for a processing error; more fail the job
 
     def __post_init__(self):
         if min(self.truth_wait_ms, self.prediction_wait_ms, self.remember_closed_ms) <= 0:

@@ -4,7 +4,7 @@ Plain Python (no pyflink): the Flink job calls `Router.route` once per Kafka rec
 the result's `value` to the topic named by `result.destination` (a key of schemas.topics).
 
 Only *expected* bad input becomes a dead letter, with one of these reason codes (the same
-enum, DeadLetterReason, is in schemas/dead_letter.v1.avsc). Any other exception is a bug in
+enum, DeadLetterReason, is in schemas/dead_letter.v2.avsc; `udfs.dead_letters.Reason`). Any other exception is a bug in
 our code and propagates.
 
 | reason                 | when                                                                   |
@@ -41,31 +41,13 @@ from typing import MutableMapping
 
 from schemas.units import HOUR_MS
 from schemas import codec
+from udfs.dead_letters import Reason, SourceRecord, dead_letter
 from udfs.cleaning import CorruptImage, FormatMismatch, ImageTooLarge, clean_image, clean_line, clean_text
 
 ROUTER_VERSION = "1.0.0"  # bump when the rules change: it is written into every output
 TEXT_MIME_TYPES = frozenset({"text/plain"})
 IMAGE_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/tiff": "TIFF"}  # mime type -> Pillow format
 _BAD_ID_CHARS = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
-
-
-class Reason(str, Enum):
-    """Dead-letter reason codes (the table in the module docstring says when)."""
-
-    UNDECODABLE = "UNDECODABLE"
-    UNKNOWN_SCHEMA = "UNKNOWN_SCHEMA"
-    WRONG_RECORD_TYPE = "WRONG_RECORD_TYPE"
-    INVALID_TEXT_ENCODING = "INVALID_TEXT_ENCODING"
-    MISSING_FIELD = "MISSING_FIELD"
-    INVALID_FIELD = "INVALID_FIELD"
-    INVALID_TIMESTAMP = "INVALID_TIMESTAMP"
-    MISSING_CONTENT = "MISSING_CONTENT"
-    CONTENT_TYPE_MISMATCH = "CONTENT_TYPE_MISMATCH"
-    UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
-    CORRUPT_IMAGE = "CORRUPT_IMAGE"
-    OVERSIZED = "OVERSIZED"
-    EMPTY_AFTER_CLEANING = "EMPTY_AFTER_CLEANING"
-    DUPLICATE_ID = "DUPLICATE_ID"
 
 
 class Destination(str, Enum):
@@ -189,26 +171,9 @@ class Router:
 
     def dead_letter(self, value: bytes, topic: str, partition: int, offset: int, now_ms: int, rejected: Rejected) -> RoutingResult:
         """The dead letter for `value`: the original bytes, where they came from and why."""
-        has_header = value[:2] == codec.MARKER and len(value) >= codec.HEADER_SIZE
-        try:
-            writer = codec.writer_schema(value).name if has_header else None
-        except codec.UnknownSchema:
-            writer = None
-        record = {
-            "original": value,
-            "source_topic": topic,
-            "source_partition": partition,
-            "source_offset": offset,
-            "reason": rejected.reason.value,
-            "message": rejected.message,
-            "job": self.config.job,
-            "job_version": self.config.job_version,
-            "dead_lettered_ms": now_ms,
-            "doc_id": rejected.doc_id,
-            "writer_schema": writer,
-            "fingerprint": value[2:codec.HEADER_SIZE].hex() if has_header else None,
-        }
-        return RoutingResult(Destination.DEAD_LETTER, codec.encode("dead_letter", record), rejected.doc_id, rejected.reason, rejected.message)
+        letter = dead_letter(SourceRecord(value, topic, partition, offset), rejected.reason, rejected.message, self.config.job,
+                             self.config.job_version, now_ms, rejected.doc_id)
+        return RoutingResult(Destination.DEAD_LETTER, letter, rejected.doc_id, rejected.reason, rejected.message)
 
     def duplicate(self, value: bytes, topic: str, partition: int, offset: int, now_ms: int, doc_id: str) -> RoutingResult:
         """The DUPLICATE_ID dead letter for `value` (also for a duplicate check kept in keyed state)."""

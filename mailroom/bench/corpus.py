@@ -48,11 +48,12 @@ def build_corpus(n: int, seed: int, scan_share: float) -> Corpus:
 def pending_documents(corpus: Corpus) -> list:
     """The routed documents with their sender features, as the scorer receives them."""
     from models.features import SenderHistory
+    from udfs.dead_letters import SourceRecord
     from udfs.scoring import SenderFeatures
 
     features, histories = SenderFeatures(mirror=None), {}
     pending = []
-    for _, value in tqdm(corpus.routed, desc="limit: model inputs", unit="doc"):
+    for offset, (_, value) in enumerate(tqdm(corpus.routed, desc="limit: model inputs", unit="doc")):
         routed = codec.decode(value, expected="routed_document").record
-        pending.append(features.observe(histories.setdefault(routed["sender"], SenderHistory()), routed))
+        pending.append(features.observe(histories.setdefault(routed["sender"], SenderHistory()), routed, SourceRecord(value, "", 0, offset)))
     return pending

@@ -14,6 +14,7 @@ from schemas import codec
 from schemas.labels import DEPARTMENTS
 from schemas.topics import department_topic_key, topic_name
 from udfs.batching import MicroBatcher
+from udfs.dead_letters import SourceRecord
 
 _BUFFER = 0  # the peer's one buffer key
 
@@ -36,14 +37,15 @@ class PeerScorer:
         self.pending: list = []
         self.batcher = MicroBatcher(config.batch_size, config.max_batch_delay_ms)
 
-    def add(self, value: bytes, now_ms: int) -> list[tuple[str, bytes]]:
+    def add(self, value: bytes, now_ms: int, topic: str = "", partition: int = -1, offset: int = -1) -> list[tuple[str, bytes]]:
+        """Take one routed record (and where it was read); the batch's predictions once it is due."""
         from models.features import SenderHistory
 
         routed = codec.decode(value, expected="routed_document").record
         history = self.histories.get(routed["sender"])
         if history is None:
             history = self.histories[routed["sender"]] = SenderHistory()
-        self.pending.append(self.features.observe(history, routed))
+        self.pending.append(self.features.observe(history, routed, SourceRecord(value, topic, partition, offset)))
         return self.flush(now_ms) if self.batcher.added(_BUFFER, now_ms).flush else []
 
     def wait_ms(self, now_ms: int, idle_ms: int = 100) -> int:
@@ -97,7 +99,7 @@ def peer_main(argv: list[str] | None = None) -> int:
     while not stopping.is_set():
         for records in consumer.poll(timeout_ms=scorer.wait_ms(epoch_ms()), max_records=scorer.config.batch_size).values():
             for record in records:
-                send(scorer.add(record.value, epoch_ms()))
+                send(scorer.add(record.value, epoch_ms(), record.topic, record.partition, record.offset))
         if scorer.is_due(epoch_ms()):
             send(scorer.flush(epoch_ms()))
     send(scorer.flush(epoch_ms()))

@@ -7,7 +7,7 @@ from pyflink.datastream import KeyedProcessFunction
 from pyflink.java_gateway import get_gateway
 
 from jobs.environment import make_env
-from udfs.functions import _subtask
+from udfs.adapters.common import subtask_info
 from udfs.sharding import MAX_PARALLELISM, row_hash, shard_keys, subtask_of
 
 
@@ -24,7 +24,7 @@ def test_key_group_assignment_matches_flink():
 
 class WhereAmI(KeyedProcessFunction):
     def open(self, runtime_context):
-        self.subtask = _subtask(runtime_context)[0]
+        self.subtask = subtask_info(runtime_context)[0]
 
     def process_element(self, key, ctx):
         yield key, self.subtask

@@ -17,7 +17,7 @@ from mailroom.produce import DocumentProducer
 from mailroom.stack import Redis
 from mailroom.submit import run_job, start_job, stop_job
 from schemas.labels import DEPARTMENTS
-from schemas.redis_keys import sender_key
+from schemas.redis_keys import mirror_stats_key, sender_key
 from schemas.topics import department_topic_key, topic_name
 from models.generator import generate
 from schemas import codec
@@ -136,14 +136,14 @@ def test_redis_outage_mid_run_loses_nothing_and_mirroring_resumes(pipeline_setti
         predictions = _predictions(settings, 180, timeout_s=120)
         client = settings.redis_client()
         deadline = time.monotonic() + 30
-        while not client.exists(f"{ScoringConfig.redis_namespace}:sender:sc-0@{settings.topic_prefix}example") and time.monotonic() < deadline:
+        while not client.exists(sender_key(ScoringConfig.redis_namespace, f"sc-0@{settings.topic_prefix}example")) and time.monotonic() < deadline:
             time.sleep(0.5)
     finally:
         stop_job(job)
     ids = [p["doc_id"] for p in predictions]
     assert len(ids) == len(set(ids)) == 180  # nothing lost, nothing twice
-    assert client.exists(f"{ScoringConfig.redis_namespace}:sender:sc-0@{settings.topic_prefix}example")  # mirroring resumed
-    assert int(client.hget(f"{ScoringConfig.redis_namespace}:mirror", "outages")) >= 1  # the outage is on record
+    assert client.exists(sender_key(ScoringConfig.redis_namespace, f"sc-0@{settings.topic_prefix}example"))  # mirroring resumed
+    assert int(client.hget(mirror_stats_key(ScoringConfig.redis_namespace), "outages")) >= 1  # the outage is on record
     flink_log = "".join(p.read_text() for p in (tmp_path / "flink").glob("flink-*-python-*.log"))
     assert flink_log.count("Redis feature cache unavailable") == 1  # and logged once
     assert "Redis feature cache is back" in flink_log

@@ -25,7 +25,8 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 from PIL import Image, ImageDraw
 
 from schemas import codec
-from udfs.routing import Reason, RouterConfig
+from udfs.dead_letters import Reason
+from udfs.routing import RouterConfig
 
 RECEIVED_MS = 1_750_000_000_000  # 2025-06-15T15:06:40Z: received_ms of every document made here
 TEXT = ("Dear Sir or Madam,\n\nplease find attached our invoice no. 2024-117 for the delivery of 40 office chairs.\n"

@@ -1,0 +1,63 @@
+"""The router job's Flink adapters over `udfs.routing.Router` and `DuplicateWindow`."""
+
+from __future__ import annotations
+
+from pyflink.common import Types
+from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext
+from pyflink.datastream.state import ValueStateDescriptor
+
+from udfs.adapters.common import BYTES, DEAD_LETTERS, now_ms, source_of, state_ttl
+from udfs.routing import Destination, DuplicateWindow, Router
+
+ROUTED_TEXT = OutputTag("routed-text", BYTES)
+ROUTED_SCANS = OutputTag("routed-scans", BYTES)
+
+
+class RouteDocuments(ProcessFunction):
+    """Decode, validate and clean each raw message (`Router.route`).
+
+    Main output: (doc_id, destination, routed bytes, original bytes, topic, partition, offset)
+    for the duplicate check; dead letters go to `DEAD_LETTERS`. Unexpected exceptions propagate:
+    the task fails and Flink restarts from the last checkpoint.
+    """
+
+    def __init__(self, config):
+        self.config = config
+        self.router = None
+
+    def open(self, runtime_context: RuntimeContext):
+        self.router = Router(self.config)
+
+    def process_element(self, row, ctx: ProcessFunction.Context):
+        value, topic, partition, offset = source_of(row)
+        result = self.router.route(value, topic, partition, offset, now_ms())
+        if result.destination is Destination.DEAD_LETTER:
+            yield DEAD_LETTERS, result.value
+        else:
+            yield result.doc_id, result.destination.value, result.value, value, topic, partition, offset
+
+
+class DropDuplicateIds(KeyedProcessFunction):
+    """Keyed by doc_id: the first sighting within the window passes, later ones are dead-lettered.
+
+    The first-seen time lives in keyed state whose TTL is the window, so state stays bounded.
+    """
+
+    def __init__(self, config):
+        self.config = config
+
+    def open(self, runtime_context: RuntimeContext):
+        self.router = Router(self.config)
+        self.window = DuplicateWindow(self.config.duplicate_window_ms)
+        descriptor = ValueStateDescriptor("first_seen_ms", Types.LONG())
+        descriptor.enable_time_to_live(state_ttl(self.config.duplicate_window_ms))
+        self.first_seen = runtime_context.get_state(descriptor)
+
+    def process_element(self, candidate, ctx: KeyedProcessFunction.Context):
+        doc_id, destination, routed, original, topic, partition, offset = candidate
+        now = now_ms()
+        if self.window.is_duplicate(self.first_seen.value(), now):
+            yield DEAD_LETTERS, self.router.duplicate(original, topic, partition, offset, now, doc_id).value
+            return
+        self.first_seen.update(now)
+        yield (ROUTED_TEXT if destination == Destination.TEXT.value else ROUTED_SCANS), routed

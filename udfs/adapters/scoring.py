@@ -1,0 +1,169 @@
+"""The scoring job's Flink adapters over `SenderFeatures`, `IdleSenderRule`, `MicroBatcher` and `BatchScorer`."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from pyflink.common import Types
+from pyflink.datastream import KeyedCoProcessFunction, KeyedProcessFunction, OutputTag, RuntimeContext
+from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
+
+from schemas import codec
+from schemas.labels import DEPARTMENTS
+from udfs.adapters.common import BYTES, FailurePath, state_ttl, subtask_info
+from udfs.batching import MicroBatcher
+from udfs.dead_letters import SourceRecord
+from udfs.feature_cache import FeatureMirror
+from udfs.scoring import SCORING_VERSION, BatchScorer, IdleSenderRule, SenderFeatures
+from udfs.sharding import shard_keys
+
+JOB = "scoring"
+DEPARTMENT_OUTPUTS = {dept: OutputTag(f"dept-{dept}", BYTES) for dept in DEPARTMENTS.values()}
+
+
+def sender_and_source(record: dict, source: SourceRecord) -> tuple[str, SourceRecord]:
+    """What crosses the key-by to the sender features: the key and the bytes as read (decoded
+    again there: cheaper than shipping the decoded record and the bytes both)."""
+    return record["sender"], source
+
+
+def sender_label_and_source(record: dict, source: SourceRecord) -> tuple[str, str, SourceRecord]:
+    """What the sender features need of one of the job's own predictions."""
+    return record["sender"], record["label"], source
+
+
+class ComputeSenderFeatures(KeyedCoProcessFunction):
+    """Keyed by sender. Input 1: (sender, routed record as read) -> (shard, PendingDocument).
+    Input 2: (sender, label, record) of this job's own predictions, read back from the
+    predictions log, which feed the sender's recent label shares (`SenderHistory.record_label`).
+
+    State: the sender's history (TTL), and an idle timer (`IdleSenderRule`). A record whose
+    features raise is dead-lettered (`FailurePath`); the sender's history stays as it was.
+    `redis_client_factory` (None: no mirror) makes the Redis client of the feature mirror.
+    """
+
+    def __init__(self, config, redis_client_factory=None):
+        self.config, self.redis_client_factory = config, redis_client_factory
+
+    def open(self, runtime_context: RuntimeContext):
+        history = ValueStateDescriptor("sender_history", Types.PICKLED_BYTE_ARRAY())
+        history.enable_time_to_live(state_ttl(self.config.sender_state_ttl_ms))
+        self.history = runtime_context.get_state(history)
+        self.touched = runtime_context.get_state(ValueStateDescriptor("touched_ms", Types.LONG()))
+        self.mirror = None
+        if self.redis_client_factory is not None:
+            self.mirror = FeatureMirror(self.redis_client_factory, self.config.redis_namespace, self.config.redis_ttl_s)
+        self.features = SenderFeatures(self.mirror)
+        self.idle = IdleSenderRule(self.config.sender_idle_ms)
+        self.outages = 0
+        self.outage_counter = runtime_context.get_metrics_group().counter("redis_outages")
+        self.failures = FailurePath(runtime_context, JOB, SCORING_VERSION, self.config.max_failures_per_minute)
+        subtask, parallelism = subtask_info(runtime_context)
+        self.shard = shard_keys(parallelism)[subtask]
+
+    def process_element1(self, item, ctx: KeyedCoProcessFunction.Context):
+        sender, source = item
+        doc_id = None
+        try:
+            routed = codec.decode(source.value, expected="routed_document").record
+            doc_id = routed["doc_id"]
+            history = self.history.value() or self.features.warm_start(sender)
+            pending = self.features.observe(history, routed, source)
+        except Exception as exc:  # a scan that is no image, a decoder bug, ...: this record only
+            yield self.failures.dead_letter(source, exc, doc_id)
+            return
+        self.history.update(history)
+        now = ctx.timer_service().current_processing_time()
+        timer = self.idle.timer_for_new_document(self.touched.value(), now)
+        if timer is not None:
+            ctx.timer_service().register_processing_time_timer(timer)
+        self.touched.update(now)
+        self._count_outages()
+        yield self.shard, pending
+
+    def process_element2(self, item, ctx: KeyedCoProcessFunction.Context):
+        sender, label, source = item
+        history = self.history.value()
+        if history is None:
+            return
+        try:
+            history.record_label(label)
+        except Exception as exc:  # a label this code does not know
+            yield self.failures.dead_letter(source, exc)
+            return
+        self.history.update(history)
+
+    def on_timer(self, timestamp: int, ctx: KeyedCoProcessFunction.OnTimerContext):
+        following = self.idle.on_timer(self.touched.value(), timestamp)
+        if following is not None:
+            ctx.timer_service().register_processing_time_timer(following)
+            return
+        self.history.clear()
+        self.touched.clear()
+
+    def _count_outages(self):
+        if self.mirror is not None and self.mirror.stats.outages != self.outages:
+            self.outage_counter.inc(self.mirror.stats.outages - self.outages)
+            self.outages = self.mirror.stats.outages
+
+    def close(self):
+        if self.mirror is not None:
+            self.mirror.close()
+
+
+class ScoreMicroBatches(KeyedProcessFunction):
+    """Keyed by shard: buffers documents in checkpointed list state and scores them with one
+    onnxruntime call per model when `MicroBatcher` says so (full, waited `max_batch_delay_ms`),
+    or when a bounded input ends. Emits predictions (main output) and each to its department's
+    output; a document the model fails on is dead-lettered and the rest of its batch scored.
+    """
+
+    def __init__(self, config):
+        self.config = config
+
+    def open(self, runtime_context: RuntimeContext):
+        self.buffer = runtime_context.get_list_state(ListStateDescriptor("batch", Types.PICKLED_BYTE_ARRAY()))
+        self.end_timer = runtime_context.get_state(ValueStateDescriptor("end_of_input_timer", Types.LONG()))
+        self.batcher = MicroBatcher(self.config.batch_size, self.config.max_batch_delay_ms)
+        self.failures = FailurePath(runtime_context, JOB, SCORING_VERSION, self.config.max_failures_per_minute)
+        # onnxruntime (pybind11) deadlocks when imported or called from a thread-mode (pemja) task
+        # thread, whose thread state pybind11's GIL handling does not know; a thread Python itself
+        # started is fine. So the sessions live on, and every batch runs on, one such thread.
+        self.onnx_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
+        self.scorer = self.onnx_thread.submit(BatchScorer, self.config).result()  # once per operator instance
+
+    def process_element(self, item, ctx: KeyedProcessFunction.Context):
+        shard, pending = item
+        self.buffer.add(pending)
+        timers = ctx.timer_service()
+        now = timers.current_processing_time()
+        step = self.batcher.added(shard, now, recount=lambda: sum(1 for _ in self.buffer.get()))
+        if step.timer_ms is not None:
+            timers.register_processing_time_timer(step.timer_ms)
+        if self.end_timer.value() is None:
+            # The sources emit no watermarks, so event time only advances (to the maximum) when a
+            # bounded input ends: this one timer per shard scores what is left then. Its time is a
+            # plausible record timestamp, which Kafka requires of what the flush emits.
+            self.end_timer.update(now)
+            timers.register_event_time_timer(now)
+        if step.flush:
+            yield from self._flush(shard, now)
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
+        yield from self._flush(ctx.get_current_key(), ctx.timer_service().current_processing_time())
+
+    def _flush(self, shard: int, now_ms: int):
+        batch = list(self.buffer.get() or [])
+        self.buffer.clear()
+        self.batcher.flushed(shard)
+        if not batch:
+            return
+        scored, failed = self.onnx_thread.submit(self.scorer.score_isolating, batch, int(now_ms)).result()
+        for department, prediction in scored:
+            yield DEPARTMENT_OUTPUTS[department], prediction
+            yield prediction
+        for doc, exc in failed:
+            yield self.failures.dead_letter(doc.source, exc, doc.doc_id)
+
+    def close(self):
+        self.onnx_thread.shutdown()
