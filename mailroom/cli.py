@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from config.settings import ENV_VARS, Settings
+from mailroom import accuracy, bench, deadletters, demo, feedback, models_cli, produce
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
@@ -59,7 +60,6 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    from mailroom import demo
     from mailroom.stack import StackError
 
     try:
@@ -72,21 +72,15 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_job(args: argparse.Namespace, settings: Settings) -> int:
     from mailroom.stack import FlinkCluster
-    from mailroom.submit import run_job
+    from mailroom.submit import run_in_foreground
 
-    extra = args.job_args[1:] if args.job_args[:1] == ["--"] else list(args.job_args)
-    if args.parallelism:
-        extra += ["--parallelism", str(args.parallelism)]
+    extra = list(args.job_args) + (["--parallelism", str(args.parallelism)] if args.parallelism else [])
     if args.cluster and not FlinkCluster(settings).status().running:
         err.print("[red]error:[/red] the Flink session cluster is not running: start it with `mailroom stack up --flink`.")
         return 1
     where = f"the session cluster ({settings.flink_rest_url}, detached)" if args.cluster else "the embedded MiniCluster (Ctrl-C stops it)"
     console.print(f"running jobs.{args.name} on {where}")
-    result = run_job(settings, f"jobs.{args.name}", extra, cluster=args.cluster, detached=args.cluster)
-    print(result.stdout[-5000:], end="")
-    if result.returncode != 0:
-        err.print(result.stderr[-5000:])
-    return result.returncode
+    return run_in_foreground(settings, f"jobs.{args.name}", extra, cluster=args.cluster, detached=args.cluster)
 
 
 def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
@@ -124,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     stack.set_defaults(func=cmd_stack)
 
     run = sub.add_parser("run", help="the whole pipeline end to end on the embedded default (what `make run` does)",
-                         description=demo_doc(), formatter_class=argparse.RawDescriptionHelpFormatter)
+                         description=demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--count", type=int, default=600, help="generated documents to send (default %(default)s)")
     run.add_argument("--rate", type=float, default=60.0, help="documents per second offered (default %(default)s)")
     run.add_argument("--scan-share", type=float, default=0.3, help="share of scanned documents (default %(default)s)")
@@ -133,46 +127,43 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     job = sub.add_parser("job", help="run one Flink job (router, scoring, accuracy) embedded or on the session cluster",
-                         description="Run a job on the embedded MiniCluster (in the foreground), or submit it to the standalone "
-                         "session cluster with --cluster (detached; watch it in the Flink web UI). Arguments after `--` go to the job: "
-                         "`mailroom job scoring -- --help` lists them.")
+                         usage="%(prog)s [-h] [--cluster] [--parallelism N] {router,scoring,accuracy} [-- JOB ARGS]",
+                         description="Run a job on the embedded MiniCluster (in the foreground; Ctrl-C or SIGTERM stops it and "
+                         "its JVM), or submit it to the standalone session cluster with --cluster (detached; watch it in the "
+                         "Flink web UI). Arguments after `--` go to the job: `mailroom job scoring -- --help` lists them.")
     job.add_argument("name", choices=["router", "scoring", "accuracy"], help="which job")
     job.add_argument("--cluster", action="store_true", help="submit to the session cluster (`mailroom stack up --flink` first)")
-    job.add_argument("--parallelism", type=int, help="operator parallelism (default: flink-conf/config.yaml)")
-    job.add_argument("job_args", nargs=argparse.REMAINDER, help="arguments for the job itself, after --")
-    job.set_defaults(func=cmd_job)
+    job.add_argument("--parallelism", type=int, metavar="N", help="operator parallelism (default: flink-conf/config.yaml)")
+    job.set_defaults(func=cmd_job, usage_error=job.error)
 
     topics = sub.add_parser("topics", help="list the declared Kafka topics", description="List the topics declared in schemas/topics.py.")
     topics.set_defaults(func=cmd_topics)
 
-    for register in _command_modules():
-        register(sub)
+    for module in (produce, deadletters, models_cli, feedback, accuracy, bench):
+        module.register(sub)
     return parser
 
 
-def demo_doc() -> str:
-    from mailroom import demo
-
-    return demo.__doc__
-
-
-def _command_modules():
-    """Subcommands that live beside their code: each module has register(subparsers)."""
-    import importlib
-
-    for name in ("mailroom.produce", "mailroom.deadletters", "mailroom.models_cli", "mailroom.feedback", "mailroom.accuracy", "mailroom.bench"):
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        yield module.register
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Parse a command line. For `mailroom job`, everything after the first `--` goes to the job untouched."""
+    job_args: list[str] = []
+    if argv[:1] == ["job"] and "--" in argv:
+        split = argv.index("--")
+        argv, job_args = argv[:split], argv[split + 1:]
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "job":
+        if unknown:
+            args.usage_error(f"unrecognized arguments: {' '.join(unknown)}; arguments for the job itself go after `--`, "
+                             f"e.g. `mailroom job {args.name} -- {' '.join(unknown)}`")
+        args.job_args = job_args
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     settings = Settings.from_env()
     return args.func(args, settings)
 

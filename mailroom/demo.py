@@ -30,6 +30,7 @@ from mailroom.accuracy import class_table, latest_by_model, summary_table
 from config.flinkconf import embedded_ui_port
 from mailroom.feedback import FeedbackProfile, send_feedback, simulate_feedback, with_predictions
 from mailroom.kafkautil import MAX_MESSAGE_BYTES, producer, read_topic
+from mailroom.models_cli import train_config, train_models
 from mailroom.produce import to_document
 from config.settings import Settings
 from mailroom.stack import Stack
@@ -108,14 +109,14 @@ def ensure_champions(settings: Settings) -> list[str]:
         except RegistryError:
             missing.append(kind)
     if missing:
-        from mailroom.cli import main as cli
-
         console.print(f"[bold]No champion {' and '.join(missing)} model in {settings.registry_dir}: training first.[/bold]")
-        args = ["train", "--registry", str(settings.registry_dir)]
-        for kind in missing:
-            args += ["--kind", kind]
-        if cli(args) != 0:
-            raise RuntimeError("training failed; see the output above")
+        try:
+            registered = train_models(train_config(kinds=tuple(missing)), settings.registry_dir)
+        except ValueError as exc:
+            raise RuntimeError(f"training failed: {exc}") from exc
+        unregistered = [kind for kind in missing if registered.get(kind) is None]
+        if unregistered:
+            raise RuntimeError(f"training registered no {' and '.join(unregistered)} model; see the output above")
     return missing
 
 

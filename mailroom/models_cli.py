@@ -11,11 +11,15 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
 from config.settings import PROJECT_DIR, Settings
+
+if TYPE_CHECKING:  # models.training imports sklearn: only where training happens
+    from models.training import TrainConfig
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
@@ -52,33 +56,41 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
 # --- train -----------------------------------------------------------------------------------
 
 
-def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
-    from models.registry import Registry
-    from models.training import TrainConfig, publish, train
+def train_config(quick: bool = False, kinds: tuple[str, ...] = ("text", "image"), n: int | None = None, real: bool = True,
+                 real_dir: Path | None = None, real_cap: int | None = None, **options: object) -> TrainConfig:
+    """`mailroom train`'s TrainConfig: `n` generated documents (default 3000, quick 300) plus, if `real`, the documents in
+    `real_dir` (default DEFAULT_REAL_DIR if it exists), at most `real_cap` per source (default 1200, quick 150; 0 = all).
+    `options` are the other TrainConfig fields (seed, scan_share, strategy, ...). ValueError if `real_dir` does not exist."""
+    from models.training import TrainConfig
 
-    real_dir = None if args.no_real else Path(args.real_dir) if args.real_dir else DEFAULT_REAL_DIR if DEFAULT_REAL_DIR.exists() else None
-    if real_dir is not None and not real_dir.exists():
-        err.print(f"[red]error:[/red] real data directory {real_dir} does not exist (use --no-real to train on generated data only)")
-        return 2
-    quick = args.quick
-    config = TrainConfig(generated=args.n if args.n is not None else (300 if quick else 3000), seed=args.seed, scan_share=args.scan_share,
-                         real_dir=real_dir, real_cap_per_source=(150 if quick else 1200) if args.real_cap is None else (args.real_cap or None),
-                         strategy=args.split, ratio=args.ratio, group_by=args.group_by, quick=quick, source_holdout=not args.no_source_holdout,
-                         kinds=tuple(args.kind) if args.kind else ("text", "image"))
+    if not real:
+        real_dir = None
+    elif real_dir is None:
+        real_dir = DEFAULT_REAL_DIR if DEFAULT_REAL_DIR.exists() else None
+    elif not real_dir.exists():
+        raise ValueError(f"real data directory {real_dir} does not exist (use --no-real to train on generated data only)")
+    return TrainConfig(generated=n if n is not None else (300 if quick else 3000), real_dir=real_dir,
+                       real_cap_per_source=(150 if quick else 1200) if real_cap is None else (real_cap or None), quick=quick,
+                       kinds=tuple(kinds), **options)
+
+
+def train_models(config: TrainConfig, registry_dir: Path | None, progress: bool = True) -> dict[str, int | None]:
+    """Train as `config` says, print each model's evaluation, and register each model whose ONNX export agrees with sklearn
+    in `registry_dir` (None: evaluate only). Returns kind -> registered version (None: its ONNX parity failed, not
+    registered). ValueError if the data cannot be trained on."""
+    from models.registry import Registry
+    from models.training import publish, train
+
     console.print(f"training on {config.generated} generated documents (seed {config.seed})"
-                  + (f" + real data from {real_dir} (at most {config.real_cap_per_source} per source)" if real_dir else " (no real data)"))
-    try:
-        run = train(config, progress=not args.no_progress)
-    except ValueError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        return 2
+                  + (f" + real data from {config.real_dir} (at most {config.real_cap_per_source} per source)" if config.real_dir else " (no real data)"))
+    run = train(config, progress=progress)
     for warning in run.split_warnings:
         console.print(f"[yellow]split warning:[/yellow] {warning}")
     split = run.data["split"]
     console.print(f"split {split['strategy']} {split['ratio']:.0%}: {split['train']} train / {split['held_out']} held out; "
                   f"{split['merged_docs']} documents kept together with duplicates or near duplicates")
-    registry = Registry(registry_dir(args, settings))
-    failed = False
+    registry = Registry(registry_dir) if registry_dir is not None else None
+    registered: dict[str, int | None] = {}
     for kind, model in run.models.items():
         _print_search(model)
         _print_evaluation(f"{kind} model {model.candidate.name}: held-out evaluation", model.evaluation)
@@ -87,11 +99,11 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
             _print_sources(f"{kind} model: leave-one-source-out (trained without the source, scored on all of it)", model.source_holdout)
         if model.generated_only:
             _print_sources(f"{kind} model: trained on generated documents only, scored on each real source", model.generated_only)
-        if args.no_register:
+        if registry is None:
             continue
         version, parity = publish(model, run, registry)
+        registered[kind] = version
         if version is None:
-            failed = True
             err.print(f"[red]{kind} model NOT registered: ONNX parity failed[/red] ({parity.as_dict()})")
             continue
         ref = registry.get(kind, version)
@@ -100,7 +112,20 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
                       f"{parity.max_abs_diff:.1e} over {parity.n} inputs, {parity.label_mismatches} label mismatches); champion is v{champion}"
                       + ("" if champion == version else f" - promote with `mailroom models promote {kind} {version}`"))
     console.print(f"training took {run.seconds:.0f} s in total (" + ", ".join(f"{k} {m.seconds:.0f} s" for k, m in run.models.items()) + ")")
-    return 1 if failed else 0
+    return registered
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        config = train_config(quick=args.quick, kinds=tuple(args.kind) if args.kind else ("text", "image"), n=args.n, real=not args.no_real,
+                              real_dir=Path(args.real_dir) if args.real_dir else None, real_cap=args.real_cap, seed=args.seed,
+                              scan_share=args.scan_share, strategy=args.split, ratio=args.ratio, group_by=args.group_by,
+                              source_holdout=not args.no_source_holdout)
+        registered = train_models(config, None if args.no_register else registry_dir(args, settings), progress=not args.no_progress)
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        return 2
+    return 1 if None in registered.values() else 0
 
 
 def _print_search(model) -> None:

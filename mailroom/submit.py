@@ -1,7 +1,9 @@
 """Run a job module on the embedded MiniCluster or submit it to the session cluster.
 
 Embedded: `python -m jobs.<name> ...` in a child process (the MiniCluster lives and dies with
-it). Cluster: `flink run -py jobs/<name>.py ...` from the pip package's own bin/flink.
+it). Cluster: `flink run -py jobs/<name>.py ...` from the pip package's own bin/flink. A job
+started in the background or in the foreground gets a session (process group) of its own, which
+stop_job ends as a whole: the job's Python process and its JVM.
 """
 
 from __future__ import annotations
@@ -16,9 +18,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
+
 from config.settings import Settings
 from config.flinkconf import embedded_ui_port, flink_home
 from mailroom.stack import FlinkCluster
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def job_log_dir(settings: Settings, module: str) -> Path:
@@ -72,16 +78,54 @@ def _settings_env(settings: Settings) -> dict[str, str]:
 
 
 def stop_job(job: subprocess.Popen, timeout: float = 60) -> None:
-    """Stop a job started by start_job and its MiniCluster JVM (the whole process group)."""
-    if job.poll() is None:
+    """Stop a job started by start_job or run_in_foreground and its MiniCluster JVM: SIGTERM to its whole process group,
+    SIGKILL to what is left of the group after `timeout` s. Returns when every process of the group has ended."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if not _group(job.pid):
+            break
         try:
-            os.killpg(job.pid, signal.SIGTERM)
-            job.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(job.pid, signal.SIGKILL)
-            job.wait(timeout)
+            os.killpg(job.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + timeout
+        while _group(job.pid) and time.monotonic() < deadline:
+            job.poll()  # reap the job itself once it has ended
+            time.sleep(0.2)
+    job.poll()
+
+
+def _group(pgid: int) -> list[int]:
+    """The processes of process group `pgid` that have not ended (zombies have: they only wait to be reaped)."""
+    members = []
+    for process in psutil.process_iter(["status"]):
+        try:
+            if process.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(process.pid) == pgid:
+                members.append(process.pid)
         except ProcessLookupError:
             pass
+    return members
+
+
+def run_in_foreground(settings: Settings, module: str, args: list[str], cluster: bool = False, detached: bool = False) -> int:
+    """Run a job with its output going straight to this process's stdout and stderr; return its exit code. SIGINT, SIGTERM
+    or SIGHUP to this process stop the job's whole process group (stop_job) and return 128 + the signal. Main thread only
+    (it sets signal handlers)."""
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: received.append(signum)) for sig in STOP_SIGNALS}
+    try:
+        cmd, env = job_command(settings, module, args, cluster, detached)
+        job = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+        while not received:
+            try:
+                code = job.wait(0.5)
+            except subprocess.TimeoutExpired:
+                continue
+            return 128 - code if code < 0 else code  # killed by a signal: the shell's convention
+        stop_job(job)
+        return 128 + received[0]
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def wait_until_running(settings: Settings, job: str, process: subprocess.Popen, timeout_s: float = 180) -> None:
