@@ -74,6 +74,9 @@ def test_join_in_either_order_late_truth_and_figures_match_sklearn(pipeline_sett
     _send(settings, "ground_truth", "ground_truth", [t for i, t in enumerate(truths) if i % 2 == 0])
     _send(settings, "predictions", "prediction", predictions + late_predictions)
     _send(settings, "ground_truth", "ground_truth", [t for i, t in enumerate(truths) if i % 2] + late + orphans)
+    prod = producer(settings)  # a department tool writing garbage: dead-lettered, the join goes on
+    prod.send(topic_name("ground_truth", settings.topic_prefix), b"not a ground truth record", partition=0).get(10)
+    prod.close()
 
     # Truths here come up to 3 h out of order, close to the 3.5 h wait: the watermark must allow
     # for that disorder, or reading one partition ahead would end waits for truths still unread.
@@ -101,6 +104,9 @@ def test_join_in_either_order_late_truth_and_figures_match_sklearn(pipeline_sett
     assert counts["LateTruth"] == 5 and counts["Matched"] == 300 and counts["Unmatched"] == 5
     orphaned = json.loads(settings.redis_client().hget(accuracy_key(ACCURACY_NAMESPACE, "", ""), "counts"))
     assert orphaned["OrphanTruth"] == 3
+    [letter] = _read(settings, "dead_letters", min_count=1)
+    assert (letter["reason"], letter["job"], letter["original"]) == ("PROCESSING_ERROR", "accuracy", b"not a ground truth record")
+    assert letter["source_topic"] == topic_name("ground_truth", settings.topic_prefix)
 
 
 def test_planted_degradation_alerts_and_a_healthy_model_does_not(pipeline_settings):

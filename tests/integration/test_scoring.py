@@ -21,6 +21,7 @@ from schemas.redis_keys import mirror_stats_key, sender_key
 from schemas.topics import department_topic_key, topic_name
 from models.generator import generate
 from schemas import codec
+from tests.poison import poison_document, poison_text_model, routed_values, unreadable_scan
 from tests.unit.badinputs import text_document
 from tests.unit.test_codec import _apache_read
 from models.features import FEATURE_SET_ID, SENDER_FEATURES
@@ -161,3 +162,44 @@ def test_model_with_another_feature_set_is_refused_at_start(pipeline_settings, t
     result = run_job(pipeline_settings, "jobs.scoring", ["--bounded", "--registry", str(registry)], timeout=300)
     assert result.returncode != 0
     assert "Refusing to start" in result.stderr and "'sender-v0'" in result.stderr and f"'{FEATURE_SET_ID}'" in result.stderr
+
+
+def test_poison_records_are_dead_lettered_and_the_documents_around_them_scored(pipeline_settings, tmp_path):
+    """A scan whose bytes are no image (its features raise) and a text the model raises on,
+    sent among good documents through the real broker: both end in dead letters with their
+    original bytes and coordinates, every other document is scored once, the books balance."""
+    settings = pipeline_settings
+    docs = list(generate(40, seed=29, scan_share=0.4))
+    now = int(time.time() * 1000)
+    for doc in docs:
+        doc["received_ms"] = now
+    text_doc = next(d for d in docs if d["content_type"] == "text")
+    routed = routed_values(docs[:10]) + routed_values([poison_document(text_doc, "poison-text")]) + routed_values(docs[10:])
+    scan = next(v for v in routed if codec.decode(v).record["content_type"] == "IMAGE")
+    routed.insert(20, unreadable_scan(scan, "poison-scan"))
+    prod, sent = producer(settings), {}
+    for value in routed:
+        record = codec.decode(value).record
+        key = "routed_scans" if record["content_type"] == "IMAGE" else "routed_text"
+        sent[record["doc_id"]] = (value, prod.send(topic_name(key, settings.topic_prefix), value, partition=0))
+    prod.flush()
+    where = {doc_id: (value, future.get(10)) for doc_id, (value, future) in sent.items()}
+    prod.close()
+
+    registry = poison_text_model(settings.registry_dir, tmp_path / "registry")
+    result = run_job(settings, "jobs.scoring", ["--bounded", "--registry", str(registry)], timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    predictions = _predictions(settings, len(docs))
+    assert sorted(p["doc_id"] for p in predictions) == sorted(d["doc_id"] for d in docs)  # every good one, once
+    letters = {r["doc_id"]: r for r in (codec.decode(m.value, expected="dead_letter").record
+                                        for m in read_topic(settings, topic_name("dead_letters", settings.topic_prefix), min_count=2))}
+    assert sorted(letters) == ["poison-scan", "poison-text"]
+    for doc_id, letter in letters.items():
+        value, metadata = where[doc_id]
+        assert letter["reason"] == "PROCESSING_ERROR" and letter["job"] == "scoring"
+        assert (letter["original"], letter["source_topic"], letter["source_partition"], letter["source_offset"]) == (
+            value, metadata.topic, metadata.partition, metadata.offset)
+    assert letters["poison-scan"]["message"].startswith("UnidentifiedImageError")
+    assert "Gather" in letters["poison-text"]["message"]
+    assert len(predictions) + len(letters) == len(routed)  # in = out + dead-lettered

@@ -1,0 +1,93 @@
+"""jobs.scoring.build on a MiniCluster with bounded in-memory sources: no Kafka, no Redis.
+
+Includes the failure path: a scan that is no image (its features raise) and a document the
+model raises on are dead-lettered as PROCESSING_ERROR, and every other document is scored."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from jobs.environment import make_env
+from jobs.scoring import build
+from models.generator import generate
+from schemas import codec
+from schemas.labels import DEPARTMENTS
+from tests.flink.harness import collect, kafka_rows
+from tests.poison import poison_document, poison_text_model, routed_values, unreadable_scan
+from udfs.scoring import ScoringConfig
+
+
+def _documents(n: int, seed: int) -> list[dict]:
+    docs = generate(n, seed=seed, scan_share=0.4)
+    now = int(time.time() * 1000)
+    for doc in docs:
+        doc["received_ms"] = now
+    return docs
+
+
+def _run(settings, registry, routed: list[bytes], batch_size: int = 8) -> dict[str, list[bytes]]:
+    env = make_env(settings, "scoring", parallelism=1)
+    config = ScoringConfig.from_registry(registry, batch_size=batch_size)
+    previous = [codec.encode("prediction", {  # one of the job's own earlier decisions, read back
+        "doc_id": "earlier", "sender": "s@x", "content_type": "TEXT", "label": "invoice", "probabilities": {"invoice": 1.0},
+        "model_name": "mailroom-text", "model_version": "1", "feature_set_id": config.text_model.card["feature_set_id"],
+        "department": "finance", "received_ms": 0, "scored_ms": 0, "latency_ms": 0, "features": {}})]
+    outputs = build(kafka_rows(env, routed, "routed"), kafka_rows(env, previous, "predictions"), config)
+    return collect(outputs)
+
+
+def _by_doc(values: list[bytes], record_type: str) -> dict[str, dict]:
+    records = [codec.decode(v, expected=record_type).record for v in values]
+    return {r["doc_id"]: r for r in records}
+
+
+def test_scoring_build_scores_every_document_into_one_department(test_settings, registry):
+    docs = _documents(30, seed=7)
+    out = _run(test_settings, registry, routed_values(docs))
+    predictions = _by_doc(out["predictions"], "prediction")
+    assert sorted(predictions) == sorted(d["doc_id"] for d in docs) and len(out["predictions"]) == len(docs)
+    delivered = {dept: [codec.decode(v).record["doc_id"] for v in out[dept]] for dept in DEPARTMENTS.values()}
+    assert sorted(doc_id for ids in delivered.values() for doc_id in ids) == sorted(predictions)  # each in one department
+    for dept, ids in delivered.items():
+        assert all(predictions[doc_id]["department"] == dept for doc_id in ids)
+    assert out["dead_letters"] == []
+
+
+def test_a_scan_whose_features_raise_is_dead_lettered_and_the_rest_scored(test_settings, registry):
+    docs = _documents(20, seed=11)
+    routed = routed_values(docs)
+    scan = next(v for v in routed if codec.decode(v).record["content_type"] == "IMAGE")
+    poisoned = routed[:5] + [unreadable_scan(scan, "not-an-image")] + routed[5:]
+    out = _run(test_settings, registry, poisoned)
+
+    assert sorted(_by_doc(out["predictions"], "prediction")) == sorted(d["doc_id"] for d in docs)
+    [letter] = [codec.decode(v, expected="dead_letter").record for v in out["dead_letters"]]
+    assert letter["reason"] == "PROCESSING_ERROR" and letter["message"].startswith("UnidentifiedImageError")
+    assert (letter["doc_id"], letter["original"], letter["source_topic"], letter["source_offset"]) == ("not-an-image", poisoned[5], "routed", 5)
+    assert len(out["predictions"]) + len(out["dead_letters"]) == len(poisoned)  # the books balance
+
+
+def test_a_document_the_model_raises_on_is_dead_lettered_and_its_batch_scored(test_settings, registry, tmp_path):
+    docs = _documents(20, seed=13)
+    text_doc = next(d for d in docs if d["content_type"] == "text")
+    poison = poison_document(text_doc, "poison-1")
+    routed = routed_values(docs[:7] + [poison] + docs[7:])
+    out = _run(test_settings, poison_text_model(registry, tmp_path / "registry"), routed, batch_size=8)
+
+    assert sorted(_by_doc(out["predictions"], "prediction")) == sorted(d["doc_id"] for d in docs)  # the batch-mates too
+    [letter] = [codec.decode(v, expected="dead_letter").record for v in out["dead_letters"]]
+    assert letter["reason"] == "PROCESSING_ERROR" and letter["doc_id"] == "poison-1"
+    assert "Gather" in letter["message"] and letter["original"] == routed[7] and letter["source_offset"] == 7
+    assert len(out["predictions"]) + len(out["dead_letters"]) == len(routed)
+
+
+@pytest.mark.parametrize("junk", [b"", b"\xc3\x01 not avro"])
+def test_an_undecodable_routed_record_is_dead_lettered(test_settings, registry, junk):
+    docs = _documents(4, seed=17)
+    routed = routed_values(docs) + [junk]
+    out = _run(test_settings, registry, routed)
+    assert len(out["predictions"]) == len(docs)
+    [letter] = [codec.decode(v, expected="dead_letter").record for v in out["dead_letters"]]
+    assert (letter["reason"], letter["original"], letter["source_offset"]) == ("PROCESSING_ERROR", junk, len(docs))
