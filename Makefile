@@ -39,7 +39,7 @@ test: setup
 
 ## only the fast tests that need no JVM
 test-unit: venv
-	$(PY) -m pytest tests/unit
+	$(PY) -m pytest tests/unit config schemas models udfs jobs mailroom
 
 bench: setup
 	$(VENV)/bin/mailroom bench

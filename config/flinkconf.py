@@ -6,6 +6,7 @@ so a job behaves the same on either.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -60,10 +61,8 @@ def embedded_ui_port(settings: Settings, job: str) -> int:
 
 
 def flink_home() -> Path:
-    """The pip package's Flink distribution (bin/, lib/, opt/, conf/)."""
-    import pyflink
-
-    return Path(pyflink.__file__).parent
+    """The pip package's Flink distribution (bin/, lib/, opt/, conf/), found without importing it."""
+    return Path(importlib.util.find_spec("pyflink").origin).parent
 
 
 def cluster_config(settings: Settings) -> dict[str, str]:

@@ -99,8 +99,8 @@ class FailureBudget:
 
     >>> budget = FailureBudget(max_per_minute=2)
     >>> budget.spend(0, ValueError("a")); budget.spend(1_000, ValueError("b"))
-    >>> budget.spend(61_000, ValueError("c"))   # the first has left the minute
-    >>> budget.spend(61_500, ValueError("d"))
+    >>> budget.spend(60_001, ValueError("c"))   # the first has left the minute: two in it
+    >>> budget.spend(60_500, ValueError("d"))   # three within a minute
     Traceback (most recent call last):
     ...
     udfs.dead_letters.FailureStorm: 3 records failed within a minute (limit 2); the last: ValueError: d

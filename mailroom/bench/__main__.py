@@ -4,4 +4,5 @@ import sys
 
 from mailroom.bench.peer import peer_main
 
-sys.exit(peer_main())
+if __name__ == "__main__":
+    sys.exit(peer_main())

@@ -1,13 +1,11 @@
 """models/features.py: sender context features (hand-computed) and the shared text normalisation."""
 
-import doctest
 import math
 import pickle
 import unicodedata
 
 import pytest
 
-import models.features
 from schemas.labels import LABELS
 from models.features import (FEATURE_SET_ID, LABEL_MEMORY, MAX_TEXT_CHARS, SENDER_FEATURES, SenderHistory, model_text,
                            normalise_text)
@@ -18,9 +16,6 @@ HOUR, MINUTE = 3_600_000, 60_000
 def feats(values):
     return dict(zip(SENDER_FEATURES, values))
 
-
-def test_doctest():
-    assert doctest.testmod(models.features).failed == 0
 
 
 def test_feature_list_is_one_per_label_plus_activity():

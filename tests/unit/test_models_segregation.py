@@ -1,12 +1,10 @@
 """models/segregation.py: strategies, ratios, warnings and no leakage of duplicates or groups."""
 
-import doctest
 import random
 from collections import Counter
 
 import pytest
 
-import models.segregation as segregation
 from models.segregation import leakage_units, split
 
 WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa quebec romeo "
@@ -22,9 +20,6 @@ def make_docs(n=200, seed=0, labels=("invoice", "other", "complaint", "offer")):
 def sides(result):
     return {d["doc_id"] for d in result.train}, {d["doc_id"] for d in result.held_out}
 
-
-def test_doctest():
-    assert doctest.testmod(segregation).failed == 0
 
 
 @pytest.mark.parametrize("strategy", ["sequential", "random", "stratified"])
