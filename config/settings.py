@@ -20,6 +20,10 @@ from typing import Mapping
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
+class ConfigError(ValueError):
+    """A setting is unusable (a malformed environment variable, a missing jar); the message says what to do."""
+
+
 # field name -> environment variable that overrides it
 ENV_VARS = {
     "run_dir": "MAILROOM_RUN_DIR",
@@ -71,7 +75,7 @@ class Settings:
                 try:
                     values[f.name] = int(raw)
                 except ValueError:
-                    raise SystemExit(f"{ENV_VARS[f.name]}={raw!r} is not a whole number; unset it or give a port number.") from None
+                    raise ConfigError(f"{ENV_VARS[f.name]}={raw!r} is not a whole number; unset it or give a port number.") from None
             elif f.type in ("Path", Path, "Path | None"):
                 values[f.name] = Path(raw).expanduser().resolve()
             else:
@@ -100,7 +104,7 @@ class Settings:
     def connector_jar(self) -> Path:
         jars = sorted((self.jar_dir / "connector").glob("flink-sql-connector-kafka-*.jar"))
         if not jars:
-            raise SystemExit(f"The Flink Kafka connector jar is missing under {self.jar_dir}/connector. Run `make jars` (or `make setup`).")
+            raise ConfigError(f"The Flink Kafka connector jar is missing under {self.jar_dir}/connector. Run `make jars` (or `make setup`).")
         return jars[-1]
 
     def redis_client(self, **kwargs):

@@ -22,7 +22,7 @@ from pyflink.common import Duration, Types, WatermarkStrategy
 
 from config.settings import Settings
 from jobs.connectors import BYTES, read_records, write_bytes
-from jobs.environment import make_env
+from jobs.environment import add_run_arguments, make_env, refuse_to_start_on_errors
 from schemas.topics import topic_name
 from schemas.units import DAY_S, MINUTE_MS
 from udfs.adapters.accuracy import ACCURACY_OUTPUTS, JOB, EventTimeOf, JoinPredictionsWithTruth, TrackAccuracy
@@ -84,16 +84,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--min-accuracy", type=float, default=m.min_accuracy, help="alert below this accuracy (default %(default)s)")
     parser.add_argument("--out-of-orderness-ms", type=int, default=5 * MINUTE_MS, help="watermark lag behind the newest event (default 5 min)")
     parser.add_argument("--redis-ttl-s", type=int, default=7 * DAY_S, help="TTL of the dashboard keys in Redis (default 7 days)")
-    parser.add_argument("--max-failures-per-minute", type=int, default=j.max_failures_per_minute,
-                        help="records per minute (per subtask) that may be dead-lettered for a processing error before "
-                        "the job fails: more is a bug, not bad records (default: %(default)s)")
-    parser.add_argument("--parallelism", type=int, default=None, help="operator parallelism (default: flink-conf)")
-    parser.add_argument("--bounded", action="store_true", help="stop at the inputs' latest offsets at start; then every wait ends")
+    add_run_arguments(parser, "stop at the inputs' latest offsets at start; then every wait ends", failure_budget=j.max_failures_per_minute)
     parser.add_argument("--from-ms", type=int, default=None, help="read records written from this epoch ms on, not from the group's offsets")
-    parser.add_argument("--restore-from", default=None, help="resume from this checkpoint or savepoint path")
     return parser.parse_args(argv)
 
 
+@refuse_to_start_on_errors
 def main(argv: list[str] | None = None) -> None:
     settings = Settings.from_env()
     args = parse_args(sys.argv[1:] if argv is None else argv)

@@ -2,14 +2,48 @@
 
 from __future__ import annotations
 
+import argparse
+import functools
 import os
+import sys
+from typing import Callable
 from pathlib import Path
 
 from pyflink.common import Configuration
 from pyflink.datastream import StreamExecutionEnvironment
 
 from config.flinkconf import embedded_ui_port, job_config
-from config.settings import Settings
+from config.settings import ConfigError, Settings
+from models.registry import RegistryError
+from models.scoring import FeatureSetMismatch
+
+
+REFUSALS = (ConfigError, FeatureSetMismatch, RegistryError)  # what stops a job before it starts, with a message
+
+
+def refuse_to_start_on_errors(main: Callable) -> Callable:
+    """A job's `main`: a configuration or model problem ends it with its message (exit 1), not a traceback."""
+
+    @functools.wraps(main)
+    def run(argv: list[str] | None = None) -> None:
+        try:
+            main(argv)
+        except REFUSALS as exc:
+            sys.exit(f"Refusing to start: {exc}")
+
+    return run
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, bounded_help: str, failure_budget: int | None = None) -> None:
+    """The arguments every job takes: parallelism, bounded runs, restore; and the failure budget
+    of the jobs after the router (`failure_budget`: its default)."""
+    parser.add_argument("--parallelism", type=int, default=None, help="operator parallelism (default: flink-conf)")
+    parser.add_argument("--bounded", action="store_true", help=bounded_help)
+    parser.add_argument("--restore-from", default=None, help="resume from this checkpoint or savepoint path")
+    if failure_budget is not None:
+        parser.add_argument("--max-failures-per-minute", type=int, default=failure_budget,
+                            help="records per minute (per subtask) that may be dead-lettered for a processing error before "
+                            "the job fails: more is a bug, not bad records (default: %(default)s)")
 
 
 def make_env(settings: Settings, job: str, parallelism: int | None = None, restore_from: str | None = None) -> StreamExecutionEnvironment:

@@ -15,7 +15,7 @@ from pyflink.common import Types
 from pyflink.datastream import DataStream
 
 from jobs.connectors import BYTES, read_records, write_bytes
-from jobs.environment import make_env
+from jobs.environment import add_run_arguments, make_env, refuse_to_start_on_errors
 from config.settings import Settings
 from schemas.topics import topic_name
 from udfs.adapters.common import DEAD_LETTERS
@@ -50,12 +50,11 @@ def parse_args(argv: list[str], settings: Settings) -> argparse.Namespace:
     parser.add_argument("--dead-letter-topic", default=topic_name("dead_letters", prefix), help="default: %(default)s")
     parser.add_argument("--group-id", default="mailroom-router", help="consumer group; also names the sinks' transactions")
     parser.add_argument("--duplicate-window-ms", type=int, default=RouterConfig.duplicate_window_ms, help="default: %(default)s (24 h)")
-    parser.add_argument("--parallelism", type=int, default=None, help="operator parallelism (default: flink-conf)")
-    parser.add_argument("--bounded", action="store_true", help="stop at the input's latest offsets at start (batch-like runs)")
-    parser.add_argument("--restore-from", default=None, help="resume from this checkpoint or savepoint path")
+    add_run_arguments(parser, "stop at the input's latest offsets at start (batch-like runs)")
     return parser.parse_args(argv)
 
 
+@refuse_to_start_on_errors
 def main(argv: list[str] | None = None) -> None:
     settings = Settings.from_env()
     args = parse_args(sys.argv[1:] if argv is None else argv, settings)

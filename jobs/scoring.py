@@ -20,9 +20,7 @@ from pyflink.datastream import DataStream
 
 from config.settings import Settings
 from jobs.connectors import BYTES, read_records, write_bytes
-from jobs.environment import make_env
-from models.registry import RegistryError
-from models.scoring import FeatureSetMismatch
+from jobs.environment import add_run_arguments, make_env, refuse_to_start_on_errors
 from schemas.labels import DEPARTMENTS
 from schemas.topics import department_topic_key, topic_name
 from udfs.adapters.common import DEAD_LETTERS, DecodeOrDeadLetter
@@ -66,28 +64,21 @@ def parse_args(argv: list[str], settings: Settings) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="jobs/scoring.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--registry", default=str(settings.registry_dir), help="model registry (default: %(default)s)")
     parser.add_argument("--group-id", default="mailroom-scoring", help="consumer group; also names the sinks' transactions")
-    parser.add_argument("--parallelism", type=int, default=None, help="operator parallelism (default: flink-conf)")
     parser.add_argument("--batch-size", type=int, default=ScoringConfig.batch_size, help="documents per ONNX call (default: %(default)s)")
     parser.add_argument("--max-batch-delay-ms", type=int, default=ScoringConfig.max_batch_delay_ms,
                         help="score a partial batch after this wait (default: %(default)s)")
     parser.add_argument("--triage-threshold", type=float, default=ScoringConfig.triage_threshold,
                         help="below this top probability a document goes to triage (default: %(default)s)")
-    parser.add_argument("--max-failures-per-minute", type=int, default=ScoringConfig.max_failures_per_minute,
-                        help="records per minute (per subtask) that may be dead-lettered for a processing error before "
-                        "the job fails: more is a bug, not bad records (default: %(default)s)")
-    parser.add_argument("--bounded", action="store_true", help="stop at the inputs' latest offsets at start")
-    parser.add_argument("--restore-from", default=None, help="resume from this checkpoint or savepoint path")
+    add_run_arguments(parser, "stop at the inputs' latest offsets at start", failure_budget=ScoringConfig.max_failures_per_minute)
     return parser.parse_args(argv)
 
 
+@refuse_to_start_on_errors
 def main(argv: list[str] | None = None) -> None:
     settings = Settings.from_env()
     args = parse_args(sys.argv[1:] if argv is None else argv, settings)
-    try:
-        config = ScoringConfig.from_registry(args.registry, batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay_ms,
-                                             triage_threshold=args.triage_threshold, max_failures_per_minute=args.max_failures_per_minute)
-    except (FeatureSetMismatch, RegistryError) as exc:
-        sys.exit(f"Refusing to start: {exc}")
+    config = ScoringConfig.from_registry(args.registry, batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay_ms,
+                                         triage_threshold=args.triage_threshold, max_failures_per_minute=args.max_failures_per_minute)
     env = make_env(settings, JOB, args.parallelism, args.restore_from)
     env.set_max_parallelism(MAX_PARALLELISM)
     prefix = settings.topic_prefix

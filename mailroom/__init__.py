@@ -1,7 +1,8 @@
 """Mailroom: streaming document classification on Kafka, Redis and PyFlink.
 
-The `mailroom` package holds what every part shares: settings, topic declarations, the
-local stack (Kafka, Redis, a Flink session cluster) and the command line.
+The `mailroom` package is the top layer: the tools people run (the command line, the local
+stack of Kafka, Redis and a Flink session cluster, job submission, producer, feedback, the
+demo and the benchmark). It starts the jobs as processes; nothing below imports it.
 """
 
 __version__ = "0.1.0"

@@ -9,7 +9,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from config.settings import ENV_VARS, Settings
+from config.settings import ENV_VARS, ConfigError, Settings
 from mailroom import accuracy, bench, deadletters, demo, feedback, models_cli, produce
 
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -164,7 +164,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        return 2
     return args.func(args, settings)
 
 

@@ -1,1 +1,1 @@
-"""Offline half: data, training, ONNX export and the model registry."""
+"""What training and serving share (features, the ONNX model runtime, the registry) and the offline half: data, training, export."""

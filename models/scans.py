@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from models.fragments import CLASS_FRAGMENTS, CV_SECTIONS, FORM_FIELDS, TABLE_HEADERS, TITLES, TOTAL_WORDS, VOCAB
-from models.generator import Facts, TextComposer, company_name, fill, line_items
+from models.composing import Facts, TextComposer, company_name, fill, line_items
 
 
 @lru_cache(maxsize=None)

@@ -1,1 +1,1 @@
-"""Avro schemas (*.avsc) and the one codec every job and tool uses."""
+"""The contract every party shares: Avro schemas (*.avsc) and the one codec, topics, labels and departments, time units, Redis keys."""

@@ -13,17 +13,7 @@ from pathlib import Path
 import psutil
 
 from mailroom.submit import _settings_env, wait_until_running
-
-
-def _running(processes: list[psutil.Process]) -> list[psutil.Process]:
-    alive = []
-    for process in processes:
-        try:
-            if process.status() != psutil.STATUS_ZOMBIE:
-                alive.append(process)
-        except psutil.NoSuchProcess:
-            pass
-    return alive
+from tests.unit.test_submit import _running
 
 
 def test_sigterm_stops_the_embedded_job_and_its_jvm(pipeline_settings, tmp_path):

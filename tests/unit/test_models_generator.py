@@ -15,7 +15,8 @@ from sklearn.metrics import f1_score
 
 from schemas.labels import LABELS
 from models.fragments import CLASS_FRAGMENTS, COMMON, DISTRACTORS
-from models.generator import Facts, Mailbox, TextComposer, generate, read_jsonl, write_directory, write_jsonl
+from models.composing import Facts, TextComposer
+from models.generator import Mailbox, generate, read_jsonl, write_directory, write_jsonl
 from models.features import model_text
 
 FIELDS = {"doc_id", "received_ms", "channel", "sender", "subject", "content_type", "text", "image", "mime_type", "page_count", "headers", "label"}
