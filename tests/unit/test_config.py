@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from config.flinkconf import base_config, cluster_config, job_config
-from config.settings import ENV_VARS, PROJECT_DIR, Settings
+from config.settings import ENV_VARS, PROJECT_DIR, ConfigError, Settings
 from schemas.labels import DEPARTMENTS, LABELS
 from schemas.topics import TOPICS, department_topic_key, topic_name
 
@@ -27,7 +27,7 @@ def test_every_setting_names_its_environment_variable():
 
 
 def test_bad_port_says_which_variable(tmp_path):
-    with pytest.raises(SystemExit, match="MAILROOM_REDIS_PORT"):
+    with pytest.raises(ConfigError, match="MAILROOM_REDIS_PORT"):
         Settings.from_env({"MAILROOM_REDIS_PORT": "six", "MAILROOM_RUN_DIR": str(tmp_path)})
 
 
