@@ -91,6 +91,15 @@ def port_free(host: str, port: int) -> bool:
             return False
 
 
+def accepts(host: str, port: int, timeout_s: float = 1.0) -> bool:
+    """True when something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
 def _require_free(host: str, port: int, what: str, env_var: str) -> None:
     if not port_free(host, port):
         raise StackError(
@@ -201,6 +210,10 @@ class Kafka(TrackedService):
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
+            # a broker restarted after a crash waits until the controller expires its old session
+            # (9 s by default): one local node can afford a short one
+            "broker.heartbeat.interval.ms": "1000",
+            "broker.session.timeout.ms": "3000",
             # topics are declared in schemas/topics.py; a typo must not create a new one
             "auto.create.topics.enable": "false",
             # Flink's exactly-once sink keeps transactions open up to its timeout (15 min cap)
@@ -276,6 +289,8 @@ class Kafka(TrackedService):
     def _answers(self) -> bool:
         from kafka import KafkaAdminClient
 
+        if not accepts(self.s.host, self.s.kafka_port):  # an admin client waits up to 30 s for a broker that is not listening
+            return False
         admin = KafkaAdminClient(bootstrap_servers=self.s.bootstrap_servers, request_timeout_ms=5000)
         try:
             return bool(admin.describe_cluster()["brokers"])
