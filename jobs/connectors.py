@@ -1,21 +1,15 @@
-"""Kafka sources and sinks of raw bytes, configured the same way for every job."""
+"""Kafka sources (rows of value + coordinates) and sinks of raw bytes, configured the same way for every job."""
 
 from __future__ import annotations
 
 import re
 
-from pyflink.common import Types, WatermarkStrategy
+from pyflink.common import Types
 from pyflink.common.serialization import ByteArraySchema
 from pyflink.datastream import DataStream, StreamExecutionEnvironment
 from pyflink.table import StreamTableEnvironment
 from pyflink.datastream.connectors.base import DeliveryGuarantee
-from pyflink.datastream.connectors.kafka import (
-    KafkaOffsetResetStrategy,
-    KafkaOffsetsInitializer,
-    KafkaRecordSerializationSchema,
-    KafkaSink,
-    KafkaSource,
-)
+from pyflink.datastream.connectors.kafka import KafkaRecordSerializationSchema, KafkaSink
 
 from config.settings import Settings
 from schemas.topics import BIG_MESSAGE_BYTES
@@ -23,42 +17,6 @@ from schemas.topics import BIG_MESSAGE_BYTES
 BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
 # Must stay below the broker's transaction.max.timeout.ms (15 min, see mailroom/stack.py).
 TRANSACTION_TIMEOUT_MS = "600000"
-
-
-def read_bytes(
-    env: StreamExecutionEnvironment,
-    settings: Settings,
-    topics: list[str],
-    group_id: str,
-    uid: str,
-    bounded: bool = False,
-    watermarks: WatermarkStrategy | None = None,
-    start_ms: int | None = None,
-) -> DataStream:
-    """A stream of raw message values (`bytes`) from `topics`, read_committed.
-
-    Decoding happens downstream in a process function: a deserializer could only drop or fail.
-    `bounded=True` stops at the offsets that were latest when the job started. `start_ms`
-    starts at the first record written at or after that time instead of the group's offsets.
-    """
-    if start_ms is None:
-        start = KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST)
-    else:
-        start = KafkaOffsetsInitializer.timestamp(start_ms)
-    builder = (
-        KafkaSource.builder()
-        .set_bootstrap_servers(settings.bootstrap_servers)
-        .set_topics(*topics)
-        .set_group_id(group_id)
-        .set_starting_offsets(start)
-        .set_value_only_deserializer(ByteArraySchema())
-        .set_property("isolation.level", "read_committed")
-        .set_property("commit.offsets.on.checkpoint", "true")
-    )
-    if bounded:
-        builder = builder.set_bounded(KafkaOffsetsInitializer.latest())
-    source = builder.build()
-    return env.from_source(source, watermarks or WatermarkStrategy.no_watermarks(), f"kafka: {', '.join(topics)}", BYTES).uid(uid)
 
 
 def write_bytes(settings: Settings, topic: str, transactional_id_prefix: str, exactly_once: bool = True) -> KafkaSink:

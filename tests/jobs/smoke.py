@@ -13,14 +13,14 @@ import sys
 from pyflink.datastream import DataStream, MapFunction, RuntimeContext
 
 from config.settings import Settings
-from jobs.connectors import BYTES, read_bytes, write_bytes
+from jobs.connectors import BYTES, read_records, write_bytes
 from jobs.environment import make_env
 from schemas.redis_keys import smoke_counter_key
 from schemas.units import DAY_S
 
 
 class CountInRedis(MapFunction):
-    """Counts every record under `smoke_counter_key(run_id)` and passes it on unchanged."""
+    """Counts every (value, topic, partition, offset) row under `smoke_counter_key(run_id)`; passes the value on unchanged."""
 
     def __init__(self, settings: Settings, run_id: str):
         self.settings, self.run_id = settings, run_id
@@ -29,12 +29,12 @@ class CountInRedis(MapFunction):
     def open(self, runtime_context: RuntimeContext):
         self.client = self.settings.redis_client()
 
-    def map(self, value):
+    def map(self, row):
         pipe = self.client.pipeline()
         pipe.incr(smoke_counter_key(self.run_id))
         pipe.expire(smoke_counter_key(self.run_id), DAY_S)
         pipe.execute()
-        return value
+        return bytes(row[0])
 
     def close(self):
         if self.client is not None:
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     env = make_env(settings, "smoke")
-    raw = read_bytes(env, settings, [args.input], f"smoke-{args.run_id}", uid="smoke-source", bounded=True)
+    raw = read_records(env, settings, [args.input], f"smoke-{args.run_id}", bounded=True)
     build(raw, settings, args.run_id).sink_to(write_bytes(settings, args.output, f"smoke-{args.run_id}")).name("kafka sink").uid("smoke-sink")
     env.execute(f"mailroom-smoke-{args.run_id}")
 
