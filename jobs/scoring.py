@@ -3,10 +3,13 @@
     routed.text + routed.scans --(key: sender)--> sender features (keyed state, Redis mirror)
         <-- predictions log (this job's own decisions: the sender's recent labels)
     --(key: subtask shard)--> micro-batched ONNX scoring --> dept.<department> + predictions
+        <-- model-control (broadcast: which model serves in which slot)   --> model-events
+                                                    challenger in shadow --> shadow-predictions
     a record that makes decoding, features or a model raise --> dead-letters (PROCESSING_ERROR)
 
 The champion models are resolved from the registry before the job starts (a model trained on
-another feature set is refused there) and loaded once per operator instance.
+another feature set is refused there) and loaded once per operator instance; from then on the
+model-control topic says what serves, without a restart (`mailroom models deploy`).
 """
 
 from __future__ import annotations
@@ -24,17 +27,18 @@ from jobs.environment import add_run_arguments, make_env, refuse_to_start_on_err
 from schemas.labels import DEPARTMENTS
 from schemas.topics import department_topic_key, topic_name
 from udfs.adapters.common import DEAD_LETTERS, DecodeOrDeadLetter
-from udfs.adapters.scoring import (DEPARTMENT_OUTPUTS, JOB, ComputeSenderFeatures, ScoreMicroBatches, sender_and_source,
-                                   sender_label_and_source)
+from udfs.adapters.scoring import (DEPARTMENT_OUTPUTS, JOB, MODEL_EVENTS, SHADOW_PREDICTIONS, ComputeSenderFeatures, CopyToEveryShard,
+                                   ScoreMicroBatches, sender_and_source, sender_label_and_source)
 from udfs.scoring import SCORING_VERSION, ScoringConfig
 from udfs.sharding import MAX_PARALLELISM
 
 
-def build(documents: DataStream, own_predictions: DataStream, config: ScoringConfig, redis_client_factory=None) -> dict[str, DataStream]:
+def build(documents: DataStream, own_predictions: DataStream, control: DataStream, config: ScoringConfig,
+          redis_client_factory=None) -> dict[str, DataStream]:
     """Wire feature computation and scoring over (value, topic, partition, offset) rows of the
-    routed documents and of the job's own predictions. Returns the predictions, each
-    department's stream and the dead letters. `redis_client_factory` (None: no Redis) feeds
-    the sender feature mirror."""
+    routed documents, of the job's own predictions and of the model-control topic. Returns the
+    predictions, each department's stream, the model events, the shadow predictions and the dead
+    letters. `redis_client_factory` (None: no Redis) feeds the sender feature mirror."""
     budget = config.max_failures_per_minute
     routed = documents.process(DecodeOrDeadLetter("routed_document", JOB, SCORING_VERSION, budget, project=sender_and_source),
                                output_type=Types.PICKLED_BYTE_ARRAY()).name("decode routed documents").uid("scoring-decode-documents")
@@ -47,16 +51,24 @@ def build(documents: DataStream, own_predictions: DataStream, config: ScoringCon
         .name("sender features")
         .uid("scoring-sender-features")
     )
+    deployments = control.process(DecodeOrDeadLetter("model_control", JOB, SCORING_VERSION, budget),
+                                  output_type=Types.PICKLED_BYTE_ARRAY()).name("decode model control").uid("scoring-decode-control")
+    per_shard = deployments.process(CopyToEveryShard(), output_type=Types.PICKLED_BYTE_ARRAY()).name("model control to every shard").uid(
+        "scoring-control-to-shards")
     predictions = (
-        pending.key_by(lambda item: item[0], key_type=Types.INT())
+        pending.connect(per_shard)
+        .key_by(lambda item: item[0], lambda item: item[0], key_type=Types.INT())
         .process(ScoreMicroBatches(config), output_type=BYTES)
         .name("score micro-batches (onnxruntime)")
         .uid("scoring-score")
     )
     outputs = {"predictions": predictions}
     outputs.update({dept: predictions.get_side_output(tag) for dept, tag in DEPARTMENT_OUTPUTS.items()})
+    outputs["model_events"] = predictions.get_side_output(MODEL_EVENTS)
+    outputs["shadow_predictions"] = predictions.get_side_output(SHADOW_PREDICTIONS)
     outputs["dead_letters"] = routed.get_side_output(DEAD_LETTERS).union(
-        decided.get_side_output(DEAD_LETTERS), pending.get_side_output(DEAD_LETTERS), predictions.get_side_output(DEAD_LETTERS))
+        decided.get_side_output(DEAD_LETTERS), deployments.get_side_output(DEAD_LETTERS), pending.get_side_output(DEAD_LETTERS),
+        predictions.get_side_output(DEAD_LETTERS))
     return outputs
 
 
@@ -86,16 +98,18 @@ def main(argv: list[str] | None = None) -> None:
     predictions_topic = topic_name("predictions", prefix)
     documents = read_records(env, settings, routed_topics, args.group_id, bounded=args.bounded)
     own_predictions = read_records(env, settings, [predictions_topic], f"{args.group_id}-feedback", bounded=args.bounded)
+    control = read_records(env, settings, [topic_name("model_control", prefix)], f"{args.group_id}-control", bounded=args.bounded)
     redis = functools.partial(settings.redis_client, socket_timeout=2, socket_connect_timeout=2)
-    outputs = build(documents, own_predictions, config, redis)
+    outputs = build(documents, own_predictions, control, config, redis)
     outputs["predictions"].sink_to(write_bytes(settings, predictions_topic, f"{args.group_id}-predictions")).name(
         f"kafka: {predictions_topic}").uid("scoring-sink-predictions")
     for label, dept in DEPARTMENTS.items():
         topic = topic_name(department_topic_key(label), prefix)
         outputs[dept].sink_to(write_bytes(settings, topic, f"{args.group_id}-{dept}")).name(f"kafka: {topic}").uid(f"scoring-sink-{dept}")
-    dead_letters = topic_name("dead_letters", prefix)
-    outputs["dead_letters"].sink_to(write_bytes(settings, dead_letters, f"{args.group_id}-dead-letters")).name(
-        f"kafka: {dead_letters}").uid("scoring-sink-dead-letters")
+    for key in ("dead_letters", "model_events", "shadow_predictions"):
+        topic = topic_name(key, prefix)
+        outputs[key].sink_to(write_bytes(settings, topic, f"{args.group_id}-{key.replace('_', '-')}")).name(f"kafka: {topic}").uid(
+            f"scoring-sink-{key.replace('_', '-')}")
     env.execute(f"mailroom-{JOB}")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 
 from rich.console import Console
@@ -62,6 +63,11 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from mailroom.stack import StackError
 
+    def stop(signum, _frame):  # unwind, so the demo stops the jobs it started (the default would just end this process)
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
     try:
         report = demo.run(settings, count=args.count, rate=args.rate, scan_share=args.scan_share, drift=args.drift, seed=args.seed)
     except (StackError, RuntimeError) as exc:

@@ -40,10 +40,11 @@ def bench_models(registry_dir: Path, n_docs: int = 600, batch_sizes: tuple[int, 
     rows: list[dict] = []
     for kind in KINDS:
         try:
-            scorer = Scorer.from_registry(registry_dir, kind)
+            model = registry.champion(kind)
         except RegistryError:
             continue
-        name = f"{kind} v{scorer.version} ({scorer.card['kernel']})"
+        scorer = Scorer(model)
+        name = f"{kind} v{scorer.version} ({model.card['kernel']})"
         data = build_dataset(kind, docs, context)
         raw = [d for d in docs if (d["content_type"] == "image") == (kind == "image")]
         if kind == "text":
@@ -54,7 +55,7 @@ def bench_models(registry_dir: Path, n_docs: int = 600, batch_sizes: tuple[int, 
         for batch in batch_sizes:
             feeds = cycle([onnx_feeds(kind, chunk) for chunk in _chunks(data.inputs, len(data), batch)])
             rows.append({"model": name, "engine": "onnxruntime", **_rate(lambda: scorer.session.run(["probabilities"], next(feeds)), batch, seconds)})
-        pipeline = registry.sklearn_model(kind, scorer.version)
+        pipeline = registry.sklearn_model(kind, int(scorer.version))
         if pipeline is not None:
             for batch in sorted({batch_sizes[0], batch_sizes[-1]}):
                 matrices = cycle([sklearn_matrix(kind, chunk) for chunk in _chunks(data.inputs, len(data), batch)])

@@ -41,7 +41,8 @@ class Scorer:
 
     def __init__(self, model: ModelRef):
         check_feature_set(model)
-        self.kind, self.version, self.card = model.kind, model.version, model.card
+        self.kind, self.version = model.kind, str(model.version)
+        self.name = f"mailroom-{model.kind}"
         self.labels: tuple[str, ...] = tuple(model.card["labels"])
         self.session = onnx_session(str(model.onnx_path))
 
@@ -49,6 +50,17 @@ class Scorer:
     def from_registry(cls, registry_dir: Path, kind: str) -> "Scorer":
         """The current champion of `kind` ("text" or "image")."""
         return cls(Registry(registry_dir).champion(kind))
+
+    @classmethod
+    def from_pointer(cls, pointer) -> "Scorer":
+        """The model a control record points to, once it passed `models.pointers.load_checked`
+        (raises ModelRefused with the reason otherwise)."""
+        from models.pointers import load_checked
+
+        scorer = cls.__new__(cls)
+        scorer.session = load_checked(pointer)
+        scorer.kind, scorer.version, scorer.name, scorer.labels = pointer.kind, pointer.version, pointer.model_name, tuple(pointer.labels)
+        return scorer
 
     def score_texts(self, texts: list[str], context: np.ndarray) -> tuple[list[str], np.ndarray]:
         """Labels and probabilities for texts built by `models.features.model_text` (normalised

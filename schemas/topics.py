@@ -23,8 +23,11 @@ class Topic:
     retention_ms: int
     purpose: str
     max_message_bytes: int = 2**20  # Kafka's default; topics carrying scans take more
+    compacted: bool = False  # keep the newest record per key (and never expire it): a state topic
 
     def configs(self) -> dict[str, str]:
+        if self.compacted:
+            return {"cleanup.policy": "compact", "retention.ms": "-1", "max.message.bytes": str(self.max_message_bytes)}
         return {"retention.ms": str(self.retention_ms), "max.message.bytes": str(self.max_message_bytes)}
 
     def name(self, prefix: str) -> str:
@@ -46,6 +49,9 @@ TOPICS: tuple[Topic, ...] = (
     Topic("alerts", "alerts", 1, 30 * DAY_MS, "model quality alerts"),
     Topic("retraining_requests", "retraining-requests", 1, 30 * DAY_MS, "requests to retrain a degraded model"),
     Topic("labelled_examples", "labelled-examples", 2, 90 * DAY_MS, "matched prediction + truth pairs for retraining"),
+    Topic("model_control", "model-control", 1, -1, "which model version serves in which slot, per kind (key kind/slot)", compacted=True),
+    Topic("model_events", "model-events", 1, 30 * DAY_MS, "what each scoring subtask serves, refuses or falls back to"),
+    Topic("shadow_predictions", "shadow-predictions", 2, 30 * DAY_MS, "champion and challenger on the same documents, paired"),
 )
 BY_KEY = {t.key: t for t in TOPICS}
 

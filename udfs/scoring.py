@@ -10,7 +10,9 @@ A sender silent for `sender_idle_ms` is forgotten (`IdleSenderRule`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+import zlib
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -23,6 +25,7 @@ from models.scoring import Scorer, check_feature_set
 from schemas import codec
 from udfs.dead_letters import SourceRecord
 from udfs.feature_cache import FeatureMirror
+from udfs.model_slots import ModelSlots
 from models.features import FEATURE_SET_ID, SENDER_FEATURES, SenderHistory, model_text
 
 SCORING_VERSION = "1.1.0"  # written into the scoring job's dead letters; bump when its rules change
@@ -133,43 +136,78 @@ class SenderFeatures:
         )
 
 
+def in_shadow_sample(doc_id: str, share: float) -> bool:
+    """Whether a challenger scores `doc_id` in shadow: the same answer on every subtask and run.
+
+    >>> in_shadow_sample("d1", 1.0), in_shadow_sample("d1", 0.0)
+    (True, False)
+    """
+    return zlib.crc32(doc_id.encode()) < share * 2**32
+
+
+@dataclass
+class ScoredBatch:
+    """What scoring a micro-batch gives: (department, prediction) pairs in batch order, the
+    paired shadow records of the sampled documents, and the documents no model call could score."""
+
+    predictions: list[tuple[str, bytes]] = field(default_factory=list)
+    shadows: list[bytes] = field(default_factory=list)
+    failed: list[tuple[PendingDocument, Exception]] = field(default_factory=list)
+
+    def __add__(self, other: "ScoredBatch") -> "ScoredBatch":
+        return ScoredBatch(self.predictions + other.predictions, self.shadows + other.shadows, self.failed + other.failed)
+
+
 class BatchScorer:
-    """Scores a micro-batch with one onnxruntime call per model; returns prediction records."""
+    """Scores a micro-batch with one onnxruntime call per model kind (the champion of `slots`)
+    and, for the documents in the challenger's sample, one more call by the challenger."""
 
-    def __init__(self, config: ScoringConfig):
+    def __init__(self, config: ScoringConfig, slots: ModelSlots | None = None):
         self.config = config
-        self.text = Scorer(config.text_model)
-        self.image = Scorer(config.image_model)
+        self.slots = slots or ModelSlots({"text": Scorer(config.text_model), "image": Scorer(config.image_model)}, load=Scorer.from_pointer)
 
-    def score_isolating(self, batch: list[PendingDocument], now_ms: int) -> tuple[list[tuple[str, bytes]], list[tuple[PendingDocument, Exception]]]:
+    def score_isolating(self, batch: list[PendingDocument], now_ms: int) -> ScoredBatch:
         """Score the batch; when a model call raises, split the batch in halves until the
-        documents it fails on are found. Returns the scored (department, prediction) pairs in
-        batch order and the (document, exception) pairs that no model call could score."""
+        documents it fails on are found (`ScoredBatch.failed`); the others are scored."""
         try:
-            return self.score(batch, now_ms), []
+            return self.score(batch, now_ms)
         except Exception as exc:  # onnxruntime raises its own types; any of them fails only this batch
             if len(batch) == 1:
-                return [], [(batch[0], exc)]
+                return ScoredBatch(failed=[(batch[0], exc)])
         half = len(batch) // 2
-        scored_a, failed_a = self.score_isolating(batch[:half], now_ms)
-        scored_b, failed_b = self.score_isolating(batch[half:], now_ms)
-        return scored_a + scored_b, failed_a + failed_b
+        return self.score_isolating(batch[:half], now_ms) + self.score_isolating(batch[half:], now_ms)
 
-    def score(self, batch: list[PendingDocument], now_ms: int) -> list[tuple[str, bytes]]:
-        """(department, encoded prediction) for every document of the batch, in batch order."""
+    def score(self, batch: list[PendingDocument], now_ms: int) -> ScoredBatch:
+        """Predictions for every document of the batch, in batch order, and the shadow pairs."""
         out: list[tuple[str, bytes] | None] = [None] * len(batch)
-        for scorer, content_type in ((self.text, "TEXT"), (self.image, "IMAGE")):
+        shadows: list[bytes] = []
+        for kind, content_type in (("text", "TEXT"), ("image", "IMAGE")):
             index = [i for i, doc in enumerate(batch) if doc.content_type == content_type]
             if not index:
                 continue
-            context = np.array([batch[i].features for i in index], dtype=np.float32)
-            if content_type == "TEXT":
-                labels, probabilities = scorer.score_texts([batch[i].text for i in index], context)
-            else:
-                labels, probabilities = scorer.score_images([batch[i].image_features for i in index], context)
+            champion = self.slots.serving(kind)
+            labels, probabilities, champion_ms = _timed_run(champion, [batch[i] for i in index])
             for i, label, probs in zip(index, labels, probabilities):
-                out[i] = self._prediction(batch[i], scorer, label, probs, now_ms)
-        return out
+                out[i] = self._prediction(batch[i], champion, label, probs, now_ms)
+            shadows += self._shadow(kind, [batch[i] for i in index], champion, labels, probabilities, champion_ms, now_ms)
+        return ScoredBatch(out, shadows)
+
+    def _shadow(self, kind: str, docs: list[PendingDocument], champion, labels, probabilities, champion_ms: float, now_ms: int) -> list[bytes]:
+        """The challenger of `kind` on its sample of `docs`, paired with the champion's answers."""
+        challenger, pointer = self.slots.serving(kind, "CHALLENGER"), self.slots.pointer(kind, "CHALLENGER")
+        if challenger is None:
+            return []
+        sampled = [j for j, doc in enumerate(docs) if in_shadow_sample(doc.doc_id, pointer.shadow_sample)]
+        if not sampled:
+            return []
+        their_labels, their_probabilities, challenger_ms = _timed_run(challenger, [docs[j] for j in sampled])
+        return [codec.encode("shadow_prediction", {
+            "doc_id": docs[j].doc_id, "kind": kind, "received_ms": docs[j].received_ms, "scored_ms": now_ms,
+            "champion_model": champion.name, "champion_version": champion.version, "champion_label": labels[j],
+            "champion_probabilities": _by_label(champion.labels, probabilities[j]), "champion_latency_ms": champion_ms,
+            "challenger_model": challenger.name, "challenger_version": challenger.version, "challenger_label": label,
+            "challenger_probabilities": _by_label(challenger.labels, probs), "challenger_latency_ms": challenger_ms,
+        }) for j, label, probs in zip(sampled, their_labels, their_probabilities)]
 
     def _prediction(self, doc: PendingDocument, scorer: Scorer, label: str, probs: np.ndarray, now_ms: int) -> tuple[str, bytes]:
         top = float(np.max(probs))
@@ -179,8 +217,8 @@ class BatchScorer:
             "sender": doc.sender,
             "content_type": doc.content_type,
             "label": label,
-            "probabilities": {name: float(p) for name, p in zip(scorer.labels, probs)},
-            "model_name": f"mailroom-{scorer.kind}",
+            "probabilities": _by_label(scorer.labels, probs),
+            "model_name": scorer.name,
             "model_version": str(scorer.version),
             "feature_set_id": FEATURE_SET_ID,
             "department": department,
@@ -188,5 +226,22 @@ class BatchScorer:
             "scored_ms": now_ms,
             "latency_ms": max(0, now_ms - doc.received_ms),
             "features": dict(zip(SENDER_FEATURES, doc.features)),
+            "slot": "champion",
+            "fallback_reason": None,
         }
         return department, codec.encode("prediction", record)
+
+
+def _timed_run(scorer: Scorer, docs: list[PendingDocument]) -> tuple[list[str], np.ndarray, float]:
+    """The scorer's labels and probabilities for `docs` (all of its kind), and the run's milliseconds."""
+    context = np.array([doc.features for doc in docs], dtype=np.float32)
+    started = time.perf_counter()
+    if scorer.kind == "text":
+        labels, probabilities = scorer.score_texts([doc.text for doc in docs], context)
+    else:
+        labels, probabilities = scorer.score_images([doc.image_features for doc in docs], context)
+    return labels, probabilities, (time.perf_counter() - started) * 1000
+
+
+def _by_label(labels: tuple[str, ...], probabilities: np.ndarray) -> dict[str, float]:
+    return {name: float(p) for name, p in zip(labels, probabilities)}

@@ -62,7 +62,7 @@ class PeerScorer:
         self.batcher.flushed(_BUFFER)
         if not batch:
             return []
-        scored = self.scorer.score(batch, now_ms)
+        scored = self.scorer.score(batch, now_ms).predictions
         for doc, (_, prediction) in zip(batch, scored):
             self.histories[doc.sender].record_label(codec.decode(prediction, expected="prediction").record["label"])
         return scored

@@ -108,7 +108,7 @@ def run_limit(run: Run) -> Result:
     scorer = BatchScorer(config)
     pending = pending_documents(run.corpus)
     calls = []  # (session, feeds) of every batch
-    for model, kind in ((scorer.text, "TEXT"), (scorer.image, "IMAGE")):
+    for model, kind in ((scorer.slots.serving("text"), "TEXT"), (scorer.slots.serving("image"), "IMAGE")):
         docs = [p for p in pending if p.content_type == kind]
         for start in range(0, len(docs), config.batch_size):
             chunk = docs[start:start + config.batch_size]

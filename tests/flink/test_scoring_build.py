@@ -5,6 +5,8 @@ model raises on are dead-lettered as PROCESSING_ERROR, and every other document 
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 import time
 
 import pytest
@@ -12,6 +14,8 @@ import pytest
 from jobs.environment import make_env
 from jobs.scoring import build
 from models.generator import generate
+from models.pointers import ModelPointer, file_sha256
+from models.registry import Registry
 from schemas import codec
 from schemas.labels import DEPARTMENTS
 from tests.flink.harness import collect, kafka_rows
@@ -27,14 +31,16 @@ def _documents(n: int, seed: int) -> list[dict]:
     return docs
 
 
-def _run(settings, registry, routed: list[bytes], batch_size: int = 8) -> dict[str, list[bytes]]:
+def _run(settings, registry, routed: list[bytes], batch_size: int = 8, control: list[bytes] = ()) -> dict[str, list[bytes]]:
     env = make_env(settings, "scoring", parallelism=1)
     config = ScoringConfig.from_registry(registry, batch_size=batch_size)
     previous = [codec.encode("prediction", {  # one of the job's own earlier decisions, read back
         "doc_id": "earlier", "sender": "s@x", "content_type": "TEXT", "label": "invoice", "probabilities": {"invoice": 1.0},
         "model_name": "mailroom-text", "model_version": "1", "feature_set_id": config.text_model.card["feature_set_id"],
         "department": "finance", "received_ms": 0, "scored_ms": 0, "latency_ms": 0, "features": {}})]
-    outputs = build(kafka_rows(env, routed, "routed"), kafka_rows(env, previous, "predictions"), config)
+    control = list(control) or [codec.encode("model_control", {  # retiring an empty challenger slot changes nothing
+        "kind": "text", "slot": "CHALLENGER", "action": "RETIRE", "model_name": "mailroom-text", "published_ms": 0})]
+    outputs = build(kafka_rows(env, routed, "routed"), kafka_rows(env, previous, "predictions"), kafka_rows(env, control, "control"), config)
     return collect(outputs)
 
 
@@ -91,3 +97,27 @@ def test_an_undecodable_routed_record_is_dead_lettered(test_settings, registry, 
     assert len(out["predictions"]) == len(docs)
     [letter] = [codec.decode(v, expected="dead_letter").record for v in out["dead_letters"]]
     assert (letter["reason"], letter["original"], letter["source_offset"]) == ("PROCESSING_ERROR", junk, len(docs))
+
+
+def test_a_challenger_scores_in_shadow_and_a_bad_deploy_is_refused(test_settings, registry, tmp_path):
+    champion = Registry(registry).champion("text")
+    copy = tmp_path / "model.onnx"
+    shutil.copy(champion.onnx_path, copy)
+    challenger = dataclasses.replace(ModelPointer.of(champion), version="2", onnx_path=str(copy), sha256=file_sha256(copy))
+    corrupt = dataclasses.replace(challenger, version="3", sha256="00" * 32)
+    control = [codec.encode("model_control", challenger.to_record("CHALLENGER", 0)), codec.encode("model_control", corrupt.to_record("CHAMPION", 0))]
+    docs = _documents(40, seed=19)
+    out = _run(test_settings, registry, routed_values(docs), control=control)
+
+    predictions = _by_doc(out["predictions"], "prediction")
+    assert sorted(predictions) == sorted(d["doc_id"] for d in docs)
+    assert {p["model_version"] for p in predictions.values() if p["content_type"] == "TEXT"} == {str(champion.version)}  # v3 refused
+    events = [codec.decode(v, expected="model_event").record for v in out["model_events"]]
+    outcomes = {(e["kind"], e["slot"], e["outcome"], e["version"]) for e in events}
+    assert {("text", "CHAMPION", "SERVING", str(champion.version)), ("image", "CHAMPION", "SERVING", "1"),
+            ("text", "CHALLENGER", "SERVING", "2"), ("text", "CHAMPION", "REFUSED", "3")} <= outcomes
+    assert "sha256" in next(e["reason"] for e in events if e["outcome"] == "REFUSED")
+    shadows = [codec.decode(v, expected="shadow_prediction").record for v in out["shadow_predictions"]]
+    assert len({s["doc_id"] for s in shadows}) == len(shadows)  # one pair per document at most
+    assert all(predictions[s["doc_id"]]["content_type"] == "TEXT" and (s["champion_version"], s["challenger_version"]) ==
+               (str(champion.version), "2") and s["challenger_label"] == s["champion_label"] for s in shadows)  # the same model

@@ -15,6 +15,7 @@ from mailroom.bench.sampling import Usage
 from schemas import codec
 from tests.unit.badinputs import valid_text_document
 from models.features import SENDER_FEATURES
+from udfs.scoring import ScoredBatch
 from udfs.routing import Router, RouterConfig
 
 
@@ -108,11 +109,11 @@ class LabelsEverythingAnInvoice:
 
     def score(self, batch, now_ms):
         self.batches.append(batch)
-        return [("finance", codec.encode("prediction", {
+        return ScoredBatch([("finance", codec.encode("prediction", {
             "doc_id": doc.doc_id, "sender": doc.sender, "content_type": doc.content_type, "label": "invoice",
             "probabilities": {"invoice": 1.0}, "model_name": "stand-in", "model_version": "0", "feature_set_id": "sender-v1",
             "department": "finance", "received_ms": doc.received_ms, "scored_ms": now_ms, "latency_ms": now_ms - doc.received_ms,
-        })) for doc in batch]
+        })) for doc in batch])
 
 
 def _routed(doc_id: str) -> bytes:

@@ -46,7 +46,9 @@ def test_topics_are_declared_once_and_cover_every_department():
         assert department_topic_key(label) in {t.key for t in TOPICS}
     for key in ("documents", "routed_text", "routed_scans", "dead_letters", "predictions", "ground_truth", "metrics"):
         assert topic_name(key, "x.").startswith("x.")
-    assert all(t.partitions >= 1 and t.retention_ms > 0 for t in TOPICS)
+    assert all(t.partitions >= 1 and (t.retention_ms > 0 or t.compacted) for t in TOPICS)
+    control = next(t for t in TOPICS if t.key == "model_control")
+    assert control.partitions == 1 and control.configs()["cleanup.policy"] == "compact"  # one ordered, kept-forever state
 
 
 def test_every_flink_setting_has_a_comment_saying_why():

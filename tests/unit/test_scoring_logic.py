@@ -138,12 +138,13 @@ def _pending(values: list[bytes]) -> list:
 
 def test_batch_scorer_answers_in_batch_order_and_sends_unsure_documents_to_triage(registry):
     batch = _pending(_routed(16, seed=5))
-    scored = BatchScorer(ScoringConfig.from_registry(registry)).score(batch, now_ms=123)
+    scored = BatchScorer(ScoringConfig.from_registry(registry)).score(batch, now_ms=123).predictions
     records = [codec.decode(value, expected="prediction").record for _, value in scored]
     assert [r["doc_id"] for r in records] == [doc.doc_id for doc in batch]
     assert {r["content_type"] for r in records} == {"TEXT", "IMAGE"}
     assert all(r["model_name"] == f"mailroom-{'text' if r['content_type'] == 'TEXT' else 'image'}" for r in records)
-    everything_to_triage = BatchScorer(ScoringConfig.from_registry(registry, triage_threshold=1.01)).score(batch, now_ms=123)
+    assert all((r["slot"], r["fallback_reason"]) == ("champion", None) for r in records)
+    everything_to_triage = BatchScorer(ScoringConfig.from_registry(registry, triage_threshold=1.01)).score(batch, now_ms=123).predictions
     assert {department for department, _ in everything_to_triage} == {"triage"}
 
 
@@ -158,11 +159,12 @@ def test_score_isolating_finds_exactly_the_documents_the_model_raises_on(registr
     batch = _pending(routed_values(mixed))
     with pytest.raises(Exception):
         scorer.score(batch, now)
-    scored, failed = scorer.score_isolating(batch, now)
+    result = scorer.score_isolating(batch, now)
+    scored, failed = result.predictions, result.failed
     assert sorted(doc.doc_id for doc, _ in failed) == ["p1", "p2"]
     assert all("Gather" in str(exc) for _, exc in failed)
     assert [codec.decode(v).record["doc_id"] for _, v in scored] == [d["doc_id"] for d in docs]  # the others, in order
-    assert scorer.score_isolating([batch[3]], now)[0] == []
+    assert scorer.score_isolating([batch[3]], now).predictions == []
 
 
 # --- the failure budget and the dead letter ---------------------------------------------------

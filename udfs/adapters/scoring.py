@@ -1,16 +1,17 @@
-"""The scoring job's Flink adapters over `SenderFeatures`, `IdleSenderRule`, `MicroBatcher` and `BatchScorer`."""
+"""The scoring job's Flink adapters over `SenderFeatures`, `IdleSenderRule`, `MicroBatcher`, `BatchScorer` and `ModelSlots`."""
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from pyflink.common import Types
-from pyflink.datastream import KeyedCoProcessFunction, KeyedProcessFunction, OutputTag, RuntimeContext
-from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
+from pyflink.datastream import KeyedCoProcessFunction, OutputTag, ProcessFunction, RuntimeContext
+from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor
 
 from schemas import codec
 from schemas.labels import DEPARTMENTS
-from udfs.adapters.common import BYTES, FailurePath, state_ttl, subtask_info
+from udfs.adapters.common import BYTES, FailurePath, now_ms, state_ttl, subtask_info
 from udfs.batching import MicroBatcher
 from udfs.dead_letters import SourceRecord
 from udfs.feature_cache import FeatureMirror
@@ -19,6 +20,11 @@ from udfs.sharding import shard_keys
 
 JOB = "scoring"
 DEPARTMENT_OUTPUTS = {dept: OutputTag(f"dept-{dept}", BYTES) for dept in DEPARTMENTS.values()}
+MODEL_EVENTS = OutputTag("model-events", BYTES)
+SHADOW_PREDICTIONS = OutputTag("shadow-predictions", BYTES)
+# the model-control records in force, by "<kind>/<slot>" (keyed by shard: one copy per subtask), checkpointed
+CONTROL_STATE = MapStateDescriptor("model_control", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
+log = logging.getLogger("mailroom.scoring")
 
 
 def sender_and_source(record: dict, source: SourceRecord) -> tuple[str, SourceRecord]:
@@ -111,11 +117,30 @@ class ComputeSenderFeatures(KeyedCoProcessFunction):
             self.mirror.close()
 
 
-class ScoreMicroBatches(KeyedProcessFunction):
+class CopyToEveryShard(ProcessFunction):
+    """Decoded model-control records -> (shard, record) once for every shard key, so that each
+    scoring subtask receives every record on its keyed input 2 (a broadcast by keys: Flink's
+    broadcast operator cannot emit side outputs from timers in thread mode, and the scorer needs both)."""
+
+    def open(self, runtime_context: RuntimeContext):
+        self.shards = shard_keys(subtask_info(runtime_context)[1])
+
+    def process_element(self, item, ctx: ProcessFunction.Context):
+        record, _ = item
+        for shard in self.shards:
+            yield shard, record
+
+
+class ScoreMicroBatches(KeyedCoProcessFunction):
     """Keyed by shard: buffers documents in checkpointed list state and scores them with one
-    onnxruntime call per model when `MicroBatcher` says so (full, waited `max_batch_delay_ms`),
-    or when a bounded input ends. Emits predictions (main output) and each to its department's
-    output; a document the model fails on is dead-lettered and the rest of its batch scored.
+    onnxruntime call per model kind when `MicroBatcher` says so (full, waited
+    `max_batch_delay_ms`), or when a bounded input ends. Emits predictions (main output) and
+    each to its department's output; a document the model fails on is dead-lettered and the
+    rest of its batch scored; the challenger's paired answers go to `SHADOW_PREDICTIONS`.
+
+    Input 2 is the model-control topic, a copy per shard (`CopyToEveryShard`, `ModelSlots`): each
+    subtask checks and loads a deployed model between two records, keeps the record in keyed
+    state (so a restored job serves what the control topic said), and reports to `MODEL_EVENTS`.
     """
 
     def __init__(self, config):
@@ -124,15 +149,21 @@ class ScoreMicroBatches(KeyedProcessFunction):
     def open(self, runtime_context: RuntimeContext):
         self.buffer = runtime_context.get_list_state(ListStateDescriptor("batch", Types.PICKLED_BYTE_ARRAY()))
         self.end_timer = runtime_context.get_state(ValueStateDescriptor("end_of_input_timer", Types.LONG()))
+        self.control = runtime_context.get_map_state(CONTROL_STATE)
         self.batcher = MicroBatcher(self.config.batch_size, self.config.max_batch_delay_ms)
         self.failures = FailurePath(runtime_context, JOB, SCORING_VERSION, self.config.max_failures_per_minute)
+        self.subtask = subtask_info(runtime_context)[0]
         # onnxruntime (pybind11) deadlocks when imported or called from a thread-mode (pemja) task
         # thread, whose thread state pybind11's GIL handling does not know; a thread Python itself
         # started is fine. So the sessions live on, and every batch runs on, one such thread.
         self.onnx_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
-        self.scorer = self.onnx_thread.submit(BatchScorer, self.config).result()  # once per operator instance
+        self.scorer = self.onnx_thread.submit(BatchScorer, self.config).result()  # the registry's champions, once per operator
+        self.unreported = self.scorer.slots.at_start()  # reported with the first record: open() has no output
+        self.restored = False  # the control state (what the control topic said) is applied at the first record
 
-    def process_element(self, item, ctx: KeyedProcessFunction.Context):
+    def process_element1(self, item, ctx: KeyedCoProcessFunction.Context):
+        if self.unreported or not self.restored:
+            yield from self._catch_up()
         shard, pending = item
         self.buffer.add(pending)
         timers = ctx.timer_service()
@@ -149,20 +180,45 @@ class ScoreMicroBatches(KeyedProcessFunction):
         if step.flush:
             yield from self._flush(shard, now)
 
-    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
+    def process_element2(self, item, ctx: KeyedCoProcessFunction.Context):
+        _, record = item
+        yield from self._catch_up()
+        self.control.put(f"{record['kind']}/{record['slot']}", record)
+        yield from self._apply(record)
+
+    def on_timer(self, timestamp: int, ctx: KeyedCoProcessFunction.OnTimerContext):
         yield from self._flush(ctx.get_current_key(), ctx.timer_service().current_processing_time())
 
-    def _flush(self, shard: int, now_ms: int):
+    def _catch_up(self):
+        """Once per subtask: report what it serves, then apply the restored control state."""
+        if self.unreported:
+            for change in self.unreported:
+                yield MODEL_EVENTS, codec.encode("model_event", change.record(JOB, self.subtask, now_ms()))
+            self.unreported = []
+        if not self.restored:
+            self.restored = True
+            for record in list(self.control.values()):
+                yield from self._apply(record)
+
+    def _apply(self, record: dict):
+        change = self.onnx_thread.submit(self.scorer.slots.apply, record).result()
+        if change.outcome == "REFUSED":
+            log.warning("subtask %d refused %s v%s for %s: %s", self.subtask, change.kind, change.version, change.slot, change.reason)
+        yield MODEL_EVENTS, codec.encode("model_event", change.record(JOB, self.subtask, now_ms()))
+
+    def _flush(self, shard: int, now: int):
         batch = list(self.buffer.get() or [])
         self.buffer.clear()
         self.batcher.flushed(shard)
         if not batch:
             return
-        scored, failed = self.onnx_thread.submit(self.scorer.score_isolating, batch, int(now_ms)).result()
-        for department, prediction in scored:
+        scored = self.onnx_thread.submit(self.scorer.score_isolating, batch, int(now)).result()
+        for department, prediction in scored.predictions:
             yield DEPARTMENT_OUTPUTS[department], prediction
             yield prediction
-        for doc, exc in failed:
+        for shadow in scored.shadows:
+            yield SHADOW_PREDICTIONS, shadow
+        for doc, exc in scored.failed:
             yield self.failures.dead_letter(doc.source, exc, doc.doc_id)
 
     def close(self):
