@@ -79,6 +79,8 @@ def parse_args(argv: list[str], settings: Settings) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=ScoringConfig.batch_size, help="documents per ONNX call (default: %(default)s)")
     parser.add_argument("--max-batch-delay-ms", type=int, default=ScoringConfig.max_batch_delay_ms,
                         help="score a partial batch after this wait (default: %(default)s)")
+    parser.add_argument("--deadline-ms", type=int, default=ScoringConfig.deadline_ms,
+                        help="the champion's time for one micro-batch; past it the previous model (or the prior) decides (default: %(default)s)")
     parser.add_argument("--triage-threshold", type=float, default=ScoringConfig.triage_threshold,
                         help="below this top probability a document goes to triage (default: %(default)s)")
     add_run_arguments(parser, "stop at the inputs' latest offsets at start", failure_budget=ScoringConfig.max_failures_per_minute)
@@ -90,7 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings.from_env()
     args = parse_args(sys.argv[1:] if argv is None else argv, settings)
     config = ScoringConfig.from_registry(args.registry, batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay_ms,
-                                         triage_threshold=args.triage_threshold, max_failures_per_minute=args.max_failures_per_minute)
+                                         triage_threshold=args.triage_threshold, max_failures_per_minute=args.max_failures_per_minute,
+                                         deadline_ms=args.deadline_ms)
     env = make_env(settings, JOB, args.parallelism, args.restore_from)
     env.set_max_parallelism(MAX_PARALLELISM)
     prefix = settings.topic_prefix

@@ -16,6 +16,7 @@ True
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from models.registry import ModelRef
 
 INPUTS = {"text": ("text", "context"), "image": ("image_features", "context")}
 OUTPUTS = ("label", "probabilities")
+SMOKE_LIMIT_S = 30.0  # a smoke batch that takes longer is stopped: the model is refused
 SMOKE_TEXTS = ["invoice no. 4711, total due 1,250.00 eur", "dear sir or madam, i would like to apply for the position"]
 
 
@@ -110,10 +112,18 @@ def _smoke(session, pointer: ModelPointer) -> None:
         feeds = {"text": np.array(SMOKE_TEXTS, dtype=object).reshape(-1, 1), "context": context}
     else:
         feeds = {"image_features": np.zeros((len(SMOKE_TEXTS), len(IMAGE_FEATURES)), dtype=np.float32), "context": context}
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    timer = threading.Timer(SMOKE_LIMIT_S, lambda: setattr(options, "terminate", True))
+    timer.start()
     try:
-        labels, probabilities = session.run(list(OUTPUTS), feeds)
+        labels, probabilities = session.run(list(OUTPUTS), feeds, options)
     except Exception as exc:
-        raise ModelRefused(f"the smoke batch failed: {type(exc).__name__}: {str(exc)[:200]}") from None
+        late = " (stopped after {:.0f} s)".format(SMOKE_LIMIT_S) if options.terminate else ""
+        raise ModelRefused(f"the smoke batch failed{late}: {type(exc).__name__}: {str(exc)[:200]}") from None
+    finally:
+        timer.cancel()
     if probabilities.shape != (len(SMOKE_TEXTS), len(pointer.labels)):
         raise ModelRefused(f"the smoke batch gave probabilities of shape {probabilities.shape}, expected "
                            f"({len(SMOKE_TEXTS)}, {len(pointer.labels)}) for labels {', '.join(pointer.labels)}")

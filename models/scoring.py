@@ -62,24 +62,25 @@ class Scorer:
         scorer.kind, scorer.version, scorer.name, scorer.labels = pointer.kind, pointer.version, pointer.model_name, tuple(pointer.labels)
         return scorer
 
-    def score_texts(self, texts: list[str], context: np.ndarray) -> tuple[list[str], np.ndarray]:
+    def score_texts(self, texts: list[str], context: np.ndarray, run_options=None) -> tuple[list[str], np.ndarray]:
         """Labels and probabilities for texts built by `models.features.model_text` (normalised
         again here, which changes nothing for such texts and protects against raw input)."""
         self._expect("text")
-        return self._run({"text": [normalise_text(t) for t in texts], "context": self._context(context, len(texts))})
+        return self._run({"text": [normalise_text(t) for t in texts], "context": self._context(context, len(texts))}, run_options)
 
-    def score_images(self, images: list, context: np.ndarray) -> tuple[list[str], np.ndarray]:
+    def score_images(self, images: list, context: np.ndarray, run_options=None) -> tuple[list[str], np.ndarray]:
         """Labels and probabilities for scans: each item is PNG bytes, a PIL image or an
         already computed `image_features` vector."""
         self._expect("image")
         rows = [np.asarray(x, dtype=np.float32) if isinstance(x, np.ndarray) else image_features(x) for x in images]
         features = np.stack(rows) if rows else np.zeros((0, len(IMAGE_FEATURES)), np.float32)
-        return self._run({"image_features": features, "context": self._context(context, len(images))})
+        return self._run({"image_features": features, "context": self._context(context, len(images))}, run_options)
 
-    def _run(self, inputs: dict) -> tuple[list[str], np.ndarray]:
+    def _run(self, inputs: dict, run_options=None) -> tuple[list[str], np.ndarray]:
+        """`run_options`: an onnxruntime RunOptions whose `terminate` can stop the run from another thread."""
         if len(inputs["context"]) == 0:
             return [], np.zeros((0, len(self.labels)), np.float32)
-        labels, probabilities = self.session.run(["label", "probabilities"], onnx_feeds(self.kind, inputs))
+        labels, probabilities = self.session.run(["label", "probabilities"], onnx_feeds(self.kind, inputs), run_options)
         return [str(x) for x in labels], probabilities
 
     def _expect(self, kind: str) -> None:

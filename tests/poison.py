@@ -2,6 +2,9 @@
 
 * `unreadable_scan`: a routed scan whose image bytes are not an image: computing its layout
   features raises (PIL.UnidentifiedImageError), as a scan that slipped past a router would.
+* `slow_text_model`: the registry's text champion, made to take minutes on any batch of more
+  than two documents (a Loop of matrix products that changes nothing), so that it passes the
+  two-document smoke batch of a deploy and then misses every deadline.
 * `poison_text_model`: the registry's text champion, rewritten so that onnxruntime raises
   (Gather: index out of bounds) for any batch that holds the text `POISON_TEXT`, and answers
   exactly as before otherwise. A document whose model text is `POISON_TEXT` makes the model
@@ -82,4 +85,41 @@ def poison_text_model(registry_dir: Path, into: Path) -> Path:
         helper.make_node("Mul", ["probabilities_raw", "poison_factor"], [output.name]),
     ])
     onnx.save(model, str(path))
+    return into
+
+
+def slow_text_model(registry_dir: Path, into: Path) -> Path:
+    """The text champion's ONNX file, copied to `into` (a file) and made slow: the same answers,
+    10^6 loop iterations per document beyond the second."""
+    model = onnx.load(str(Registry(registry_dir).champion("text").onnx_path))
+    graph = model.graph
+    output = next(o for o in graph.output if o.name == "probabilities")
+    for node in graph.node:
+        node.output[:] = ["probabilities_raw" if name == "probabilities" else name for name in node.output]
+    size = 200
+    eye = helper.make_tensor("slow_eye", TensorProto.FLOAT, [size, size], [float(i == j) for i in range(size) for j in range(size)])
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["slow_cond_in"], ["slow_cond_out"]), helper.make_node("Constant", [], ["slow_w"], value=eye),
+         helper.make_node("MatMul", ["slow_acc_in", "slow_w"], ["slow_acc_out"])],
+        "slow_body",
+        [helper.make_tensor_value_info("slow_i", TensorProto.INT64, []), helper.make_tensor_value_info("slow_cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("slow_acc_in", TensorProto.FLOAT, [size, size])],
+        [helper.make_tensor_value_info("slow_cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("slow_acc_out", TensorProto.FLOAT, [size, size])])
+    graph.node.extend([
+        helper.make_node("Shape", ["text"], ["slow_shape"]),
+        helper.make_node("Constant", [], ["slow_zero"], value=helper.make_tensor("slow_zero_value", TensorProto.INT64, [], [0])),
+        helper.make_node("Gather", ["slow_shape", "slow_zero"], ["slow_docs"]),
+        helper.make_node("Constant", [], ["slow_two"], value=helper.make_tensor("slow_two_value", TensorProto.INT64, [], [2])),
+        helper.make_node("Sub", ["slow_docs", "slow_two"], ["slow_extra"]),
+        helper.make_node("Max", ["slow_extra", "slow_zero"], ["slow_extra_docs"]),
+        helper.make_node("Constant", [], ["slow_rate"], value=helper.make_tensor("slow_rate_value", TensorProto.INT64, [], [10**6])),
+        helper.make_node("Mul", ["slow_extra_docs", "slow_rate"], ["slow_n"]),
+        helper.make_node("Constant", [], ["slow_true"], value=helper.make_tensor("slow_true_value", TensorProto.BOOL, [], [True])),
+        helper.make_node("Constant", [], ["slow_acc0"], value=eye),
+        helper.make_node("Loop", ["slow_n", "slow_true", "slow_acc0"], ["slow_acc"], body=body),
+        helper.make_node("ReduceMax", ["slow_acc"], ["slow_one"], keepdims=0),  # exactly 1.0
+        helper.make_node("Mul", ["probabilities_raw", "slow_one"], [output.name]),
+    ])
+    onnx.save(model, str(into))
     return into

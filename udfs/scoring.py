@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +25,7 @@ from models.registry import ModelRef, Registry
 from models.scoring import Scorer, check_feature_set
 from schemas import codec
 from udfs.dead_letters import SourceRecord
+from udfs.deadline import Deadline, MissedDeadline
 from udfs.feature_cache import FeatureMirror
 from udfs.model_slots import ModelSlots
 from models.features import FEATURE_SET_ID, SENDER_FEATURES, SenderHistory, model_text
@@ -45,6 +47,7 @@ class ScoringConfig:
     redis_namespace: str = FEATURES_NAMESPACE
     redis_ttl_s: int = 2 * DAY_S  # every mirrored key expires
     max_failures_per_minute: int = 100  # records dead-lettered for a processing error; more fail the job
+    deadline_ms: int = 1_000  # a champion's run on one micro-batch; past it the PREVIOUS model (or the prior) decides
 
     @classmethod
     def from_registry(cls, registry_dir, **overrides) -> "ScoringConfig":
@@ -153,18 +156,25 @@ class ScoredBatch:
     predictions: list[tuple[str, bytes]] = field(default_factory=list)
     shadows: list[bytes] = field(default_factory=list)
     failed: list[tuple[PendingDocument, Exception]] = field(default_factory=list)
+    fallbacks: Counter = field(default_factory=Counter)  # (kind, "fallback" | "prior") -> documents not decided by the champion
 
     def __add__(self, other: "ScoredBatch") -> "ScoredBatch":
-        return ScoredBatch(self.predictions + other.predictions, self.shadows + other.shadows, self.failed + other.failed)
+        return ScoredBatch(self.predictions + other.predictions, self.shadows + other.shadows, self.failed + other.failed,
+                           self.fallbacks + other.fallbacks)
 
 
 class BatchScorer:
     """Scores a micro-batch with one onnxruntime call per model kind (the champion of `slots`)
-    and, for the documents in the challenger's sample, one more call by the challenger."""
+    and, for the documents in the challenger's sample, one more call by the challenger.
+
+    "Better wrong than late": the champion's call gets `config.deadline_ms`; when it runs over,
+    it is terminated and the PREVIOUS model decides the batch (slot "fallback"), or, with none,
+    the label prior (slot "prior": no label is likelier than another, so the batch goes to triage)."""
 
     def __init__(self, config: ScoringConfig, slots: ModelSlots | None = None):
         self.config = config
         self.slots = slots or ModelSlots({"text": Scorer(config.text_model), "image": Scorer(config.image_model)}, load=Scorer.from_pointer)
+        self.deadline = Deadline(config.deadline_ms)
 
     def score_isolating(self, batch: list[PendingDocument], now_ms: int) -> ScoredBatch:
         """Score the batch; when a model call raises, split the batch in halves until the
@@ -181,16 +191,34 @@ class BatchScorer:
         """Predictions for every document of the batch, in batch order, and the shadow pairs."""
         out: list[tuple[str, bytes] | None] = [None] * len(batch)
         shadows: list[bytes] = []
+        fallbacks: Counter = Counter()
         for kind, content_type in (("text", "TEXT"), ("image", "IMAGE")):
             index = [i for i, doc in enumerate(batch) if doc.content_type == content_type]
             if not index:
                 continue
-            champion = self.slots.serving(kind)
-            labels, probabilities, champion_ms = _timed_run(champion, [batch[i] for i in index])
+            docs, champion = [batch[i] for i in index], self.slots.serving(kind)
+            try:
+                labels, probabilities, champion_ms = self.deadline.call(lambda options: _timed_run(champion, docs, options))
+                decider, slot, reason = champion, "champion", None
+            except MissedDeadline as missed:
+                decider, slot, labels, probabilities = self._fallback(kind, champion, docs)
+                reason = f"{champion.name} v{champion.version} {missed}"
+                fallbacks[(kind, slot)] += len(docs)
             for i, label, probs in zip(index, labels, probabilities):
-                out[i] = self._prediction(batch[i], champion, label, probs, now_ms)
-            shadows += self._shadow(kind, [batch[i] for i in index], champion, labels, probabilities, champion_ms, now_ms)
-        return ScoredBatch(out, shadows)
+                out[i] = self._prediction(batch[i], decider, label, probs, now_ms, slot, reason)
+            if slot == "champion":
+                shadows += self._shadow(kind, docs, champion, labels, probabilities, champion_ms, now_ms)
+        return ScoredBatch(out, shadows, fallbacks=fallbacks)
+
+    def _fallback(self, kind: str, champion, docs: list[PendingDocument]):
+        """(decider, slot, labels, probabilities) when the champion missed its deadline."""
+        previous = self.slots.serving(kind, "PREVIOUS")
+        if previous is not None:
+            labels, probabilities, _ = _timed_run(previous, docs)
+            return previous, "fallback", labels, probabilities
+        prior = np.full((len(docs), len(champion.labels)), 1 / len(champion.labels), dtype=np.float32)
+        label = "other" if "other" in champion.labels else champion.labels[0]
+        return champion, "prior", [label] * len(docs), prior
 
     def _shadow(self, kind: str, docs: list[PendingDocument], champion, labels, probabilities, champion_ms: float, now_ms: int) -> list[bytes]:
         """The challenger of `kind` on its sample of `docs`, paired with the champion's answers."""
@@ -209,7 +237,8 @@ class BatchScorer:
             "challenger_probabilities": _by_label(challenger.labels, probs), "challenger_latency_ms": challenger_ms,
         }) for j, label, probs in zip(sampled, their_labels, their_probabilities)]
 
-    def _prediction(self, doc: PendingDocument, scorer: Scorer, label: str, probs: np.ndarray, now_ms: int) -> tuple[str, bytes]:
+    def _prediction(self, doc: PendingDocument, scorer: Scorer, label: str, probs: np.ndarray, now_ms: int, slot: str = "champion",
+                    fallback_reason: str | None = None) -> tuple[str, bytes]:
         top = float(np.max(probs))
         department = DEPARTMENTS[label] if top >= self.config.triage_threshold else TRIAGE
         record = {
@@ -226,20 +255,20 @@ class BatchScorer:
             "scored_ms": now_ms,
             "latency_ms": max(0, now_ms - doc.received_ms),
             "features": dict(zip(SENDER_FEATURES, doc.features)),
-            "slot": "champion",
-            "fallback_reason": None,
+            "slot": slot,
+            "fallback_reason": fallback_reason,
         }
         return department, codec.encode("prediction", record)
 
 
-def _timed_run(scorer: Scorer, docs: list[PendingDocument]) -> tuple[list[str], np.ndarray, float]:
+def _timed_run(scorer: Scorer, docs: list[PendingDocument], run_options=None) -> tuple[list[str], np.ndarray, float]:
     """The scorer's labels and probabilities for `docs` (all of its kind), and the run's milliseconds."""
     context = np.array([doc.features for doc in docs], dtype=np.float32)
     started = time.perf_counter()
     if scorer.kind == "text":
-        labels, probabilities = scorer.score_texts([doc.text for doc in docs], context)
+        labels, probabilities = scorer.score_texts([doc.text for doc in docs], context, run_options)
     else:
-        labels, probabilities = scorer.score_images([doc.image_features for doc in docs], context)
+        labels, probabilities = scorer.score_images([doc.image_features for doc in docs], context, run_options)
     return labels, probabilities, (time.perf_counter() - started) * 1000
 
 

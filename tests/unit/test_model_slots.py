@@ -108,3 +108,58 @@ def test_pointer_round_trips_through_the_control_record(text_pointer):
 
     record = codec.decode(codec.encode("model_control", text_pointer.to_record("CHAMPION", 5, "by hand")), expected="model_control").record
     assert ModelPointer.from_record(record) == text_pointer and json.dumps(record)
+
+
+# --- the deadline -----------------------------------------------------------------------------
+
+
+def _text_batch(n: int = 6):
+    import time as _time
+
+    from models.generator import generate
+    from tests.poison import routed_values
+    from udfs.dead_letters import SourceRecord
+    from udfs.scoring import SenderFeatures
+    from models.features import SenderHistory
+    from schemas import codec
+
+    docs = [d for d in generate(4 * n, seed=21, scan_share=0.0)][:n]
+    now = int(_time.time() * 1000)
+    for doc in docs:
+        doc["received_ms"] = now
+    features, history = SenderFeatures(None), SenderHistory()
+    return [features.observe(history, codec.decode(v).record, SourceRecord(v, "t", 0, i)) for i, v in enumerate(routed_values(docs))]
+
+
+def test_a_champion_that_misses_its_deadline_is_stopped_and_the_previous_model_decides(registry, tmp_path):
+    import time as _time
+
+    from schemas import codec
+    from tests.poison import slow_text_model
+    from udfs.scoring import BatchScorer, ScoringConfig
+
+    config = ScoringConfig.from_registry(registry, deadline_ms=300)
+    scorer = BatchScorer(config)
+    normal = ModelPointer.of(Registry(registry).champion("text"))
+    slow_path = slow_text_model(registry, tmp_path / "slow.onnx")
+    slow = dataclasses.replace(normal, version="9", onnx_path=str(slow_path), sha256=file_sha256(slow_path))
+    assert scorer.slots.apply(slow.to_record("CHAMPION", 0)).outcome == "SERVING"
+    batch = _text_batch()
+
+    started = _time.perf_counter()
+    prior = scorer.score(batch, now_ms=1)  # no PREVIOUS yet: the prior decides, and triage gets the batch
+    assert _time.perf_counter() - started < 2.0
+    records = [codec.decode(v).record for _, v in prior.predictions]
+    assert {(r["slot"], r["department"], r["model_version"]) for r in records} == {("prior", "triage", "9")}
+    assert "missed the 300 ms deadline" in records[0]["fallback_reason"] and prior.fallbacks == {("text", "prior"): len(batch)}
+
+    scorer.slots.apply(dataclasses.replace(normal, version="1").to_record("PREVIOUS", 0))
+    started = _time.perf_counter()
+    fallback = scorer.score(batch, now_ms=2)  # the slow run before was terminated: this one is not queued behind it
+    assert _time.perf_counter() - started < 2.0
+    records = [codec.decode(v).record for _, v in fallback.predictions]
+    assert {(r["slot"], r["model_version"]) for r in records} == {("fallback", "1")}
+    assert fallback.fallbacks == {("text", "fallback"): len(batch)}
+    expected = [codec.decode(v).record["label"] for _, v in BatchScorer(ScoringConfig.from_registry(registry)).score(batch, 3).predictions]
+    assert [r["label"] for r in records] == expected  # the previous model's own answers
+    scorer.deadline.close()

@@ -153,6 +153,7 @@ class ScoreMicroBatches(KeyedCoProcessFunction):
         self.batcher = MicroBatcher(self.config.batch_size, self.config.max_batch_delay_ms)
         self.failures = FailurePath(runtime_context, JOB, SCORING_VERSION, self.config.max_failures_per_minute)
         self.subtask = subtask_info(runtime_context)[0]
+        self.metrics, self.fallback_counters = runtime_context.get_metrics_group(), {}
         # onnxruntime (pybind11) deadlocks when imported or called from a thread-mode (pemja) task
         # thread, whose thread state pybind11's GIL handling does not know; a thread Python itself
         # started is fine. So the sessions live on, and every batch runs on, one such thread.
@@ -220,6 +221,11 @@ class ScoreMicroBatches(KeyedCoProcessFunction):
             yield SHADOW_PREDICTIONS, shadow
         for doc, exc in scored.failed:
             yield self.failures.dead_letter(doc.source, exc, doc.doc_id)
+        for (kind, slot), count in scored.fallbacks.items():  # documents the champion missed its deadline on, by who decided
+            if (kind, slot) not in self.fallback_counters:
+                self.fallback_counters[(kind, slot)] = self.metrics.add_group("kind", kind).counter(f"decided_by_{slot}")
+            self.fallback_counters[(kind, slot)].inc(count)
 
     def close(self):
+        self.scorer.deadline.close()
         self.onnx_thread.shutdown()
