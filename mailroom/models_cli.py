@@ -1,4 +1,5 @@
-"""`mailroom generate | train | models | bench-models`: the offline model half's commands.
+"""`mailroom generate | train | models | bench-models`: the model commands. `models deploy | retire | status`
+reach the running scoring job through the model-control topic (their logic: mailroom/control.py).
 
 The registry directory comes from --registry, else `Settings.registry_dir`
 ($MAILROOM_REGISTRY_DIR, default <run_dir>/registry).
@@ -13,7 +14,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rich.console import Console
+from rich.console import Console, Group
+from rich.markup import escape
 from rich.table import Table
 
 from config.settings import PROJECT_DIR, Settings
@@ -198,6 +200,142 @@ def _print_versions(kind: str, rows: list[dict]) -> None:
     console.print(table if rows else f"no {kind} models registered")
 
 
+# --- models deploy | retire | status ---------------------------------------------------------
+
+
+def cmd_deploy(args: argparse.Namespace, settings: Settings) -> int:
+    from mailroom.control import ControlError, DeployRefused, deploy
+    from models.registry import Registry
+
+    try:
+        result = deploy(settings, Registry(registry_dir(args, settings)), args.kind, args.version, args.slot, args.sample, args.note)
+    except DeployRefused as exc:
+        err.print(f"[red]refused, nothing published:[/red] {escape(str(exc))}")
+        return 2
+    except ControlError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        return 1
+    for warning in result.warnings:
+        err.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+    for publication in result.published:
+        console.print(f"published {publication.describe()}", highlight=False)
+    if result.promotion is not None:
+        promotion = result.promotion
+        console.print(f"registry: {args.kind} champion v{promotion['from_version']} -> v{args.version}" if promotion["promoted"]
+                      else f"registry: {args.kind} v{args.version} was champion already")
+    console.print("`mailroom models status` shows what each scoring subtask serves")
+    return 0
+
+
+def cmd_retire(args: argparse.Namespace, settings: Settings) -> int:
+    from mailroom.control import ControlError, DeployRefused, retire
+
+    try:
+        publication, before = retire(settings, args.kind, args.slot, args.note)
+    except DeployRefused as exc:
+        err.print(f"[red]refused, nothing published:[/red] {escape(str(exc))}")
+        return 2
+    except ControlError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        return 1
+    was = f"it held v{before['version']}" if before and before["action"] == "DEPLOY" else "it was empty already"
+    console.print(f"published {publication.describe()} ({was})", highlight=False)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from mailroom.control import ControlError, read_status
+    from models.registry import Registry
+
+    if args.json and args.watch:
+        err.print("[red]error:[/red] --watch redraws the tables; --json prints one snapshot (drop one of them)")
+        return 2
+    registry = Registry(registry_dir(args, settings))
+    try:
+        if args.json:
+            print(json.dumps(read_status(settings, registry), indent=2))
+            return 0
+        if not args.watch:
+            console.print(status_tables(read_status(settings, registry)))
+            return 0
+        from rich.live import Live
+
+        with Live(console=console, auto_refresh=False) as live:
+            while True:
+                view = status_tables(read_status(settings, registry))
+                live.update(Group(view, f"refreshed {time.strftime('%H:%M:%S', time.gmtime())} UTC, every {args.watch:g} s (Ctrl-C stops)"), refresh=True)
+                time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return 0
+    except ControlError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        return 1
+
+
+def status_tables(view: dict) -> Group:
+    """`models status` as rich tables: registry, control topic, subtasks, shadow comparison, disagreements."""
+    from mailroom.control import age
+
+    parts: list = []
+    registry = Table(title="registry", caption=view["registry"]["dir"])
+    for col in ("kind", "champion"):
+        registry.add_column(col)
+    for kind, version in view["registry"]["champions"].items():
+        registry.add_row(kind, f"v{version}" if version else "none: train one with `mailroom train`")
+    parts.append(registry)
+
+    if view["control"]:
+        control = Table(title=f"control topic ({view['topics']['model_control']}): newest record per key")
+        for col in ("kind", "slot", "version", "sha256", "shadow", "published (UTC)", "note"):
+            control.add_column(col)
+        for row in view["control"]:
+            version = f"v{row['version']}" if row["action"] == "DEPLOY" else "[dim]retired[/dim]"
+            shadow = f"{row['shadow_sample']:g}" if row["slot"] == "CHALLENGER" and row["action"] == "DEPLOY" else ""
+            control.add_row(row["kind"], row["slot"], version, f"{row['sha256']}…" if row["sha256"] else "", shadow,
+                            time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row["published_ms"] / 1000)), escape(row["note"] or ""))
+        parts.append(control)
+    else:
+        parts.append("no control records yet: deploy with `mailroom models deploy`")
+
+    if view["subtasks"]:
+        subtasks = Table(title=f"scoring subtasks ({view['topics']['model_events']}): newest report per slot")
+        for col in ("job/subtask", "kind", "slot", "outcome", "version", "serving", "expected", "agrees", "age", "reason"):
+            subtasks.add_column(col)
+        for row in view["subtasks"]:
+            outcome = {"SERVING": "[green]SERVING[/green]", "REFUSED": "[red]REFUSED[/red]"}.get(row["outcome"], row["outcome"])
+            subtasks.add_row(f"{row['job']}/{row['subtask']}", row["kind"], row["slot"], outcome, _ver(row["version"]),
+                             _ver(row["serving_version"]), _ver(row["expected_version"]), "[yellow]no[/yellow]" if row["flag"] else "yes",
+                             age(row["age_s"]), escape(row["reason"] or ""))
+        parts.append(subtasks)
+    else:
+        parts.append("no scoring subtask has reported yet: is the scoring job running? (`mailroom job scoring`)")
+
+    if view["shadow"]:
+        shadow = Table(title=f"shadow comparison so far ({view['topics']['shadow_predictions']})",
+                       caption="latency: the model's run time for the document's micro-batch, mean over documents")
+        for col in ("kind", "champion", "challenger", "pairs", "agreement", "champion ms", "challenger ms"):
+            shadow.add_column(col, justify="right" if col not in ("kind", "champion", "challenger") else "left")
+        for row in view["shadow"]:
+            shadow.add_row(row["kind"], f"v{row['champion_version']}", f"v{row['challenger_version']}", str(row["pairs"]),
+                           f"{row['agreement']:.1%}", f"{row['champion_latency_ms']:.2f}", f"{row['challenger_latency_ms']:.2f}")
+        parts.append(shadow)
+    else:
+        parts.append("no shadow pairs yet: deploy a challenger (`mailroom models deploy KIND VERSION --slot challenger`) while documents flow")
+
+    unreadable = {topic: n for topic, n in view["unreadable"].items() if n}
+    if unreadable:
+        parts.append("[yellow]skipped unreadable messages:[/yellow] " + ", ".join(f"{n} in {view['topics'][t]}" for t, n in unreadable.items()))
+    if view["flags"]:
+        parts.append("[yellow]disagreements:[/yellow]\n" + "\n".join(f"  - {escape(flag)}" for flag in view["flags"]))
+    elif view["subtasks"]:
+        parts.append("[green]the registry, the control topic and every subtask agree[/green]")
+    return Group(*parts)
+
+
+def _ver(version: str | None) -> str:
+    return f"v{version}" if version is not None else "-"
+
+
 # --- bench-models ----------------------------------------------------------------------------
 
 
@@ -256,9 +394,12 @@ def register(sub) -> None:
     _add_registry(tr)
     tr.set_defaults(func=cmd_train)
 
-    models = sub.add_parser("models", help="list, show, promote or roll back registered models",
-                            description="Inspect and manage the model registry. promote refuses a model that does not beat the champion's "
-                                        "macro-F1 on the same evaluation set unless --force gives a reason (recorded).")
+    models = sub.add_parser("models", help="list, show, promote, roll back, deploy or retire models; what serves where",
+                            description="Inspect and manage the model registry, and deploy models to the running scoring job through the "
+                                        "model-control topic. promote refuses a model that does not beat the champion's macro-F1 on the "
+                                        "same evaluation set unless --force gives a reason (recorded). deploy checks a version as every "
+                                        "scoring subtask will before it publishes anything; status shows what the registry, the control "
+                                        "topic and each scoring subtask say, and where they disagree.")
     actions = models.add_subparsers(dest="action", required=True, metavar="ACTION")
     ls = actions.add_parser("list", help="versions per kind, champion marked")
     ls.add_argument("kind", nargs="?", choices=["text", "image"], help="the kind to list (default both)")
@@ -273,6 +414,37 @@ def register(sub) -> None:
     for p in (ls, show, promote, rollback):
         _add_registry(p)
         p.set_defaults(func=cmd_models)
+
+    dep = actions.add_parser("deploy", help="check a version and publish it to a slot of the running scoring job",
+                             description="Check a registered version as every scoring subtask will (sha256, graph, feature set, smoke "
+                                         "batch), then publish it to the model-control topic (key <kind>/<slot>) and wait for the ack. "
+                                         "--slot champion first keeps the current champion as PREVIOUS and moves the registry's champion "
+                                         "too. A refused version publishes nothing (exit 2).")
+    dep.add_argument("kind", choices=["text", "image"])
+    dep.add_argument("version", type=int)
+    dep.add_argument("--slot", choices=["challenger", "champion", "previous"], required=True,
+                     help="challenger: scores a sample in shadow; champion: decides every document; previous: the deadline fallback")
+    dep.add_argument("--sample", type=float, metavar="SHARE", help="challenger only: the share of documents it scores in shadow, 0 < s <= 1 (default 1)")
+    dep.add_argument("--note", metavar="TEXT", help="who deploys it and why (recorded with the record, and in the registry for a champion)")
+    _add_registry(dep)
+    dep.set_defaults(func=cmd_deploy)
+
+    ret = actions.add_parser("retire", help="empty the challenger or previous slot of a kind",
+                             description="Publish a RETIRE record for a slot to the model-control topic. The champion slot cannot be "
+                                         "emptied: deploy another champion instead.")
+    ret.add_argument("kind", choices=["text", "image"])
+    ret.add_argument("--slot", choices=["challenger", "previous", "champion"], required=True, help="the slot to empty (not champion)")
+    ret.add_argument("--note", metavar="TEXT", help="who retires it and why")
+    ret.set_defaults(func=cmd_retire)
+
+    st = actions.add_parser("status", help="registry vs control topic vs each scoring subtask, shadow comparison, disagreements",
+                            description="What the registry says (champions), what the model-control topic says (newest record per "
+                                        "slot), what each scoring subtask reports (model-events topic), the shadow comparison so far "
+                                        "(shadow-predictions topic), and every disagreement between them.")
+    st.add_argument("--json", action="store_true", help="print one snapshot as JSON (for scripts)")
+    st.add_argument("--watch", type=float, nargs="?", const=5.0, metavar="SECONDS", help="refresh every SECONDS (default 5) until Ctrl-C")
+    _add_registry(st)
+    st.set_defaults(func=cmd_status)
 
     bench = sub.add_parser("bench-models", help="onnxruntime vs sklearn throughput of the champions, per batch size",
                            description="Score generated documents with each champion through onnxruntime (one thread) at several batch "
