@@ -253,6 +253,9 @@ class TextComposer:
             paragraphs.append(" ".join(lines[i:i + step]))
             i += step
         parts = []
+        if rng.random() < (0.6 if long else 0.15):  # a letterhead or memo header, as on paper mail
+            parts.append(rng.choice(["{company}\n{street}\n{city}\n{date}", "Date: {date}\nTo: {recipient_title}\nFrom: {name}",
+                                     "{name}\n{street}, {city}\n\n{date}"]))
         if rng.random() < 0.85:
             parts += self.common(rng, lang, "greeting", used)
         parts += paragraphs

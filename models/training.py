@@ -123,7 +123,7 @@ def make_classifier(candidate: Candidate, seed: int):
     """The classifier; labels are balanced by `sample_weights`, not by a class weight."""
     p = {k: v for k, v in candidate.params if k != "other_weight"}
     if candidate.kernel == "logreg":
-        return LogisticRegression(C=p["C"], fit_intercept=p.get("intercept", True), max_iter=3000)
+        return LogisticRegression(C=p["C"], fit_intercept=p.get("intercept", True), solver="newton-cg", max_iter=3000)
     if candidate.kernel == "linear_svc":
         return CalibratedClassifierCV(LinearSVC(C=p["C"]), cv=3, method="sigmoid")
     if candidate.kernel == "complement_nb":
