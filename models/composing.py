@@ -205,17 +205,18 @@ class TextComposer:
             body = self._cv_alone(rng, lang, facts, used)
         elif voice == "form":
             body = self._structured(rng, label, kind, lang, facts, used)
-        elif voice in ("ticket", "social"):
+        elif voice == "social":
             body = " ".join(self.sentences(rng, label, kind, lang, used, max_body=3))
         else:
             body = self._email(rng, label, kind, lang, facts, used, long=voice == "letter")
-        if voice in ("plain", "letter") and rng.random() < (0.35 if label == "other" else 0.15):  # a reply or forward quoting earlier mail
+        if voice in ("plain", "letter", "ticket") and rng.random() < (0.35 if label == "other" else 0.15):  # a reply or forward quoting earlier mail
             subject = rng.choice(["Re: ", "RE: ", "AW: ", "Fwd: ", "TR: "]) + subject
             for _ in range(rng.randint(1, 3) if label == "other" else 1):
                 body += self._quote(rng, label, lang, used)
         text = fill(body, facts)
-        if voice == "ticket":
-            subject, text = "", ticket_text(f"{fill(subject, facts)} {text}", facts.sender)
+        if voice == "ticket":  # an e-mail (thread) turned into a ticket: its subject, often twice, then the text
+            title = fill(subject, facts)
+            subject, text = "", ticket_text(f"{title} {title if rng.random() < 0.4 else ''} {text}", facts.sender)
         elif voice == "social":
             subject, text = "", social_post(rng, text, facts)
         elif voice == "form":
