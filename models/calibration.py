@@ -14,7 +14,7 @@ it went to the *wrong department* when that department is not its true label's.
 
 >>> probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8]])
 >>> round(expected_calibration_error(probs, np.array([0, 1, 1, 1]), n_bins=5), 3)
-0.25
+0.3
 """
 
 from __future__ import annotations
