@@ -223,7 +223,7 @@ class TextComposer:
             text = form_text(rng, text)
         if rng.random() < 0.3:
             text = add_typos(rng, text, rate=rng.uniform(0.01, 0.05))
-        if rng.random() < 0.08:  # came in as paper and was OCRed upstream
+        if voice not in ("ticket", "social") and rng.random() < 0.08:  # came in as paper and was OCRed upstream
             text = ocr_noise(rng, text)
         return Composed(fill(subject, facts), text, tuple(used))
 
