@@ -148,12 +148,12 @@ def _print_calibration(model) -> None:
                         f"{c['threshold']:.2f}", caption="automatic = top probability >= threshold and not `other` (which goes to triage too); "
                                                            "wrong = automatic but not the true label's department; left-out sources use a temperature "
                                                            "fitted without them")
-    for col in ("evaluated on", "n", "accuracy", "ECE", "automatic", "wrong dept. of automatic"):
+    for col in ("evaluated on", "n", "accuracy", "ECE", "automatic", "wrong dept. of automatic", "misrouted of all"):
         table.add_column(col, justify="left" if col == "evaluated on" else "right")
     for name, f in sides.items():
         at = f["at_threshold"]
         table.add_row(name, str(f["n"]), f"{f['accuracy']:.3f}", f"{f['ece']:.3f}", f"{at['automatic']:.1%}",
-                      f"{at['wrong_department']:.1%} ({at['n_wrong']}/{at['n_automatic']})")
+                      f"{at['wrong_department']:.1%} ({at['n_wrong']}/{at['n_automatic']})", f"{at['misrouted']:.1%}")
     console.print(table)
     table = Table(title=f"{model.kind} model: per triage threshold, share routed automatically / share of those in the wrong department")
     table.add_column("threshold", justify="right")

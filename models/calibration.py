@@ -4,8 +4,8 @@ The text model is a logistic regression without intercept, so dividing its weigh
 `t` is exactly temperature scaling (softmax(z / t)) and the model stays a plain LogisticRegression
 that skl2onnx converts. `t` is fitted on out-of-distribution scores (each real source scored by a
 model trained without it) together with the in-distribution held-out scores, each side with equal
-weight, so that a top probability of 0.8 means about 80 % right on documents unlike the training
-sources too.
+weight (the left-out side less when it has fewer rows than the held-out side), so that a top
+probability of 0.8 means about 80 % right on documents unlike the training sources too.
 
 Routing (`udfs.scoring`): a document goes to its label's department when its top probability is at
 least the triage threshold, else to triage; `other` goes to triage as well. So a document is routed
@@ -63,14 +63,15 @@ def label_index(labels, classes) -> np.ndarray:
     return np.array([where.get(str(label), -1) for label in labels])
 
 
-def fit_temperature(parts: list[tuple[np.ndarray, np.ndarray]]) -> float:
-    """The temperature minimising the mean of each part's negative log-likelihood; a part is
-    (decision scores [n, classes], label index [n]). Rows whose label the model lacks are skipped."""
-    parts = [(s[i >= 0], i[i >= 0]) for s, i in parts]
-    parts = [(s, i) for s, i in parts if len(i)]
-    if not parts:
+def fit_temperature(parts: list[tuple[np.ndarray, np.ndarray]], weights: list[float] | None = None) -> float:
+    """The temperature minimising the weighted mean of each part's mean negative log-likelihood; a
+    part is (decision scores [n, classes], label index [n]). Rows whose label the model lacks are skipped."""
+    weights = weights or [1.0] * len(parts)
+    kept = [(s[i >= 0], i[i >= 0], w) for (s, i), w in zip(parts, weights)]
+    kept = [(s, i, w) for s, i, w in kept if len(i) and w > 0]
+    if not kept:
         return 1.0
-    losses = [np.mean([-np.log(softmax(s, t)[np.arange(len(i)), i] + 1e-12).mean() for s, i in parts]) for t in TEMPERATURES]
+    losses = [sum(w * -np.log(softmax(s, t)[np.arange(len(i)), i] + 1e-12).mean() for s, i, w in kept) for t in TEMPERATURES]
     return float(TEMPERATURES[int(np.argmin(losses))])
 
 
@@ -82,7 +83,8 @@ def temper(classifier, temperature: float):
 
 
 def routing(probs: np.ndarray, classes, labels, threshold: float) -> dict:
-    """Share of documents routed automatically, and the share of those sent to the wrong department."""
+    """Share of documents routed automatically, the share of those sent to the wrong department, and the share of all
+    documents sent to a wrong department (`misrouted`: for a source of `other` documents every automatic one is wrong)."""
     probs = np.asarray(probs)
     predicted = [DEPARTMENTS[str(classes[j])] for j in probs.argmax(axis=1)]
     truth = [DEPARTMENTS[str(label)] for label in labels]
@@ -90,7 +92,8 @@ def routing(probs: np.ndarray, classes, labels, threshold: float) -> dict:
     wrong = auto & np.array([p != t for p, t in zip(predicted, truth)])
     n_auto = int(auto.sum())
     return {"threshold": threshold, "n": len(truth), "automatic": float(auto.mean()) if len(truth) else 0.0,
-            "wrong_department": float(wrong.sum() / n_auto) if n_auto else 0.0, "n_automatic": n_auto, "n_wrong": int(wrong.sum())}
+            "wrong_department": float(wrong.sum() / n_auto) if n_auto else 0.0, "misrouted": float(wrong.mean()) if len(truth) else 0.0,
+            "n_automatic": n_auto, "n_wrong": int(wrong.sum())}
 
 
 def threshold_table(probs: np.ndarray, classes, labels, thresholds=THRESHOLDS) -> list[dict]:

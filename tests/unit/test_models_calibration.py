@@ -36,6 +36,7 @@ def test_fit_temperature_softens_overconfident_scores_and_sharpens_underconfiden
     assert fit_temperature([(logits * 4, labels)]) == pytest.approx(4, rel=0.15)
     assert fit_temperature([(logits / 3, labels)]) == pytest.approx(1 / 3, rel=0.15)
     assert fit_temperature([(logits, np.full(2000, -1))]) == 1.0  # nothing to fit on
+    assert fit_temperature([(logits * 4, labels), (logits / 3, labels)], weights=[1.0, 0.0]) == pytest.approx(4, rel=0.15)
 
 
 def test_temper_is_exactly_softmax_over_temperature():
@@ -56,7 +57,7 @@ def test_routing_counts_automatic_documents_and_wrong_departments():
                       [0.1, 0.1, 0.8]])    # other -> triage, whatever its confidence
     labels = ["complaint", "complaint", "invoice", "invoice"]
     row = routing(probs, classes, labels, threshold=0.5)
-    assert (row["n_automatic"], row["n_wrong"], row["automatic"], row["wrong_department"]) == (2, 1, 0.5, 0.5)
+    assert (row["n_automatic"], row["n_wrong"], row["automatic"], row["wrong_department"], row["misrouted"]) == (2, 1, 0.5, 0.5, 0.25)
     table = threshold_table(probs, classes, labels, thresholds=(0.4, 0.85, 0.95))
     assert [r["n_automatic"] for r in table] == [3, 1, 0]
     assert [r["wrong_department"] for r in table] == [pytest.approx(2 / 3), 0.0, 0.0]
