@@ -100,6 +100,9 @@ class Facts(dict):
         numbers = {"qty": (1, 500), "qty2": (1, 120), "years": (1, 20), "months": (1, 3), "weeks": (1, 8), "team": (3, 25)}
         if key in numbers:
             return str(r.randint(*numbers[key]))
+        if key == "time":  # of a mail header: "10:15 AM" (en), "10:15" (de, fr)
+            hour, minute = r.randint(7, 19), r.randrange(60)
+            return f"{(hour - 1) % 12 + 1}:{minute:02d} {'AM' if hour < 12 else 'PM'}" if lang == "en" else f"{hour}:{minute:02d}"
         if key == "days":
             return str(r.choice([7, 10, 14, 21, 30, 45, 60]))
         if key == "percent":
@@ -238,9 +241,9 @@ class TextComposer:
         quoted_kind = rng.choice(OTHER_KINDS) if quoted_label == "other" else quoted_label
         quoted = self.sentences(rng, quoted_label, quoted_kind, lang, used, max_body=4 if label == "other" else 2)
         if rng.random() < 0.5:
-            return "\n\n> {date}, {company}:\n" + "\n".join("> " + s for s in quoted)
+            return "\n\n> {date} {time}, {company}:\n" + "\n".join("> " + s for s in quoted)
         marker = {"en": "-----Original Message-----", "de": "-----Ursprüngliche Nachricht-----", "fr": "-----Message d'origine-----"}[lang]
-        return f"\n\n{marker}\nFrom: {company_name(rng, lang)}\nSent: {{date}}\n\n" + " ".join(quoted)
+        return f"\n\n{marker}\nFrom: {company_name(rng, lang)}\nSent: {{date}} {{time}}\n\n" + " ".join(quoted)
 
     def _email(self, rng, label, kind, lang, facts, used, long: bool = False) -> str:
         """An e-mail; `long`: a long first-person letter (many body sentences, no cover note)."""

@@ -16,7 +16,9 @@
    held-out side has support, and per source;
 5. every fit weights its rows so that no source or label dominates (`sample_weights`): each label
    has the same total weight (`other` a candidate's `other_weight` share of it: it is the triage
-   fallback and the label of most real text), split equally between the sources that have it;
+   fallback and the label of most real text), split between the sources that have it: a
+   candidate's `generated_share` to the generated documents (every class in many voices), the rest
+   equally to the real sources (one style each);
 6. calibration (`models.calibration`): the winner's probabilities are temperature-scaled on its
    held-out and leave-one-source-out scores; expected calibration error, a reliability diagram and
    the triage table (share routed automatically, share of those sent to the wrong department, per
@@ -107,8 +109,9 @@ def text_candidates(quick: bool) -> list[Candidate]:
     `other`"; without one, temperature scaling is a rescaling of the weights). The vocabulary comes from the generated
     documents when there are any: words that name document types in every style, not one real source's words."""
     unigrams = (("ngram_range", (1, 1)), ("min_df", 2), ("vocabulary", "generated"))
-    grid = [(3.0, 0.5, "drop")] if quick else [(3.0, 0.5, "drop"), (10.0, 0.5, "drop"), (3.0, 0.5, "keep"), (3.0, 1.0, "drop")]
-    return [Candidate("logreg", (("C", c), ("intercept", False), ("other_weight", w)), unigrams + (("function_words", f),)) for c, w, f in grid]
+    grid = [(3.0, 0.5, 0.75)] if quick else [(3.0, 0.5, 0.75), (10.0, 0.5, 0.75), (10.0, 1.0, 0.75), (3.0, 0.5, None)]
+    return [Candidate("logreg", (("C", c), ("intercept", False), ("other_weight", w), ("generated_share", g)), unigrams + (("function_words", "drop"),))
+            for c, w, g in grid]
 
 
 def image_candidates(quick: bool) -> list[Candidate]:
@@ -124,7 +127,7 @@ def image_candidates(quick: bool) -> list[Candidate]:
 
 def make_classifier(candidate: Candidate, seed: int):
     """The classifier; labels are balanced by `sample_weights`, not by a class weight."""
-    p = {k: v for k, v in candidate.params if k != "other_weight"}
+    p = {k: v for k, v in candidate.params if k not in ("other_weight", "generated_share")}
     if candidate.kernel == "logreg":
         return LogisticRegression(C=p["C"], fit_intercept=p.get("intercept", True), solver="newton-cg", max_iter=3000)
     if candidate.kernel == "linear_svc":
@@ -274,16 +277,26 @@ class TrainingRun:
     seconds: float
 
 
-def sample_weights(labels: np.ndarray, sources: np.ndarray, other_weight: float = 1.0) -> np.ndarray:
+def sample_weights(labels: np.ndarray, sources: np.ndarray, other_weight: float = 1.0, generated_share: float | None = None) -> np.ndarray:
     """Row weights (mean 1) that give every label the same total weight (`other` `other_weight` times that), split
-    equally between the sources that have the label: no source or label dominates a fit.
+    between the sources that have the label: equally, or, with `generated_share`, that share to the generated documents
+    (written in many voices) and the rest equally to the real sources (each one style). No source or label dominates.
 
     >>> sample_weights(np.array(["a", "a", "a", "b"]), np.array(["x", "x", "y", "x"])).round(2).tolist()
     [0.5, 0.5, 1.0, 2.0]
     """
     cells = Counter(zip(labels, sources))
-    sources_of = Counter(label for label, _ in cells)
-    w = np.array([(other_weight if label == "other" else 1.0) / (sources_of[label] * cells[(label, source)])
+    sources_of: dict[str, list[str]] = {}
+    for label, source in cells:
+        sources_of.setdefault(label, []).append(source)
+
+    def share(label: str, source: str) -> float:
+        present = sources_of[label]
+        if generated_share is None or GENERATED_SOURCE not in present or len(present) == 1:
+            return 1 / len(present)
+        return generated_share if source == GENERATED_SOURCE else (1 - generated_share) / (len(present) - 1)
+
+    w = np.array([(other_weight if label == "other" else 1.0) * share(label, source) / cells[(label, source)]
                   for label, source in zip(labels, sources)])
     return w * len(w) / w.sum()
 
@@ -302,7 +315,8 @@ def fit_features(kind: str, candidate: Candidate, data: Dataset) -> tuple[Column
 
 def fit_classifier(candidate: Candidate, z: np.ndarray, data: Dataset, seed: int):
     """The candidate's classifier fitted on transformed rows `z` of `data`, with `sample_weights`."""
-    weights = sample_weights(data.labels, data.sources, dict(candidate.params).get("other_weight", 1.0))
+    p = dict(candidate.params)
+    weights = sample_weights(data.labels, data.sources, p.get("other_weight", 1.0), p.get("generated_share"))
     return make_classifier(candidate, seed).fit(z, data.labels.astype(str), sample_weight=weights)
 
 

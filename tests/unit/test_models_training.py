@@ -63,7 +63,7 @@ def test_vocabulary_comes_from_the_generated_documents(mixed):
 
 def test_search_scores_every_candidate_on_the_split_and_on_each_left_out_source(mixed):
     data, train, held_out = mixed
-    candidates = [Candidate("logreg", (("C", c), ("intercept", False), ("other_weight", 0.5)),
+    candidates = [Candidate("logreg", (("C", c), ("intercept", False), ("other_weight", 0.5), ("generated_share", 0.75)),
                             (("ngram_range", (1, 1)), ("min_df", 2), ("vocabulary", "generated"))) for c in (0.3, 3.0)]
     assert list(folds(train, held_out, data, ["letters", "tickets"])) == ["held_out", "letters", "tickets"]
     pipeline, best, results, scored = search("text", candidates, train, held_out, data, ["letters", "tickets"], seed=0, guard=0.02, bar=Bar())
@@ -77,3 +77,14 @@ def test_search_scores_every_candidate_on_the_split_and_on_each_left_out_source(
         assert 0 <= side["ece"] <= 1 and side["at_threshold"]["threshold"] == 0.5 and len(side["thresholds"]) == 7
     # the winner fitted on train was temperature-scaled in place: same decisions, the held-out figures' probabilities
     assert np.array_equal(pipeline.predict(held_out.matrix()), scored["held_out"].predicted)
+
+
+def test_generated_share_splits_each_label_between_generated_and_real_sources():
+    labels = np.array(["complaint"] * 5 + ["other"] * 6)
+    sources = np.array(["generated"] * 2 + ["cfpb"] * 3 + ["generated"] * 2 + ["enron"] * 2 + ["tobacco"] * 2)
+    w = sample_weights(labels, sources, generated_share=0.75)
+    complaint = w[labels == "complaint"].sum()
+    assert w[(labels == "complaint") & (sources == "generated")].sum() == pytest.approx(0.75 * complaint)
+    assert w[sources == "enron"].sum() == pytest.approx(w[sources == "tobacco"].sum()) == pytest.approx(0.125 * complaint)
+    only_generated = sample_weights(np.array(["a", "b", "b"]), np.array(["generated"] * 3), generated_share=0.75)
+    assert only_generated.tolist() == pytest.approx([1.5, 0.75, 0.75])
