@@ -131,7 +131,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _print_search(model) -> None:
-    table = Table(title=f"{model.kind} model: candidates (* = best leave-one-source-out macro-F1 within the guard of the best held-out one)")
+    table = Table(title=f"{model.kind} model: candidates (* = best leave-one-source-out macro-F1 among those within the guard of the best "
+                        "held-out figure and above its floor)")
     for col in ("candidate", "held-out macro-F1", "leave-one-source-out macro-F1", "fit s"):
         table.add_column(col, justify="right" if col != "candidate" else "left")
     for row in model.search:

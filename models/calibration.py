@@ -113,7 +113,8 @@ def reliability_png(curves: dict[str, list[dict]], title: str) -> bytes:
         shown = [b for b in bins if b["n"]]
         ax.plot([b["confidence"] for b in shown], [b["accuracy"] for b in shown], marker="o", markersize=3, linewidth=1.2,
                 label=f"{name} (n={sum(b['n'] for b in bins)})")
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="top probability (mean per bin)", ylabel="share correct", title=title)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="top probability (mean per bin)", ylabel="share correct")
+    ax.set_title(title, fontsize=8)
     ax.legend(fontsize=7, loc="upper left")
     out = io.BytesIO()
     fig.savefig(out, format="png", bbox_inches="tight")

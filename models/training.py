@@ -12,7 +12,8 @@
    each source covers about one class, so this shows whether a model learned document types or
    source style). The winner has the best leave-one-source-out macro-F1 (all left-out sources'
    predictions pooled) among the candidates whose held-out macro-F1 is within `guard` of the best
-   one; without real sources, the best held-out macro-F1 wins. Figures are per class where the
+   one and at least `held_out_floor` (when any reaches it); without real sources, the best held-out
+   macro-F1 wins. Figures are per class where the
    held-out side has support, and per source;
 5. every fit weights its rows so that no source or label dominates (`sample_weights`): each label
    has the same total weight (`other` a candidate's `other_weight` share of it: it is the triage
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import textwrap
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -84,6 +86,7 @@ class TrainConfig:
     source_holdout: bool = True
     kinds: tuple[str, ...] = KINDS
     guard: float = 0.02  # candidates more than this below the best held-out macro-F1 cannot win on leave-one-source-out
+    held_out_floor: float = 0.95  # ... nor candidates below this held-out macro-F1, when any candidate reaches it
     triage_threshold: float = 0.5  # the figures the card reports at the serving default (udfs.scoring.ScoringConfig)
 
 
@@ -353,7 +356,7 @@ def folds(train: Dataset, held_out: Dataset, data: Dataset, real_sources: list[s
 
 
 def search(kind: str, candidates: list[Candidate], train: Dataset, held_out: Dataset, data: Dataset, real_sources: list[str],
-           seed: int, guard: float, bar) -> tuple[Pipeline, Candidate, list[dict], dict[str, Scored]]:
+           seed: int, guard: float, bar, floor: float = 0.0) -> tuple[Pipeline, Candidate, list[dict], dict[str, Scored]]:
     """Fit every candidate on every fold (the preprocessing once per fold and feature setting) and choose the winner
     (see the module docstring). Returns the winner fitted on `train`, the winner, every candidate's figures and the
     winner's scored folds."""
@@ -381,7 +384,7 @@ def search(kind: str, candidates: list[Candidate], train: Dataset, held_out: Dat
         if real_sources:
             row["loso_macro_f1"] = loso_macro_f1([scored[candidate.name][s] for s in real_sources])
         results.append({**row, "seconds": round(seconds[candidate.name], 2)})
-    winner = choose(results, guard)
+    winner = choose(results, guard, floor)
     candidate = next(c for c in candidates if c.name == winner)
     return fitted[winner], candidate, results, scored[winner]
 
@@ -393,16 +396,17 @@ def loso_macro_f1(left_out: list[Scored]) -> float:
     return evaluate(labels, predicted, sorted(set(labels) | set(predicted)))["macro_f1"]
 
 
-def choose(results: list[dict], guard: float) -> str:
+def choose(results: list[dict], guard: float, floor: float = 0.0) -> str:
     """The winner's name: best leave-one-source-out macro-F1 among the candidates within `guard` of the best held-out
-    macro-F1 (ties: the better held-out figure); the best held-out macro-F1 when there is no leave-one-source-out figure.
+    macro-F1 and at least `floor` (unless none reaches it) (ties: the better held-out figure); the best held-out
+    macro-F1 when there is no leave-one-source-out figure.
 
     >>> choose([{"candidate": "a", "macro_f1": 0.99, "loso_macro_f1": 0.4}, {"candidate": "b", "macro_f1": 0.975, "loso_macro_f1": 0.6},
     ...         {"candidate": "c", "macro_f1": 0.9, "loso_macro_f1": 0.8}], guard=0.02)
     'b'
     """
     best_held = max(r["macro_f1"] for r in results)
-    eligible = [r for r in results if r["macro_f1"] >= best_held - guard]
+    eligible = [r for r in results if r["macro_f1"] >= max(best_held - guard, min(floor, best_held))]
     return max(eligible, key=lambda r: (r.get("loso_macro_f1", 0.0), r["macro_f1"]))["candidate"]
 
 
@@ -483,7 +487,8 @@ def train(config: TrainConfig, progress: bool = True) -> TrainingRun:
         real_sources = sorted(set(data.sources) - {GENERATED_SOURCE}) if config.source_holdout else []
         steps = len(candidates) * (1 + len(real_sources)) + (len(real_sources) > 1)
         with tqdm(total=steps, desc=f"{kind} model", disable=not progress, leave=False) as bar:
-            pipeline, best, results, scored = search(kind, candidates, train_part, held_out, data, real_sources, config.seed, config.guard, bar)
+            pipeline, best, results, scored = search(kind, candidates, train_part, held_out, data, real_sources, config.seed, config.guard, bar,
+                                                     config.held_out_floor)
             calibration = calibrate(pipeline.named_steps["classifier"], scored, real_sources, config.triage_threshold)
             predicted = pipeline.predict(held_out.matrix())
             model = TrainedModel(
@@ -528,7 +533,7 @@ def reliability_diagram(model: TrainedModel) -> bytes:
     """The card's reliability diagram: the held-out side and every left-out source."""
     c = model.calibration
     curves = {"held out": c["held_out"]["reliability"], **{f"left out: {s}": f["reliability"] for s, f in c["left_out"].items()}}
-    return reliability_png(curves, f"{model.kind} model {model.candidate.name}\ntemperature {c['temperature']:.2f}")
+    return reliability_png(curves, f"{model.kind} model, temperature {c['temperature']:.2f}\n" + textwrap.fill(model.candidate.name, 90))
 
 
 def _concat(a, b):

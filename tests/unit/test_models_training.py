@@ -33,6 +33,8 @@ def test_choose_takes_the_best_left_out_figure_within_the_guard():
     assert choose(rows, guard=0.02) == "robust"
     assert choose(rows, guard=0.0) == "sharp"
     assert choose(rows, guard=0.5) == "sloppy"
+    assert choose(rows, guard=0.5, floor=0.95) == "robust"  # the floor keeps what the held-out side needs
+    assert choose(rows, guard=0.5, floor=0.995) == "sharp"  # none reaches the floor: the best held-out figure does
     assert choose([{"candidate": "a", "macro_f1": 0.8}, {"candidate": "b", "macro_f1": 0.9}], guard=0.02) == "b"  # no real sources
 
 
