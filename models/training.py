@@ -574,6 +574,7 @@ def preprocessing(model: TrainedModel) -> dict:
     tfidf = model.pipeline.named_steps["features"].named_transformers_["text"]
     return {"tfidf": {"ngram_range": list(tfidf.ngram_range), "min_df": tfidf.min_df, "max_features": tfidf.max_features,
                       "vocabulary": len(tfidf.vocabulary_), "vocabulary_from": dict(model.candidate.features).get("vocabulary", "all"),
+                      "dropped_words": sorted(tfidf.stop_words or []),
                       "token_pattern": tfidf.token_pattern, "onnx_tokenexp": TOKEN_EXP,
                       "normalisation_outside_graph": "models.features.model_text"},
             "context": "MaxAbsScaler"}
