@@ -64,6 +64,7 @@ def train_config(quick: bool = False, kinds: tuple[str, ...] = ("text", "image")
     `real_dir` (default DEFAULT_REAL_DIR if it exists), at most `real_cap` per source (default 1200, quick 150; 0 = all).
     `options` are the other TrainConfig fields (seed, scan_share, strategy, ...). ValueError if `real_dir` does not exist."""
     from models.training import TrainConfig
+    from udfs.scoring import ScoringConfig
 
     if not real:
         real_dir = None
@@ -73,7 +74,7 @@ def train_config(quick: bool = False, kinds: tuple[str, ...] = ("text", "image")
         raise ValueError(f"real data directory {real_dir} does not exist (use --no-real to train on generated data only)")
     return TrainConfig(generated=n if n is not None else (300 if quick else 3000), real_dir=real_dir,
                        real_cap_per_source=(150 if quick else 1200) if real_cap is None else (real_cap or None), quick=quick,
-                       kinds=tuple(kinds), **options)
+                       kinds=tuple(kinds), **{"triage_threshold": ScoringConfig.triage_threshold, **options})
 
 
 def train_models(config: TrainConfig, registry_dir: Path | None, progress: bool = True) -> dict[str, int | None]:
@@ -101,6 +102,7 @@ def train_models(config: TrainConfig, registry_dir: Path | None, progress: bool 
             _print_sources(f"{kind} model: leave-one-source-out (trained without the source, scored on all of it)", model.source_holdout)
         if model.generated_only:
             _print_sources(f"{kind} model: trained on generated documents only, scored on each real source", model.generated_only)
+        _print_calibration(model)
         if registry is None:
             continue
         version, parity = publish(model, run, registry)
@@ -131,12 +133,38 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _print_search(model) -> None:
-    table = Table(title=f"{model.kind} model: candidates (macro-F1 on the held-out side)")
-    for col in ("candidate", "macro-F1", "fit s"):
+    table = Table(title=f"{model.kind} model: candidates (* = best leave-one-source-out macro-F1 among those within the guard of the best "
+                        "held-out figure and above its floor)")
+    for col in ("candidate", "held-out macro-F1", "leave-one-source-out macro-F1", "fit s"):
         table.add_column(col, justify="right" if col != "candidate" else "left")
     for row in model.search:
         mark = " *" if row["candidate"] == model.candidate.name else ""
-        table.add_row(row["candidate"] + mark, f"{row['macro_f1']:.3f}", f"{row['seconds']:.1f}")
+        loso = f"{row['loso_macro_f1']:.3f}" if "loso_macro_f1" in row else "-"
+        table.add_row(row["candidate"] + mark, f"{row['macro_f1']:.3f}", loso, f"{row['seconds']:.1f}")
+    console.print(table)
+
+
+def _print_calibration(model) -> None:
+    c = model.calibration
+    sides = {"held out": c["held_out"], **{f"left out: {s}": f for s, f in c["left_out"].items()}}
+    table = Table(title=f"{model.kind} model: calibration ({c['method']}, temperature {c['temperature']:.2f}) and triage at threshold "
+                        f"{c['threshold']:.2f}", caption="automatic = top probability >= threshold and not `other` (which goes to triage too); "
+                                                           "wrong = automatic but not the true label's department; left-out sources use a temperature "
+                                                           "fitted without them")
+    for col in ("evaluated on", "n", "accuracy", "ECE", "automatic", "wrong dept. of automatic", "misrouted of all"):
+        table.add_column(col, justify="left" if col == "evaluated on" else "right")
+    for name, f in sides.items():
+        at = f["at_threshold"]
+        table.add_row(name, str(f["n"]), f"{f['accuracy']:.3f}", f"{f['ece']:.3f}", f"{at['automatic']:.1%}",
+                      f"{at['wrong_department']:.1%} ({at['n_wrong']}/{at['n_automatic']})", f"{at['misrouted']:.1%}")
+    console.print(table)
+    table = Table(title=f"{model.kind} model: per triage threshold, share routed automatically / share of those in the wrong department")
+    table.add_column("threshold", justify="right")
+    for name in sides:
+        table.add_column(name, justify="right")
+    for i, row in enumerate(c["held_out"]["thresholds"]):
+        table.add_row(f"{row['threshold']:.2f}", *(f"{f['thresholds'][i]['automatic']:.0%} / {f['thresholds'][i]['wrong_department']:.1%}"
+                                                     for f in sides.values()))
     console.print(table)
 
 

@@ -14,12 +14,23 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from schemas.units import DAY_MS
-from models.fragments import (CLASS_FRAGMENTS, COMMON, CV_SECTIONS, DISTRACTORS, OTHER_KINDS, PORTAL_TOPICS, TABLE_HEADERS, TOTAL_WORDS,
-                              VOCAB)
+from models.fragments import (CLASS_FRAGMENTS, COMMON, CV_EXTRA_SECTIONS, CV_SECTIONS, CV_SUMMARY, DISTRACTORS, OTHER_KINDS, PORTAL_TOPICS,
+                              TABLE_HEADERS, TOTAL_WORDS, VOCAB)
 
 # label -> labels whose fragments a text of that label may quote as distractors
 RELATED = {"complaint": ("invoice", "service_request", "purchase_order"), "purchase_order": ("offer",), "invoice": ("purchase_order",),
            "offer": ("purchase_order",), "service_request": ("complaint",), "job_application": ("other",), "other": ("other", "other", "offer", "invoice")}
+
+# How an e-mail-channel text is written (its voice), so that no style means one class: every class is written in every voice but
+# `cv` (a CV sent alone) and `form` (a billing or order form, OCRed). Weights: VOICES, plus the label's extra weight for a voice.
+VOICES = {"plain": 0.45, "letter": 0.15, "ticket": 0.12, "social": 0.1, "form": 0.03}
+VOICE_EXTRA = {"complaint": {"letter": 0.2}, "service_request": {"ticket": 0.25}, "job_application": {"cv": 0.35},
+               "invoice": {"form": 0.25}, "offer": {"form": 0.15}, "purchase_order": {"form": 0.2}, "other": {"form": 0.05}}
+# words a help-desk ticket system strips (with names and numbers) before it stores a ticket's text
+TICKET_STOP_WORDS = frozenset("""a an the and or but if of to in on at by for with from as is are was were be been being am i me my we our us you
+    your he she it its they them this that these those there here have has had do does did will would can could should may might must
+    shall please not no so than then too very just also der die das und oder ist sind ein eine zu mit von für auf bitte ich wir sie le la les
+    et ou est sont un une de du des pour avec sur je nous vous merci""".split())
 
 
 @dataclass
@@ -89,6 +100,9 @@ class Facts(dict):
         numbers = {"qty": (1, 500), "qty2": (1, 120), "years": (1, 20), "months": (1, 3), "weeks": (1, 8), "team": (3, 25)}
         if key in numbers:
             return str(r.randint(*numbers[key]))
+        if key == "time":  # of a mail header: "10:15 AM" (en), "10:15" (de, fr)
+            hour, minute = r.randint(7, 19), r.randrange(60)
+            return f"{(hour - 1) % 12 + 1}:{minute:02d} {'AM' if hour < 12 else 'PM'}" if lang == "en" else f"{hour}:{minute:02d}"
         if key == "days":
             return str(r.choice([7, 10, 14, 21, 30, 45, 60]))
         if key == "percent":
@@ -185,43 +199,67 @@ class TextComposer:
         used: list[str] = []
         kind = rng.choice(OTHER_KINDS) if label == "other" else label
         subject = self.class_part(rng, lang, kind, "subject", used)[0]
+        voice = self.voice(rng, label) if style == "email" else "plain"
         if style == "structured":
             body = self._structured(rng, label, kind, lang, facts, used)
         elif style == "portal":
             body = self._portal(rng, label, kind, lang, facts, used)
+        elif voice == "cv":
+            body = self._cv_alone(rng, lang, facts, used)
+        elif voice == "form":
+            body = self._structured(rng, label, kind, lang, facts, used)
+        elif voice == "social":
+            body = " ".join(self.sentences(rng, label, kind, lang, used, max_body=3))
         else:
-            body = self._email(rng, label, kind, lang, facts, used)
-        if rng.random() < (0.35 if label == "other" else 0.15):  # a reply or forward quoting earlier mail
+            body = self._email(rng, label, kind, lang, facts, used, long=voice == "letter")
+        if voice in ("plain", "letter", "ticket") and rng.random() < (0.35 if label == "other" else 0.15):  # a reply or forward quoting earlier mail
             subject = rng.choice(["Re: ", "RE: ", "AW: ", "Fwd: ", "TR: "]) + subject
             for _ in range(rng.randint(1, 3) if label == "other" else 1):
                 body += self._quote(rng, label, lang, used)
         text = fill(body, facts)
+        if voice == "ticket":  # an e-mail (thread) turned into a ticket: its subject, often twice, then the text
+            title = fill(subject, facts)
+            subject, text = "", ticket_text(f"{title} {title if rng.random() < 0.4 else ''} {text}", facts.sender)
+        elif voice == "social":
+            subject, text = "", social_post(rng, text, facts)
+        elif voice == "form":
+            text = form_text(rng, text)
         if rng.random() < 0.3:
             text = add_typos(rng, text, rate=rng.uniform(0.01, 0.05))
-        if rng.random() < 0.08:  # came in as paper and was OCRed upstream
+        if voice not in ("ticket", "social") and rng.random() < 0.08:  # came in as paper and was OCRed upstream
             text = ocr_noise(rng, text)
         return Composed(fill(subject, facts), text, tuple(used))
+
+    @staticmethod
+    def voice(rng: random.Random, label: str) -> str:
+        """The voice of an e-mail-channel text of `label` (see VOICES)."""
+        weights = {**VOICES, **{v: VOICES.get(v, 0) + w for v, w in VOICE_EXTRA[label].items()}}
+        return rng.choices(list(weights), weights=list(weights.values()))[0]
 
     def _quote(self, rng, label, lang, used) -> str:
         quoted_label = rng.choice(RELATED[label])
         quoted_kind = rng.choice(OTHER_KINDS) if quoted_label == "other" else quoted_label
         quoted = self.sentences(rng, quoted_label, quoted_kind, lang, used, max_body=4 if label == "other" else 2)
         if rng.random() < 0.5:
-            return "\n\n> {date}, {company}:\n" + "\n".join("> " + s for s in quoted)
+            return "\n\n> {date} {time}, {company}:\n" + "\n".join("> " + s for s in quoted)
         marker = {"en": "-----Original Message-----", "de": "-----Ursprüngliche Nachricht-----", "fr": "-----Message d'origine-----"}[lang]
-        return f"\n\n{marker}\nFrom: {company_name(rng, lang)}\nSent: {{date}}\n\n" + " ".join(quoted)
+        return f"\n\n{marker}\nFrom: {company_name(rng, lang)}\nSent: {{date}} {{time}}\n\n" + " ".join(quoted)
 
-    def _email(self, rng, label, kind, lang, facts, used) -> str:
-        if rng.random() < 0.12:  # a short cover note: the attachment says it all
+    def _email(self, rng, label, kind, lang, facts, used, long: bool = False) -> str:
+        """An e-mail; `long`: a long first-person letter (many body sentences, no cover note)."""
+        if rng.random() < 0.12 and not long:  # a short cover note: the attachment says it all
             lines = self.class_part(rng, lang, kind, "opener", used)
         else:
-            lines = self.sentences(rng, label, kind, lang, used, max_body=8 if kind in ("report", "newsletter", "memo") else 5)
+            lines = self.sentences(rng, label, kind, lang, used, max_body=12 if long else 8 if kind in ("report", "newsletter", "memo") else 5)
         paragraphs, i = [], 0
         while i < len(lines):
             step = rng.randint(1, 3)
             paragraphs.append(" ".join(lines[i:i + step]))
             i += step
         parts = []
+        if rng.random() < (0.6 if long else 0.15):  # a letterhead or memo header, as on paper mail
+            parts.append(rng.choice(["{company}\n{street}\n{city}\n{date}", "Date: {date}\nTo: {recipient_title}\nFrom: {name}",
+                                     "{name}\n{street}, {city}\n\n{date}"]))
         if rng.random() < 0.85:
             parts += self.common(rng, lang, "greeting", used)
         parts += paragraphs
@@ -260,6 +298,19 @@ class TextComposer:
         lines += self.sentences(rng, label, kind, lang, used, max_body=3)
         return "\n".join(lines)
 
+    def _cv_alone(self, rng, lang, facts, used) -> str:
+        """A CV sent on its own (no letter): a summary line, the usual sections and some of CV_EXTRA_SECTIONS."""
+        v, bullet = VOCAB[lang], rng.choice(["•", "-", "*", ""])
+        lines = {0: lambda: ", ".join(rng.sample(v["skill"], rng.randint(3, 6))),
+                 1: lambda: f"{rng.choice(v['position'])} at {company_name(rng, lang)} ({rng.randint(1, 9)} years): {rng.choice(v['duty'])}",
+                 2: lambda: f"{rng.choice(v['degree'])}, {rng.choice(v['university'])}"}
+        extra = [f"{title}\n" + "\n".join(f"{bullet} {lines[rng.randrange(3)]()}" for _ in range(rng.randint(1, 4)))
+                 for title in rng.sample(CV_EXTRA_SECTIONS[lang], rng.randint(1, 3))]
+        summary = self.pick(rng, CV_SUMMARY[lang], f"{lang}/cv/summary", used)
+        parts = [summary[0], self._cv_text(rng, lang, facts), *extra]
+        rng.shuffle(parts)
+        return "\n\n".join(parts)
+
     def _cv_text(self, rng, lang, facts) -> str:
         """A CV pasted below a cover letter: sections in random order, some left out."""
         v, bullet = VOCAB[lang], rng.choice(["•", "-", "*", ""])
@@ -274,6 +325,33 @@ class TextComposer:
         }
         chosen = rng.sample(list(sections), rng.randint(2, 4))
         return "\n\n".join([rng.choice(["CV", "Curriculum Vitae", facts["name"]])] + [f"{title}\n" + "\n".join(sections[title]) for title in chosen])
+
+
+def ticket_text(text: str, sender: Sender) -> str:
+    """What a help-desk system stores: lower-cased words without stop words, numbers, punctuation or the sender's name."""
+    names = {part.lower() for part in sender.name.split()}
+    words = re.findall(r"[^\W\d_]{2,}", text.lower())
+    return " ".join(w for w in words if w not in TICKET_STOP_WORDS and w not in names)
+
+
+def social_post(rng: random.Random, text: str, facts: Facts) -> str:
+    """A short public post: one or two sentences of `text`, an @handle, maybe a hashtag, a link and lower case."""
+    sentences = [s for s in re.split(r"(?<=[.!?])\s+", " ".join(text.split())) if s]
+    post = " ".join(sentences[:rng.randint(1, 2)])[:260]
+    handle = "@" + slug(facts["our_company"]).replace("-", "_")[:15]
+    parts = [handle, post] if rng.random() < 0.7 else [post, handle]
+    if rng.random() < 0.4:
+        parts.append("#" + rng.choice(["fail", "help", "customerservice", "thanks", "jobs", "billing", "support", "news"]))
+    if rng.random() < 0.4:
+        parts.append("https://t.co/" + "".join(rng.choice("abcdefghijkmnopqrstuvwxyzABCDEFGH0123456789") for _ in range(10)))
+    post = " ".join(parts)
+    return post.lower() if rng.random() < 0.3 else post
+
+
+def form_text(rng: random.Random, text: str) -> str:
+    """A form as OCR reads it: captions, values and table cells on lines of their own, often upper-case, with OCR errors."""
+    text = re.sub(r" \| |: ", "\n", text)
+    return ocr_noise(rng, text.upper() if rng.random() < 0.5 else text)
 
 
 def line_items(rng: random.Random, lang: str, n: int) -> list[tuple[str, str, str, str]]:

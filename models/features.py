@@ -21,6 +21,7 @@ decided (or a confirmed one, when known), so `sender_label_share_*` reflects pas
 from __future__ import annotations
 
 import math
+import re
 import unicodedata
 from collections import deque
 from dataclasses import dataclass, field
@@ -43,16 +44,24 @@ SENDER_FEATURES: tuple[str, ...] = (
 )
 
 MAX_TEXT_CHARS = 20_000
+_DIGITS = re.compile(r"\d+")
+_MASK = re.compile(r"\bx{2,}\b")
 
 
 def normalise_text(text: str) -> str:
-    """Lower-case, NFC, whitespace collapsed, cut to MAX_TEXT_CHARS. Idempotent.
+    """Lower-case, NFC, digits and masks (runs of x, as in "XX/XX/XXXX") removed, whitespace
+    collapsed, cut to MAX_TEXT_CHARS. Idempotent.
 
-    The ONNX graph tokenises what this returns, so it must run before training and scoring
-    alike (`Scorer.score_texts` applies it; training goes through `model_text`).
+    Digits and masks say more about where a text comes from (OCRed page numbers and codes,
+    redacted complaint databases) than about what kind of document it is. The ONNX graph
+    tokenises what this returns, so it must run before training and scoring alike
+    (`Scorer.score_texts` applies it; training goes through `model_text`).
+
+    >>> normalise_text("On XX/XX/XXXX I paid  $75 for INVOICE 2024/17")
+    'on / / i paid $ for invoice /'
     """
-    text = unicodedata.normalize("NFC", text.lower())
-    return " ".join(text.split())[:MAX_TEXT_CHARS].rstrip()
+    text = _DIGITS.sub(" ", unicodedata.normalize("NFC", text.lower()))
+    return " ".join(_MASK.sub(" ", text).split())[:MAX_TEXT_CHARS].rstrip()
 
 
 def model_text(subject: str | None, body: str | None) -> str:

@@ -9,7 +9,7 @@ newsletter advertising offers). `{slot}` placeholders are filled by the generato
 
 from __future__ import annotations
 
-OTHER_KINDS = ("newsletter", "meeting", "out_of_office", "memo", "thanks", "spam", "shipping", "report")
+OTHER_KINDS = ("newsletter", "meeting", "out_of_office", "memo", "thanks", "spam", "shipping", "report", "hiring")
 
 CLASS_FRAGMENTS: dict[str, dict[str, dict[str, list[str]]]] = {
     "en": {
@@ -31,7 +31,11 @@ CLASS_FRAGMENTS: dict[str, dict[str, dict[str, list[str]]]] = {
                      "If payment has already been made, please disregard this notice.", "The net amount is {amount} plus VAT.",
                      "Remit to: {company}, {street}, {city}.", "Terms: net {days}. Please make cheques payable to {company}.",
                      "Amount due: {amount}. Balance forward: {small_amount}.", "This invoice refers to your purchase order {order_no}.",
-                     "Bill to: {our_company}. Ship to: {our_company}, {city}.", "Freight and handling: {small_amount}."],
+                     "Bill to: {our_company}. Ship to: {our_company}, {city}.", "Freight and handling: {small_amount}.",
+                     "Invoice no. {invoice_no} Invoice date {date} Customer no. {customer_no}", "Terms: net {days} days. P.O. number {order_no}.",
+                     "Quantity {qty} Item description {product} Unit price {unit_price} Extended price {amount}",
+                     "Please pay this amount: {amount}", "Balance due {amount}. Remit payment to {company}.",
+                     "Charges for professional services rendered in {month}: {amount}.", "Vendor no. {customer_no}. Payment due upon receipt."],
             "request": ["Please settle the amount by {due_date}.", "Kindly arrange payment at your earliest convenience.",
                         "Please forward this invoice to your accounts payable department.", "Please confirm receipt of this invoice.",
                         "Let us know if you need a copy with a different billing address."],
@@ -94,7 +98,9 @@ CLASS_FRAGMENTS: dict[str, dict[str, dict[str, list[str]]]] = {
                      "My responsibilities included budgeting, reporting and supplier negotiations.",
                      "I supervised {team} apprentices and organised their training.", "References from my previous employers are available on request.",
                      "I have attached my certificates and a letter of recommendation.", "My strengths are attention to detail and clear communication.",
-                     "I am currently completing a part-time master's degree in {degree}."],
+                     "I am currently completing a part-time master's degree in {degree}.",
+                     "My technical skills include {skill}, {skill2} and agile project delivery.",
+                     "I worked as a {position} at {company} for {years} years.", "Attached is my resume with my education details and work experience."],
             "request": ["I would welcome the opportunity to introduce myself in an interview.", "I look forward to hearing from you.",
                         "Please let me know if you need any further documents.", "Thank you for considering my application."],
         },
@@ -117,7 +123,17 @@ CLASS_FRAGMENTS: dict[str, dict[str, dict[str, list[str]]]] = {
                      "The fees on my statement were never explained to me.", "My account was closed without any notice.",
                      "The insurance claim for the damaged {product} was rejected without a reason.",
                      "I cancelled the subscription but you keep billing me every month.", "The information you reported about my account is incorrect.",
-                     "I have attached copies of my bank statements as proof."],
+                     "I have attached copies of my bank statements as proof.",
+                     "I disputed the late payment on my credit report with the bureau, but it is still there.",
+                     "There is an inquiry on my credit report that I never authorised.", "I am a victim of identity theft and these accounts are not mine.",
+                     "The bank froze my checking account and I could not pay my rent.", "They keep adding interest and fees to a loan I paid off in {month}.",
+                     "My mortgage servicer lost my payment and then reported me as delinquent.",
+                     "I called customer service at least {qty2} times and every agent told me something different.",
+                     "The debt collector refused to send me any validation of the debt.", "My credit score dropped by {qty2} points because of their mistake.",
+                     "I asked them in writing to correct the information, and they ignored my letter.",
+                     "They opened a credit card in my name without my consent.", "I was told the charge would be reversed, but it never was.",
+                     "When I finally reached a supervisor, he hung up on me.", "My direct deposit was returned and they charged me an overdraft fee.",
+                     "This company is violating my rights as a consumer.", "I have been trying to resolve this since {date} with no result."],
             "request": ["I expect a full refund within {days} days.", "Please replace the defective goods immediately.",
                         "If this is not resolved, I will take legal action.", "I demand an explanation and compensation.",
                         "Please cancel my contract {contract_no} with immediate effect."],
@@ -141,7 +157,20 @@ CLASS_FRAGMENTS: dict[str, dict[str, dict[str, list[str]]]] = {
                      "The toner in {device} needs to be replaced.", "Could you extend the expiry date of my account?",
                      "Please install the latest version of {system} on my computer.", "The meeting room screen does not connect to laptops.",
                      "I cannot log in since the password change yesterday.", "Please move my phone extension to {room}.",
-                     "We would like a quote for servicing all our {product}."],
+                     "We would like a quote for servicing all our {product}.",
+                     "Please create a new user account and mailbox for the new starter in the {field} team.",
+                     "The leaver's mailbox should be converted to a shared mailbox and access given to the manager.",
+                     "I need access to the shared folder on the network drive for the {field} project.",
+                     "My laptop is very slow and the screen keeps freezing after the update.", "Please unlock my account, I entered the wrong password too often.",
+                     "The disk quota of our shared drive is almost full; could you increase the storage?",
+                     "Please order a new monitor, keyboard and headset for the new employee.", "I would like to request administrator rights to install software.",
+                     "Could you add the new machine to the policy package and the distribution list?",
+                     "The payslip for {month} is not visible in the HR portal.", "Please update my holiday entitlement in the HR system.",
+                     "Outlook does not sync my calendar on the mobile phone.", "We need a purchase request for {qty2} licences of {system}.",
+                     "Please restore the deleted files from yesterday's backup.", "The docking station does not recognise the second screen.",
+                     "The {system} application crashes when I open the project details.", "Please give the senior developer access to the project repository.",
+                     "Could you set up a test environment for the engineering team?", "The nightly job that exports the reports failed again.",
+                     "The online application form on the intranet shows an error.", "Please add the new analyst to the project site with edit rights."],
             "request": ["Please let me know when a technician is available.", "Could you confirm the appointment?",
                         "Thank you in advance for your support.", "Please assign this request to the right team."],
         },
@@ -196,6 +225,17 @@ CLASS_FRAGMENTS: dict[str, dict[str, dict[str, list[str]]]] = {
                      "You can earn {percent}% per week with no risk.", "Send us your bank details to receive the transfer.",
                      "This is not spam, you subscribed to our list."],
             "request": ["Act now!", "Reply with your personal details.", "Do not miss this chance."],
+        },
+        "hiring": {
+            "subject": ["Offer letter for {first}", "Interview schedule for the {position} role", "Headcount for next year", "New hire starting {date}",
+                        "Re: candidates for {position}", "Employment agreement"],
+            "opener": ["We are pleased to offer you the position of {position} at {our_company}.", "Here is the interview schedule for the {position} candidates.",
+                       "Following our discussion, HR has approved two new positions.", "Please welcome {first}, who joins the {field} team on {date}."],
+            "body": ["The starting salary would be {salary} per year.", "The employment agreement is attached for your signature.",
+                     "We interviewed {qty2} candidates and shortlisted three.", "The recruiter will send the job offer by the end of the week.",
+                     "Please sign the confidentiality agreement before the first day.", "The hiring manager wants to see the CVs again.",
+                     "Relocation costs will be covered up to {amount}.", "The probation period is {months} months."],
+            "request": ["Please let me know your decision by {date}.", "Can you review the offer letter before it goes out?", "Welcome aboard!"],
         },
         "report": {
             "subject": ["Minutes of the {weekday} meeting", "Quarterly report {month}", "Project status: {topic}", "Summary of the workshop",
@@ -357,6 +397,14 @@ CLASS_FRAGMENTS: dict[str, dict[str, dict[str, list[str]]]] = {
                      "Senden Sie uns Ihre Bankdaten für die Überweisung."],
             "request": ["Handeln Sie jetzt!", "Antworten Sie mit Ihren persönlichen Daten."],
         },
+        "hiring": {
+            "subject": ["Vertragsangebot für {first}", "Interviewtermine {position}", "Stellenplan nächstes Jahr", "Neuer Kollege ab {date}"],
+            "opener": ["Wir freuen uns, Ihnen die Stelle als {position} anbieten zu können.", "Anbei die Termine für die Vorstellungsgespräche.",
+                       "Die Personalabteilung hat zwei neue Stellen genehmigt."],
+            "body": ["Das Jahresgehalt beträgt {salary}.", "Der Arbeitsvertrag liegt zur Unterschrift bei.", "Wir haben {qty2} Bewerber gesprochen.",
+                     "Die Probezeit beträgt {months} Monate.", "Umzugskosten werden bis {amount} übernommen."],
+            "request": ["Bitte geben Sie uns bis zum {date} Bescheid.", "Willkommen im Team!"],
+        },
         "report": {
             "subject": ["Protokoll der Besprechung vom {date}", "Quartalsbericht {month}", "Projektstatus: {topic}", "Zusammenfassung des Workshops"],
             "opener": ["Anbei das Protokoll der gestrigen Besprechung.", "Hier der Statusbericht für dieses Quartal.", "Wie versprochen eine kurze Zusammenfassung."],
@@ -501,6 +549,14 @@ CLASS_FRAGMENTS: dict[str, dict[str, dict[str, list[str]]]] = {
             "body": ["Cliquez sur le lien pour recevoir {amount}.", "Confirmez votre mot de passe sous 24 heures.", "Envoyez-nous vos coordonnées bancaires."],
             "request": ["Agissez maintenant !", "Répondez avec vos informations personnelles."],
         },
+        "hiring": {
+            "subject": ["Proposition d'embauche pour {first}", "Planning des entretiens {position}", "Effectifs de l'an prochain", "Arrivée de {first} le {date}"],
+            "opener": ["Nous avons le plaisir de vous proposer le poste de {position}.", "Voici le planning des entretiens.",
+                       "La direction a validé deux nouveaux postes."],
+            "body": ["Le salaire annuel proposé est de {salary}.", "Le contrat de travail est joint pour signature.", "Nous avons reçu {qty2} candidats.",
+                     "La période d'essai est de {months} mois.", "Les frais de déménagement sont pris en charge jusqu'à {amount}."],
+            "request": ["Merci de nous répondre avant le {date}.", "Bienvenue dans l'équipe !"],
+        },
         "report": {
             "subject": ["Compte rendu de la réunion du {date}", "Rapport trimestriel {month}", "Point d'avancement : {topic}"],
             "opener": ["Veuillez trouver ci-dessous le compte rendu de la réunion d'hier.", "Voici le rapport d'activité du trimestre.",
@@ -627,6 +683,15 @@ FORM_FIELDS = {
 TOTAL_WORDS = {"en": ("Subtotal", "VAT", "Total due"), "de": ("Zwischensumme", "MwSt.", "Gesamtbetrag"), "fr": ("Sous-total", "TVA", "Total à payer")}
 CV_SECTIONS = {"en": ["Experience", "Education", "Skills", "Languages"], "de": ["Berufserfahrung", "Ausbildung", "Kenntnisse", "Sprachen"],
                "fr": ["Expérience", "Formation", "Compétences", "Langues"]}
+# a CV sent on its own: extra section titles, (title, lines) of a standalone CV, per language
+CV_EXTRA_SECTIONS = {"en": ["Summary", "Technical Skills", "Education Details", "Company Details", "Projects", "Responsibilities",
+                            "Positions and Honors", "Publications", "Certifications"],
+                     "de": ["Profil", "IT-Kenntnisse", "Projekte", "Aufgaben", "Zertifikate"],
+                     "fr": ["Profil", "Compétences techniques", "Projets", "Responsabilités", "Certifications"]}
+CV_SUMMARY = {"en": ["{position} with {years} years of experience in {field}.", "Seeking a challenging role as {position}.",
+                     "Result-oriented professional with strong skills in {skill} and {skill2}.", "Biographical sketch of {name}, {position}."],
+              "de": ["{position} mit {years} Jahren Erfahrung in {field}.", "Suche eine neue Herausforderung als {position}."],
+              "fr": ["{position} avec {years} ans d'expérience en {field}.", "À la recherche d'un poste de {position}."]}
 
 # values for the {slots}, per language
 VOCAB: dict[str, dict[str, list[str]]] = {
@@ -649,7 +714,8 @@ VOCAB: dict[str, dict[str, list[str]]] = {
         "university": ["the University of Leeds", "Manchester Metropolitan University", "the University of Toronto", "Ohio State University",
                        "King's College London"],
         "duty": ["supplier payments", "the monthly closing", "a team of developers", "key accounts in the north region", "inventory planning", "recruiting"],
-        "skill": ["SAP", "Excel", "Python", "SQL", "negotiation", "Salesforce", "forklift licence", "CAD", "bookkeeping"],
+        "skill": ["SAP", "Excel", "Python", "SQL", "negotiation", "Salesforce", "forklift licence", "CAD", "bookkeeping", "Java", "JavaScript",
+                  "Oracle", "Linux", "AWS", "Selenium", "Tableau", "Hadoop", "Spring Boot", "machine learning", "manual testing", "Power BI"],
         "device": ["the printer on the second floor", "my laptop", "the VPN connection", "the air conditioning in meeting room B", "the coffee machine",
                    "the badge reader at the main entrance", "the conveyor belt in hall 3", "the phone system", "the heating system", "the shared drive"],
         "system": ["SAP", "CRM", "payroll", "document management", "time tracking", "ERP"],

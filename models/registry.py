@@ -126,8 +126,9 @@ class Registry:
     # --- writing ---------------------------------------------------------------------------
 
     def register(self, kind: str, onnx_bytes: bytes, card: dict, eval_inputs: dict, eval_labels: list[str], sklearn_model=None,
-                 train_inputs: dict | None = None) -> int:
+                 train_inputs: dict | None = None, attachments: dict[str, bytes] | None = None) -> int:
         """Store a new version (its evaluation set too); the first of a kind becomes champion.
+        `attachments` are files stored beside the card (e.g. a reliability diagram) and listed in its `files`.
         `card` must hold at least evaluation.macro_f1, feature_set_id and inputs. With
         `train_inputs`, the content keys of the training rows are kept, so a later comparison
         on another evaluation set can leave out what this model was trained on."""
@@ -140,6 +141,9 @@ class Registry:
                 _atomic_write(evalsets / f"{fingerprint}.json.gz", gzip.compress(eval_json, mtime=0))
             version, directory = self._new_version_dir(kind)
             (directory / "model.onnx").write_bytes(onnx_bytes)
+            files = {"model.onnx": onnx_bytes, **(attachments or {})}
+            for name, content in (attachments or {}).items():
+                (directory / name).write_bytes(content)
             if train_inputs is not None:
                 keys = sorted(set(row_keys(kind, train_inputs)))
                 (directory / "train_keys.json.gz").write_bytes(gzip.compress(json.dumps(keys).encode(), mtime=0))
@@ -148,7 +152,7 @@ class Registry:
 
                 joblib.dump(sklearn_model, directory / "sklearn.joblib", compress=3)
             card = {**card, "version": version, "created": _now(), "eval_set": {"fingerprint": fingerprint, "n": len(eval_labels)},
-                    "files": {"model.onnx": {"bytes": len(onnx_bytes), "sha256": hashlib.sha256(onnx_bytes).hexdigest()}},
+                    "files": {name: {"bytes": len(content), "sha256": hashlib.sha256(content).hexdigest()} for name, content in files.items()},
                     "promotions": []}
             _atomic_write(directory / "card.json", json.dumps(card, indent=2).encode())
             self._log(kind, {"event": "register", "version": version, "macro_f1": card["evaluation"]["macro_f1"], "eval_set": fingerprint})

@@ -12,7 +12,7 @@ from another page of the same layout here. Whole units then go to one side by th
 * stratified: a seeded shuffle within each label (a unit counts under its majority label);
 * custom: `custom(doc) -> bool` (True = held out), asked for the unit's first document.
 
->>> docs = [{"doc_id": str(i), "label": "invoice" if i % 2 else "other", "text": f"document number {i} about things",
+>>> docs = [{"doc_id": str(i), "label": "invoice" if i % 2 else "other", "text": f"document {chr(97 + i) * 2} about things",
 ...          "content_type": "text", "subject": None} for i in range(20)]
 >>> s = split(docs, "stratified", ratio=0.2, seed=1)
 >>> len(s.train), len(s.held_out)
@@ -106,7 +106,7 @@ def leakage_units(docs: list[dict], group_by: str | None = None, near_threshold:
 
 
 def exact_key(doc: dict) -> str:
-    """Equal for documents that are the same up to case, accents' encoding, spacing and punctuation."""
+    """Equal for documents that are the same up to case, accents' encoding, spacing, punctuation and digits (model_text)."""
     if doc.get("content_type") == "image" and doc.get("image"):
         return "image:" + hashlib.sha1(doc["image"]).hexdigest()
     text = re.sub(r"\W+", " ", model_text(doc.get("subject"), doc.get("text"))).strip()

@@ -39,7 +39,7 @@ class ScoringConfig:
 
     text_model: ModelRef
     image_model: ModelRef
-    triage_threshold: float = 0.5  # below this top probability a document goes to triage
+    triage_threshold: float = 0.6  # below this top probability a document goes to triage (0.6: the model card's triage table)
     batch_size: int = 256  # score when a shard's buffer holds this many documents ...
     max_batch_delay_ms: int = 200  # ... or when its oldest document waited this long
     sender_state_ttl_ms: int = 7 * DAY_MS  # a sender's state expires after a week without writes

@@ -122,5 +122,11 @@ def test_normalise_text_unifies_unicode_forms_case_and_spacing():
 
 
 def test_model_text_joins_subject_and_body():
-    assert model_text("Invoice 12", "Please PAY") == "invoice 12 please pay"
+    assert model_text("Invoice", "Please PAY") == "invoice please pay"
     assert model_text(None, None) == ""
+
+
+def test_normalise_text_drops_digits_and_masks_that_only_say_where_a_text_comes_from():
+    assert normalise_text("Invoice 2024-0017 due 12/03") == "invoice - due /"
+    assert normalise_text("On XX/XX/XXXX XXXX bank closed my account") == "on / / bank closed my account"
+    assert normalise_text("xxl boxes, exxon, tax") == "xxl boxes, exxon, tax"  # only whole runs of x are masks

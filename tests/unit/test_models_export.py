@@ -104,3 +104,16 @@ def test_a_model_failing_parity_is_not_registered(tmp_path, text_data, monkeypat
     version, parity = publish(model, run, registry)
     assert version is None and not parity.ok
     assert registry.list("text") == []
+
+
+def test_the_shipped_text_candidates_tempered_agree_with_sklearn(text_data):
+    """No intercept, vocabulary from generated documents, function words dropped by the graph, temperature folded in."""
+    from models.calibration import temper
+    from models.training import text_candidates
+
+    train, held_out = text_data
+    for candidate in text_candidates(quick=False)[:2]:
+        pipeline = fit("text", candidate, train, seed=0)
+        temper(pipeline.named_steps["classifier"], 0.6)
+        parity = check_parity(pipeline, to_onnx(pipeline, "text").SerializeToString(), "text", with_probes(held_out.inputs, "text"))
+        assert parity.ok, parity

@@ -130,3 +130,21 @@ def test_directory_and_jsonl_round_trip(tmp_path, mailbox):
             assert doc["text"] in content.decode("utf-8")
     write_jsonl(docs, tmp_path / "box.jsonl")
     assert read_jsonl(tmp_path / "box.jsonl") == docs
+
+
+def test_every_class_is_written_in_several_voices():
+    """Style must not give the class away: tickets, social posts, long letters and forms occur for more than one class."""
+    rng = random.Random(5)
+    seen = defaultdict(set)
+    for label in LABELS:
+        for _ in range(400):
+            seen[TextComposer.voice(rng, label)].add(label)
+    assert seen["ticket"] == seen["social"] == seen["letter"] == seen["form"] == set(LABELS)
+    assert seen["cv"] == {"job_application"}
+
+
+def test_ticket_voice_looks_like_a_help_desk_ticket():
+    docs = generate(400, seed=8, scan_share=0.0)
+    tickets = [d["text"] for d in docs if d["subject"] == "" and "@" not in d["text"]]
+    assert tickets and all(t == t.lower() and not any(ch.isdigit() for ch in t) for t in tickets)
+    assert not any(f" {w} " in f" {t} " for t in tickets for w in ("the", "and", "to"))

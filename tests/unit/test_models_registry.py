@@ -162,3 +162,13 @@ def test_champion_pointer_is_plain_json(tmp_path, models):
     state = json.loads((tmp_path / "text" / "champion.json").read_text())
     assert state["version"] == 1 and state["previous"] == []
     assert (tmp_path / "text" / "v0001" / "model.onnx").exists() and (tmp_path / "text" / "v0001" / "card.json").exists()
+
+
+def test_attachments_are_stored_beside_the_card_and_listed_in_its_files(tmp_path, models):
+    registry = Registry(tmp_path)
+    data = models["a"]
+    version = registry.register("text", models["good"], card(0.9), data.inputs, [str(x) for x in data.labels],
+                                attachments={"reliability.png": b"\x89PNG fake"})
+    ref = registry.get("text", version)
+    assert (ref.onnx_path.parent / "reliability.png").read_bytes() == b"\x89PNG fake"
+    assert set(ref.card["files"]) == {"model.onnx", "reliability.png"} and ref.card["files"]["reliability.png"]["bytes"] == 9

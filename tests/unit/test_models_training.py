@@ -1,0 +1,92 @@
+"""models/training.py: source weighting, vocabulary from generated documents, selection on leave-one-source-out, calibration."""
+
+import numpy as np
+import pytest
+
+from models.generator import generate
+from models.training import (GENERATED_SOURCE, Candidate, Dataset, build_dataset, calibrate, choose, context_vectors, fit, fit_features, folds,
+                             sample_weights, search, text_candidates)
+
+
+class Bar:
+    def update(self, n):
+        pass
+
+
+def test_sample_weights_give_every_label_equal_weight_shared_equally_by_its_sources():
+    labels = np.array(["complaint"] * 6 + ["other"] * 4 + ["invoice"] * 2)
+    sources = np.array(["gen"] * 2 + ["cfpb"] * 4 + ["gen"] * 1 + ["enron"] * 3 + ["gen"] * 2)
+    w = sample_weights(labels, sources)
+    assert w.mean() == pytest.approx(1.0)
+    per_label = {label: w[labels == label].sum() for label in ("complaint", "other", "invoice")}
+    assert per_label["complaint"] == pytest.approx(per_label["other"]) == pytest.approx(per_label["invoice"])
+    # within complaint, the 2 generated rows weigh as much as the 4 cfpb rows together
+    assert w[(labels == "complaint") & (sources == "gen")].sum() == pytest.approx(w[(labels == "complaint") & (sources == "cfpb")].sum())
+    half = sample_weights(labels, sources, other_weight=0.5)
+    assert half[labels == "other"].sum() == pytest.approx(half[labels == "invoice"].sum() / 2)
+
+
+def test_choose_takes_the_best_left_out_figure_within_the_guard():
+    rows = [{"candidate": "sharp", "macro_f1": 0.99, "loso_macro_f1": 0.30},
+            {"candidate": "robust", "macro_f1": 0.98, "loso_macro_f1": 0.60},
+            {"candidate": "sloppy", "macro_f1": 0.90, "loso_macro_f1": 0.90}]
+    assert choose(rows, guard=0.02) == "robust"
+    assert choose(rows, guard=0.0) == "sharp"
+    assert choose(rows, guard=0.5) == "sloppy"
+    assert choose(rows, guard=0.5, floor=0.95) == "robust"  # the floor keeps what the held-out side needs
+    assert choose(rows, guard=0.5, floor=0.995) == "sharp"  # none reaches the floor: the best held-out figure does
+    assert choose([{"candidate": "a", "macro_f1": 0.8}, {"candidate": "b", "macro_f1": 0.9}], guard=0.02) == "b"  # no real sources
+
+
+@pytest.fixture(scope="module")
+def mixed():
+    """Generated documents plus two fake 'real' sources, one class each, in a style of their own."""
+    docs = [d for d in generate(500, seed=3, scan_share=0.0)]
+    for i in range(40):
+        docs.append({"doc_id": f"tickets-{i}", "content_type": "text", "subject": None, "label": "service_request", "source": "tickets",
+                     "text": f"zqticket laptop access please password {'vpn' if i % 2 else 'printer'} broken", "sender": None})
+        docs.append({"doc_id": f"letters-{i}", "content_type": "text", "subject": None, "label": "complaint", "source": "letters",
+                     "text": f"zqletter i am unhappy refund my money {'late' if i % 2 else 'broken'} delivery complaint", "sender": None})
+    data = build_dataset("text", docs, context_vectors(docs))
+    rows = np.arange(len(data))
+    return data, data.rows(rows[rows % 5 != 0]), data.rows(rows[rows % 5 == 0])
+
+
+def test_vocabulary_comes_from_the_generated_documents(mixed):
+    data, train, _ = mixed
+    candidate = text_candidates(quick=True)[0]
+    features, _ = fit_features("text", candidate, train)
+    vocabulary = features.named_transformers_["text"].vocabulary_
+    assert "zqticket" not in vocabulary and "zqletter" not in vocabulary and "invoice" in vocabulary
+    assert "the" not in vocabulary  # function words are dropped in the graph
+    real_only = train.rows(np.flatnonzero(train.sources != GENERATED_SOURCE))
+    assert "zqticket" in fit_features("text", candidate, real_only)[0].named_transformers_["text"].vocabulary_  # no generated: all
+
+
+def test_search_scores_every_candidate_on_the_split_and_on_each_left_out_source(mixed):
+    data, train, held_out = mixed
+    candidates = [Candidate("logreg", (("C", c), ("intercept", False), ("other_weight", 0.5), ("generated_share", 0.75)),
+                            (("ngram_range", (1, 1)), ("min_df", 2), ("vocabulary", "generated"))) for c in (0.3, 3.0)]
+    assert list(folds(train, held_out, data, ["letters", "tickets"])) == ["held_out", "letters", "tickets"]
+    pipeline, best, results, scored = search("text", candidates, train, held_out, data, ["letters", "tickets"], seed=0, guard=0.02, bar=Bar())
+    assert [r["candidate"] for r in results] == [c.name for c in candidates]
+    assert all(0 <= r["loso_macro_f1"] <= 1 and 0 <= r["macro_f1"] <= 1 for r in results)
+    assert best.name == choose(results, 0.02)
+    assert set(scored["letters"].data.sources) == {"letters"} and len(scored["tickets"].data) == 40
+    calibration = calibrate(pipeline.named_steps["classifier"], scored, ["letters", "tickets"], threshold=0.5)
+    assert calibration["temperature"] > 0 and set(calibration["left_out"]) == {"letters", "tickets"}
+    for side in [calibration["held_out"], *calibration["left_out"].values()]:
+        assert 0 <= side["ece"] <= 1 and side["at_threshold"]["threshold"] == 0.5 and len(side["thresholds"]) == 7
+    # the winner fitted on train was temperature-scaled in place: same decisions, the held-out figures' probabilities
+    assert np.array_equal(pipeline.predict(held_out.matrix()), scored["held_out"].predicted)
+
+
+def test_generated_share_splits_each_label_between_generated_and_real_sources():
+    labels = np.array(["complaint"] * 5 + ["other"] * 6)
+    sources = np.array(["generated"] * 2 + ["cfpb"] * 3 + ["generated"] * 2 + ["enron"] * 2 + ["tobacco"] * 2)
+    w = sample_weights(labels, sources, generated_share=0.75)
+    complaint = w[labels == "complaint"].sum()
+    assert w[(labels == "complaint") & (sources == "generated")].sum() == pytest.approx(0.75 * complaint)
+    assert w[sources == "enron"].sum() == pytest.approx(w[sources == "tobacco"].sum()) == pytest.approx(0.125 * complaint)
+    only_generated = sample_weights(np.array(["a", "b", "b"]), np.array(["generated"] * 3), generated_share=0.75)
+    assert only_generated.tolist() == pytest.approx([1.5, 0.75, 0.75])
