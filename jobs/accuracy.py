@@ -1,11 +1,16 @@
-"""The accuracy job: predictions joined with delayed ground truth; online accuracy per model.
+"""The accuracy job: predictions joined with delayed ground truth; online accuracy per model
+version and slot; champion vs challenger on the same documents.
 
     predictions (event time: received_ms) --+
                                             +--(key: doc_id)--> join --> labelled-examples
     ground truth (event time: sent_ms) -----+        |
-                                      (key: model name + version) --> windows + last N
-                                      --> metrics (accuracy reports), alerts, retraining requests, Redis
-    a record that does not decode, or that makes the join raise --> dead-letters (PROCESSING_ERROR)
+                       |              (key: model name + version + slot) --> windows + last N
+                       |              --> metrics (accuracy reports), alerts, retraining requests, Redis
+                       +-------------------------+
+    shadow pairs (event time: received_ms) ------+--(key: doc_id)--> shadow join
+                                      (key: kind + champion + challenger) --> windows + last N
+                                      --> metrics (shadow reports), Redis
+    a record that does not decode, or that makes a join raise --> dead-letters (PROCESSING_ERROR)
 
 A separate job (not a side stream of the scoring job): ground truth arrives days later and at
 its own pace, its event-time watermarks must not hold back scoring, and it can be restarted,
@@ -25,17 +30,19 @@ from jobs.connectors import BYTES, read_records, write_bytes
 from jobs.environment import add_run_arguments, make_env, refuse_to_start_on_errors
 from schemas.topics import topic_name
 from schemas.units import DAY_S, MINUTE_MS
-from udfs.adapters.accuracy import ACCURACY_OUTPUTS, JOB, EventTimeOf, JoinPredictionsWithTruth, TrackAccuracy
+from udfs.adapters.accuracy import (ACCURACY_OUTPUTS, JOB, EventTimeOf, JoinPredictionsWithTruth, JoinShadowsWithTruth, TrackAccuracy,
+                                    TrackShadowPairs)
 from udfs.adapters.common import DEAD_LETTERS, DecodeOrDeadLetter
 from udfs.joining import JOIN_VERSION, JoinConfig
 from udfs.metrics import MetricsConfig
 
 
-def build(predictions, truths, join: JoinConfig, metrics: MetricsConfig, out_of_orderness_ms: int, redis_ttl_s: int,
+def build(predictions, truths, shadows, join: JoinConfig, metrics: MetricsConfig, out_of_orderness_ms: int, redis_ttl_s: int,
           redis_client_factory=None) -> dict:
-    """Wire the join and the metrics over (value, topic, partition, offset) rows of predictions
-    and ground truth. Returns the metrics, alerts, retraining requests, labelled examples and
-    dead letters. `redis_client_factory` (None: no Redis) feeds the dashboard hashes."""
+    """Wire the joins and the metrics over (value, topic, partition, offset) rows of predictions,
+    ground truth and shadow pairs. Returns the metrics (accuracy and shadow reports), alerts,
+    retraining requests, labelled examples and dead letters. `redis_client_factory` (None: no
+    Redis) feeds the dashboard hashes."""
 
     def event_time(rows, record_type: str, field: str, uid: str):
         strategy = (  # with_idleness returns a new strategy without a Python assigner: assigner last
@@ -49,6 +56,7 @@ def build(predictions, truths, join: JoinConfig, metrics: MetricsConfig, out_of_
 
     decoded_predictions, timed_predictions = event_time(predictions, "prediction", "received_ms", "accuracy-predictions")
     decoded_truths, timed_truths = event_time(truths, "ground_truth", "sent_ms", "accuracy-truths")
+    decoded_shadows, timed_shadows = event_time(shadows, "shadow_prediction", "received_ms", "accuracy-shadows")
     joined = (
         timed_predictions.connect(timed_truths)
         .key_by(lambda p: p[0]["doc_id"], lambda t: t[0]["doc_id"], key_type=Types.STRING())
@@ -62,10 +70,25 @@ def build(predictions, truths, join: JoinConfig, metrics: MetricsConfig, out_of_
         .name("online accuracy per model version")
         .uid("accuracy-metrics")
     )
+    paired = (
+        timed_shadows.connect(timed_truths)
+        .key_by(lambda s: s[0]["doc_id"], lambda t: t[0]["doc_id"], key_type=Types.STRING())
+        .process(JoinShadowsWithTruth(join), output_type=Types.PICKLED_BYTE_ARRAY())
+        .name("join shadow pairs with ground truth")
+        .uid("accuracy-shadow-join")
+    )
+    shadow_reports = (
+        paired.key_by(lambda keyed_event: keyed_event[0], key_type=Types.STRING())
+        .process(TrackShadowPairs(metrics, redis_ttl_s, redis_client_factory), output_type=BYTES)
+        .name("champion vs challenger per pair of versions")
+        .uid("accuracy-shadow-metrics")
+    )
     outputs = {key: reports.get_side_output(tag) for key, tag in ACCURACY_OUTPUTS.items() if key != "labelled_examples"}
+    outputs["metrics"] = outputs["metrics"].union(shadow_reports.get_side_output(ACCURACY_OUTPUTS["metrics"]))
     outputs["labelled_examples"] = joined.get_side_output(ACCURACY_OUTPUTS["labelled_examples"])
     outputs["dead_letters"] = decoded_predictions.get_side_output(DEAD_LETTERS).union(
-        decoded_truths.get_side_output(DEAD_LETTERS), joined.get_side_output(DEAD_LETTERS))
+        decoded_truths.get_side_output(DEAD_LETTERS), decoded_shadows.get_side_output(DEAD_LETTERS), joined.get_side_output(DEAD_LETTERS),
+        paired.get_side_output(DEAD_LETTERS))
     return outputs
 
 
@@ -73,8 +96,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     j, m = JoinConfig(), MetricsConfig()
     parser = argparse.ArgumentParser(prog="jobs/accuracy.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--group-id", default="mailroom-accuracy", help="consumer group; also names the sinks' transactions")
-    parser.add_argument("--truth-wait-ms", type=int, default=j.truth_wait_ms, help="how long a prediction waits for ground truth (default 7 days)")
-    parser.add_argument("--prediction-wait-ms", type=int, default=j.prediction_wait_ms, help="how long early truth waits for its prediction (default 1 h)")
+    parser.add_argument("--truth-wait-ms", type=int, default=j.truth_wait_ms,
+                        help="how long a prediction (or shadow pair) waits for ground truth (default 7 days)")
+    parser.add_argument("--prediction-wait-ms", type=int, default=j.prediction_wait_ms,
+                        help="how long early truth waits for its prediction (or shadow pair) (default 1 h)")
     parser.add_argument("--window-ms", type=int, default=m.window_ms, help="sliding window size in event time (default 1 h)")
     parser.add_argument("--slide-ms", type=int, default=m.slide_ms, help="window slide (default 5 min)")
     parser.add_argument("--settle-ms", type=int, default=m.settle_ms, help="report a window this long after it ends (default 1 h)")
@@ -103,8 +128,10 @@ def main(argv: list[str] | None = None) -> None:
                                bounded=args.bounded, start_ms=args.from_ms)
     truths = read_records(env, settings, [topic_name("ground_truth", prefix)], f"{args.group_id}-truth", bounded=args.bounded,
                           start_ms=args.from_ms)
+    shadows = read_records(env, settings, [topic_name("shadow_predictions", prefix)], f"{args.group_id}-shadow", bounded=args.bounded,
+                           start_ms=args.from_ms)
     redis = functools.partial(settings.redis_client, socket_timeout=2, socket_connect_timeout=2)
-    outputs = build(predictions, truths, join, metrics, args.out_of_orderness_ms, args.redis_ttl_s, redis)
+    outputs = build(predictions, truths, shadows, join, metrics, args.out_of_orderness_ms, args.redis_ttl_s, redis)
     for key, stream in outputs.items():
         topic = topic_name(key, prefix)
         stream.sink_to(write_bytes(settings, topic, f"{args.group_id}-{key}")).name(f"kafka: {topic}").uid(f"accuracy-sink-{key}")

@@ -1,4 +1,4 @@
-"""Joining predictions with ground truth, per doc_id: plain Python, no pyflink.
+"""Joining predictions (and shadow pairs) with ground truth, per doc_id: plain Python, no pyflink.
 
 The accuracy job keys predictions and ground truth by doc_id and keeps one `PairState` per key
 in Flink keyed state (plain data, picklable). `Joiner` holds the configuration and has one pure
@@ -43,6 +43,16 @@ Every prediction ends as exactly one of Matched (possibly Corrected later), Unma
 DuplicatePrediction; every truth as exactly one of: in force when it arrived (Matched or
 Corrected), DuplicateTruth, StaleTruth, LateTruth or OrphanTruth. Nothing is dropped silently.
 
+Events name their model as (model_name, model_version, slot): the slot (champion, fallback,
+prior) comes from the prediction; a prediction.v1 record reads as "champion".
+
+Shadow pairs (`ShadowJoiner`)
+  The same rules, with shadow_prediction records (the champion's and the challenger's answers
+  on one document) in place of predictions: event time received_ms, the same waits, a
+  correction retracts, late truth is never matched. Its events name the pair as (kind,
+  champion model, champion version, challenger model, challenger version) and carry a
+  `LabelledShadow` instead of a `LabelledPair`; the shadow join writes no labelled examples.
+
 >>> joiner = Joiner(JoinConfig())
 >>> truth = {"doc_id": "d1", "label": "invoice", "department": "finance", "sent_ms": 5_000, "kind": "CONFIRM"}
 >>> state, events = joiner.on_truth(None, truth, now_ms=5_000)       # truth first: it waits
@@ -56,6 +66,12 @@ Corrected), DuplicateTruth, StaleTruth, LateTruth or OrphanTruth. Nothing is dro
 (['Predicted', 'Matched'], True, 5000)
 >>> state.next_timer_ms() == 1_000 + JoinConfig().truth_wait_ms
 True
+>>> shadow = {"doc_id": "d1", "kind": "text", "received_ms": 1_000, "champion_model": "m", "champion_version": "1",
+...           "champion_label": "invoice", "challenger_model": "m", "challenger_version": "2", "challenger_label": "offer"}
+>>> state, events = ShadowJoiner(JoinConfig()).on_truth(None, truth, now_ms=5_000)
+>>> state, events = ShadowJoiner(JoinConfig()).on_prediction(state, shadow, now_ms=1_000)
+>>> events[1].pair.model, events[1].pair.champion_correct, events[1].pair.challenger_correct
+(('text', 'm', '1', 'm', '2'), True, False)
 """
 
 from __future__ import annotations
@@ -67,7 +83,11 @@ from schemas import codec
 
 # the prediction fields a pair and a labelled example need; the rest is not kept in state
 PREDICTION_FIELDS = ("doc_id", "sender", "content_type", "label", "probabilities", "model_name", "model_version",
-                     "feature_set_id", "received_ms", "features")
+                     "feature_set_id", "received_ms", "features", "slot")
+# the shadow_prediction fields a paired comparison needs
+SHADOW_FIELDS = ("doc_id", "kind", "received_ms", "champion_model", "champion_version", "champion_label", "challenger_model",
+                 "challenger_version", "challenger_label")
+CHAMPION = "champion"  # the slot of a prediction that does not say (prediction.v1's default)
 
 
 JOIN_VERSION = "1.0.0"  # written into the accuracy job's dead letters; bump when the join's rules change
@@ -96,8 +116,21 @@ class Prediction:
     at_ms: int
 
     @property
-    def model(self) -> tuple[str, str]:
-        return self.record["model_name"], self.record["model_version"]
+    def model(self) -> tuple[str, str, str]:
+        return self.record["model_name"], self.record["model_version"], self.record.get("slot") or CHAMPION  # state of a v1 join: no slot
+
+
+@dataclass(frozen=True)
+class Shadowed:
+    """A shadow_prediction record (slimmed to SHADOW_FIELDS) and its event time."""
+
+    record: dict
+    at_ms: int
+
+    @property
+    def model(self) -> tuple[str, str, str, str, str]:
+        r = self.record
+        return r["kind"], r["champion_model"], r["champion_version"], r["challenger_model"], r["challenger_version"]
 
 
 @dataclass(frozen=True)
@@ -119,6 +152,7 @@ class LabelledPair:
     doc_id: str
     model_name: str
     model_version: str
+    slot: str  # champion | fallback | prior
     feature_set_id: str
     content_type: str
     sender: str
@@ -134,12 +168,49 @@ class LabelledPair:
     revision: int  # 0 for the first verdict, +1 per correction
 
     @property
-    def model(self) -> tuple[str, str]:
-        return self.model_name, self.model_version
+    def model(self) -> tuple[str, str, str]:
+        return self.model_name, self.model_version, self.slot
 
     @property
     def correct(self) -> bool:
         return self.predicted == self.actual
+
+
+@dataclass(frozen=True)
+class LabelledShadow:
+    """A shadow pair with the ground truth in force: both models' answers on one labelled document."""
+
+    doc_id: str
+    kind: str
+    champion_model: str
+    champion_version: str
+    champion_label: str
+    challenger_model: str
+    challenger_version: str
+    challenger_label: str
+    actual: str  # the true label
+    truth_kind: str  # CONFIRM | CORRECT
+    predicted_ms: int  # event time of the shadow pair (received_ms): the paired windows are over this
+    truth_sent_ms: int
+    matched_ms: int  # event time of the match: the later of the pair's and the truth's
+    revision: int  # 0 for the first verdict, +1 per correction
+
+    @property
+    def model(self) -> tuple[str, str, str, str, str]:
+        return self.kind, self.champion_model, self.champion_version, self.challenger_model, self.challenger_version
+
+    @property
+    def champion_correct(self) -> bool:
+        return self.champion_label == self.actual
+
+    @property
+    def challenger_correct(self) -> bool:
+        return self.challenger_label == self.actual
+
+
+Subject = Prediction | Shadowed  # what a doc_id's wait is for: a prediction, or a shadow pair in the shadow join
+Pair = LabelledPair | LabelledShadow  # the subject with the verdict in force
+Key = tuple[str, ...]  # (model_name, model_version, slot); in the shadow join (kind, champion model, version, challenger model, version)
 
 
 # --- events ----------------------------------------------------------------------------------
@@ -149,10 +220,10 @@ class LabelledPair:
 class Predicted:
     """A document's (first) prediction: counts towards the predictions of its window."""
 
-    prediction: Prediction
+    prediction: Subject
 
     @property
-    def model(self) -> tuple[str, str]:
+    def model(self) -> Key:
         return self.prediction.model
 
 
@@ -160,10 +231,10 @@ class Predicted:
 class DuplicatePrediction:
     """A further prediction for a doc_id that already has one: ignored, counted."""
 
-    prediction: Prediction
+    prediction: Subject
 
     @property
-    def model(self) -> tuple[str, str]:
+    def model(self) -> Key:
         return self.prediction.model
 
 
@@ -171,10 +242,10 @@ class DuplicatePrediction:
 class Matched:
     """A prediction got its first verdict."""
 
-    pair: LabelledPair
+    pair: Pair
 
     @property
-    def model(self) -> tuple[str, str]:
+    def model(self) -> Key:
         return self.pair.model
 
 
@@ -182,12 +253,12 @@ class Matched:
 class Corrected:
     """A higher-ranked verdict changed the true label: retract `old`, add `new`."""
 
-    old: LabelledPair
-    new: LabelledPair
+    old: Pair
+    new: Pair
     truth: Truth
 
     @property
-    def model(self) -> tuple[str, str]:
+    def model(self) -> Key:
         return self.new.model
 
 
@@ -196,10 +267,10 @@ class DuplicateTruth:
     """A verdict with the label already in force: ignored, counted."""
 
     truth: Truth
-    pair: LabelledPair  # the pair in force
+    pair: Pair  # the pair in force
 
     @property
-    def model(self) -> tuple[str, str]:
+    def model(self) -> Key:
         return self.pair.model
 
 
@@ -208,10 +279,10 @@ class StaleTruth:
     """A verdict with another label that ranks below the one in force: ignored, counted."""
 
     truth: Truth
-    pair: LabelledPair  # the pair in force
+    pair: Pair  # the pair in force
 
     @property
-    def model(self) -> tuple[str, str]:
+    def model(self) -> Key:
         return self.pair.model
 
 
@@ -219,11 +290,11 @@ class StaleTruth:
 class Unmatched:
     """A prediction whose wait ended without ground truth: unlabelled."""
 
-    prediction: Prediction
+    prediction: Subject
     expired_ms: int
 
     @property
-    def model(self) -> tuple[str, str]:
+    def model(self) -> Key:
         return self.prediction.model
 
 
@@ -232,7 +303,7 @@ class LateTruth:
     """A verdict at or after the end of its prediction's wait: counted, never matched."""
 
     truth: Truth
-    model: tuple[str, str]  # the model whose prediction it was about
+    model: Key  # the model (or shadow pair) the document's prediction was about
 
 
 @dataclass(frozen=True)
@@ -260,12 +331,12 @@ class PairState:
     `truth_deadline_ms`), closed (`closed_until_ms` set: a tombstone naming the model).
     """
 
-    prediction: Prediction | None = None
+    prediction: Subject | None = None
     truth_deadline_ms: int | None = None  # the prediction's wait ends here
     verdict: Truth | None = None  # the ground truth in force
     revision: int = 0
     early_truths: list[tuple[int, Truth]] = field(default_factory=list)  # (orphan at ms, truth), arrival order
-    closed_model: tuple[str, str] | None = None
+    closed_model: Key | None = None
     closed_until_ms: int | None = None
 
     @property
@@ -288,7 +359,7 @@ class Joiner:
         self.config = config
 
     def on_prediction(self, state: PairState | None, record: dict, now_ms: int) -> tuple[PairState, list[Event]]:
-        prediction = Prediction({name: record.get(name) for name in PREDICTION_FIELDS}, now_ms)
+        prediction = self._subject(record, now_ms)
         state = state or PairState()
         if state.closed or state.prediction is not None:
             return state, [DuplicatePrediction(prediction)]
@@ -352,15 +423,35 @@ class Joiner:
         state.verdict, state.revision = truth, state.revision + 1
         return [Corrected(old, self._pair(state), truth)]
 
-    @staticmethod
-    def _pair(state: PairState) -> LabelledPair:
+    def _subject(self, record: dict, now_ms: int) -> Subject:
+        """What the join keeps of a prediction record."""
+        return Prediction({name: record.get(name) for name in PREDICTION_FIELDS}, now_ms)
+
+    def _pair(self, state: PairState) -> Pair:
         p, t = state.prediction, state.verdict
         return LabelledPair(
-            doc_id=p.record["doc_id"], model_name=p.record["model_name"], model_version=p.record["model_version"],
+            doc_id=p.record["doc_id"], model_name=p.record["model_name"], model_version=p.record["model_version"], slot=p.model[2],
             feature_set_id=p.record["feature_set_id"], content_type=p.record["content_type"], sender=p.record["sender"],
             predicted=p.record["label"], actual=t.label, truth_kind=t.record["kind"], truth_department=t.record["department"],
             probabilities=dict(p.record["probabilities"]), features=dict(p.record["features"] or {}),
             predicted_ms=p.at_ms, truth_sent_ms=t.record["sent_ms"], matched_ms=max(p.at_ms, t.at_ms), revision=state.revision,
+        )
+
+
+class ShadowJoiner(Joiner):
+    """The join's decisions for shadow pairs (module docstring): a shadow_prediction record in
+    place of a prediction, a `LabelledShadow` in place of a `LabelledPair`."""
+
+    def _subject(self, record: dict, now_ms: int) -> Subject:
+        return Shadowed({name: record.get(name) for name in SHADOW_FIELDS}, now_ms)
+
+    def _pair(self, state: PairState) -> Pair:
+        s, t = state.prediction.record, state.verdict
+        return LabelledShadow(
+            doc_id=s["doc_id"], kind=s["kind"], champion_model=s["champion_model"], champion_version=s["champion_version"],
+            champion_label=s["champion_label"], challenger_model=s["challenger_model"], challenger_version=s["challenger_version"],
+            challenger_label=s["challenger_label"], actual=t.label, truth_kind=t.record["kind"], predicted_ms=state.prediction.at_ms,
+            truth_sent_ms=t.record["sent_ms"], matched_ms=max(state.prediction.at_ms, t.at_ms), revision=state.revision,
         )
 
 

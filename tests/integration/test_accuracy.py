@@ -1,6 +1,7 @@
 """The accuracy job on the real stack: predictions joined with delayed ground truth in either
 order, late truth counted not matched, figures equal to scikit-learn's, a planted degradation
-alerting, and a crash + restart counting no pair twice."""
+alerting, a crash + restart counting no pair twice, and champion vs challenger judged on the
+same documents (shadow pairs joined with their truth)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ import random
 import time
 
 import pytest
-from sklearn.metrics import accuracy_score, f1_score, recall_score
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
 from jobs.environment import latest_checkpoint
 from mailroom.kafkautil import producer, read_topic
 from mailroom.submit import run_job, start_job, stop_job
 from schemas.labels import DEPARTMENTS, LABELS
-from schemas.redis_keys import ACCURACY_NAMESPACE, accuracy_key
+from schemas.redis_keys import ACCURACY_NAMESPACE, SHADOW_NAMESPACE, accuracy_key, shadow_key
 from schemas.topics import topic_name
 from schemas.units import HOUR_MS
 from schemas import codec
@@ -155,3 +156,53 @@ def test_crash_and_restart_counts_no_pair_twice(pipeline_settings, tmp_path):
         stop_job(resumed)
     ids = [e["doc_id"] for e in examples]
     assert len(ids) == len(set(ids)) == 400
+
+
+def test_shadow_pairs_are_judged_against_their_truth_and_the_paired_counts_match_sklearn(pipeline_settings):
+    settings = pipeline_settings
+    rng = random.Random(5)
+    challenger_version = settings.topic_prefix.rstrip(".")  # Redis is shared by every test: a key of this test's own
+    shadows, truths, final = [], [], {}
+    for i in range(240):
+        actual, at = LABELS[i % len(LABELS)], BASE_MS + i * 60_000
+        champion = actual if rng.random() < 0.85 else rng.choice(LABELS)
+        challenger = actual if rng.random() < 0.7 else rng.choice(LABELS)
+        shadows.append({"doc_id": f"s{i}", "kind": "text", "received_ms": at, "scored_ms": at + 40, "champion_model": "mailroom-text",
+                        "champion_version": "1", "champion_label": champion, "champion_probabilities": {champion: 0.9},
+                        "champion_latency_ms": 2.5, "challenger_model": "mailroom-text", "challenger_version": challenger_version,
+                        "challenger_label": challenger, "challenger_probabilities": {challenger: 0.8}, "challenger_latency_ms": 3.5})
+        if i % 5 == 4:
+            continue  # no ground truth (yet): lowers label coverage
+        first = actual if i % 9 else "other"  # a clerk's wrong verdict, corrected by a reviewer
+        truths.append(_truth(f"s{i}", first, at + rng.randint(-20_000, HOUR_MS)))
+        if first != actual:
+            truths.append(_truth(f"s{i}", actual, truths[-1]["sent_ms"] + 60_000, "CORRECT"))
+        final[f"s{i}"] = (actual, champion, challenger)
+    truths += [_truth(f"unsampled{i}", "invoice", BASE_MS + i * 60_000) for i in range(30)]  # documents outside the sample
+    _send(settings, "shadow_predictions", "shadow_prediction", shadows[:120])
+    _send(settings, "ground_truth", "ground_truth", sorted(truths, key=lambda t: t["sent_ms"]))
+    _send(settings, "shadow_predictions", "shadow_prediction", shadows[120:])  # the rest of the pairs after their truth
+
+    result = run_job(settings, "jobs.accuracy", ["--bounded", "--group-id", f"{settings.topic_prefix}accuracy", *ONE_WINDOW,
+                                                 "--out-of-orderness-ms", str(2 * HOUR_MS)], timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    decoded = [codec.decode(r.value) for r in read_topic(settings, topic_name("metrics", settings.topic_prefix), 1, 60)]
+    (report,) = [d.record for d in decoded if d.record_type == "shadow_report"]
+    y_true, y_champion, y_challenger = (list(column) for column in zip(*final.values()))
+    champion_right = [c == t for t, c in zip(y_true, y_champion)]
+    challenger_right = [c == t for t, c in zip(y_true, y_challenger)]
+    (both, only_champion), (only_challenger, neither) = confusion_matrix(champion_right, challenger_right, labels=[True, False]).tolist()
+    assert (report["both_right"], report["only_champion_right"], report["only_challenger_right"], report["both_wrong"]) == (
+        both, only_champion, only_challenger, neither)
+    assert (report["shadow_pairs"], report["count"]) == (240, len(final)) and report["label_coverage"] == pytest.approx(len(final) / 240)
+    for side, y_pred in (("champion", y_champion), ("challenger", y_challenger)):
+        assert report[side]["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
+        assert report[side]["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro", zero_division=0))
+
+    client = settings.redis_client()
+    key = shadow_key(SHADOW_NAMESPACE, "text", "mailroom-text", "1", "mailroom-text", challenger_version)
+    counts = json.loads(client.hget(key, "counts"))
+    assert (counts["Predicted"], counts["Matched"], counts["Unmatched"], counts["Corrected"]) == (240, len(final), 240 - len(final),
+                                                                                               len(truths) - 30 - len(final))
+    assert json.loads(client.hget(key, "recent"))["count"] == len(final) and 0 < client.ttl(key) <= 7 * 24 * 3600

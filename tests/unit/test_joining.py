@@ -1,5 +1,6 @@
 """udfs/joining.py: matching in either order, waits, late and orphan truths, duplicates and
-corrections, and the books balancing (every input ends as exactly one counted outcome)."""
+corrections, and the books balancing (every input ends as exactly one counted outcome), for
+predictions (with their slot) and for shadow pairs (ShadowJoiner: the same rules)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import pytest
 
 from schemas.labels import DEPARTMENTS, LABELS
 from schemas import codec
-from udfs.joining import (Corrected, DuplicatePrediction, DuplicateTruth, JoinConfig, Joiner, LateTruth, Matched, OrphanTruth, PairState,
-                          Predicted, StaleTruth, Unmatched, labelled_examples)
+from udfs.joining import (Corrected, DuplicatePrediction, DuplicateTruth, JoinConfig, Joiner, LabelledShadow, LateTruth, Matched,
+                          OrphanTruth, PairState, Predicted, ShadowJoiner, StaleTruth, Unmatched, labelled_examples)
 
 T0 = 1_750_000_000_000
 MINUTE = 60_000
@@ -32,12 +33,24 @@ def truth(doc_id: str, label: str = "invoice", sent_ms: int = T0 + MINUTE, kind:
     return {"doc_id": doc_id, "label": label, "department": DEPARTMENTS[label], "sent_ms": sent_ms, "kind": kind, "comment": None}
 
 
+PAIR = ("text", "mailroom-text", "3", "mailroom-text", "4")
+
+
+def shadow(doc_id: str, champion: str = "invoice", challenger: str = "offer", received_ms: int = T0) -> dict:
+    """A shadow_prediction record of PAIR."""
+    return {"doc_id": doc_id, "kind": "text", "received_ms": received_ms, "scored_ms": received_ms + 50, "champion_model": "mailroom-text",
+            "champion_version": "3", "champion_label": champion, "champion_probabilities": {champion: 1.0}, "champion_latency_ms": 1.0,
+            "challenger_model": "mailroom-text", "challenger_version": "4", "challenger_label": challenger,
+            "challenger_probabilities": {challenger: 1.0}, "challenger_latency_ms": 1.0}
+
+
 class Harness:
     """Drives a Joiner as the Flink adapter does: state per doc_id, event-time timers that fire
-    (in time order) when the watermark passes them, state cleared when the joiner says None."""
+    (in time order) when the watermark passes them, state cleared when the joiner says None.
+    `prediction` takes a prediction record, or a shadow pair with a ShadowJoiner."""
 
-    def __init__(self, config: JoinConfig = CONFIG):
-        self.joiner = Joiner(config)
+    def __init__(self, config: JoinConfig = CONFIG, joiner_type: type[Joiner] = Joiner):
+        self.joiner = joiner_type(config)
         self.states: dict[str, PairState] = {}
         self.timers: set[tuple[int, str]] = set()
         self.events: list = []
@@ -85,7 +98,7 @@ def test_prediction_then_truth_and_truth_then_prediction_give_the_same_pair():
     assert kinds(first.events) == kinds(second.events) == ["Predicted", "Matched"]
     pair = first.events[1].pair
     assert pair == second.events[1].pair
-    assert (pair.predicted, pair.actual, pair.correct, pair.model) == ("invoice", "offer", False, ("mailroom-text", "3"))
+    assert (pair.predicted, pair.actual, pair.correct, pair.model) == ("invoice", "offer", False, ("mailroom-text", "3", "champion"))
     assert (pair.predicted_ms, pair.truth_sent_ms, pair.matched_ms, pair.revision) == (T0, T0 + MINUTE, T0 + MINUTE, 0)
     assert pair.features == {"sender_docs_1h": 2.0} and pair.probabilities == {"invoice": 0.8, "other": 0.2}
 
@@ -151,7 +164,7 @@ def test_a_truth_after_the_wait_is_late_and_never_matched():
     h.advance(T0 + WAIT)
     h.truth(truth("d1", sent_ms=T0 + WAIT + MINUTE))
     assert kinds(h.events) == ["Predicted", "Unmatched", "LateTruth"]
-    assert h.events[-1].model == ("mailroom-text", "3")
+    assert h.events[-1].model == ("mailroom-text", "3", "champion")
 
 
 def test_lateness_is_decided_by_event_time_even_before_the_timer_fires():
@@ -259,28 +272,79 @@ def test_further_predictions_are_duplicates_while_open_and_after_closing():
     h.advance(T0 + WAIT)
     h.prediction(prediction("d1", "offer"))
     assert kinds(h.events) == ["Predicted", "DuplicatePrediction", "Unmatched", "DuplicatePrediction"]
-    assert h.events[1].model == ("mailroom-text", "4")
+    assert h.events[1].model == ("mailroom-text", "4", "champion")
+
+
+# --- slots -----------------------------------------------------------------------------------
+
+
+def test_a_prediction_names_its_slot_and_a_v1_prediction_reads_as_the_champion():
+    old = {k: v for k, v in prediction("d1").items() if k != "features"}
+    decoded = codec.decode(codec.encode("prediction", {**old, "features": {}}, version=1), expected="prediction").record
+    _, events = Joiner().on_prediction(None, decoded, T0)
+    assert decoded["slot"] == "champion" and events[0].model == ("mailroom-text", "3", "champion")
+    h = Harness()
+    h.prediction({**prediction("d2", "offer", model=("mailroom-text", "2")), "slot": "fallback", "fallback_reason": "v3 missed it"})
+    h.truth(truth("d2", "offer"))
+    pair = h.events[1].pair
+    assert (pair.slot, pair.model, pair.correct) == ("fallback", ("mailroom-text", "2", "fallback"), True)
+
+
+# --- shadow pairs: the same rules ------------------------------------------------------------
+
+
+def test_a_shadow_pair_and_its_truth_join_in_either_order():
+    first, second = Harness(joiner_type=ShadowJoiner), Harness(joiner_type=ShadowJoiner)
+    first.prediction(shadow("d1", "invoice", "offer"))
+    first.truth(truth("d1", "offer", sent_ms=T0 + MINUTE))
+    second.truth(truth("d1", "offer", sent_ms=T0 + MINUTE))
+    second.prediction(shadow("d1", "invoice", "offer"))
+    assert kinds(first.events) == kinds(second.events) == ["Predicted", "Matched"]
+    pair = first.events[1].pair
+    assert pair == second.events[1].pair and isinstance(pair, LabelledShadow)
+    assert (pair.model, pair.actual, pair.champion_correct, pair.challenger_correct) == (PAIR, "offer", False, True)
+    assert (pair.predicted_ms, pair.truth_sent_ms, pair.matched_ms, pair.revision) == (T0, T0 + MINUTE, T0 + MINUTE, 0)
+
+
+def test_a_correction_retracts_a_shadow_pair_and_late_or_stray_truth_is_never_matched():
+    h = Harness(joiner_type=ShadowJoiner)
+    h.prediction(shadow("d1", "invoice", "offer"))
+    h.truth(truth("d1", "offer", T0 + MINUTE))
+    h.truth(truth("d1", "invoice", T0 + 2 * MINUTE, "CORRECT"))
+    h.truth(truth("d1", "offer", T0 + 3 * MINUTE, "CONFIRM"))  # a CONFIRM does not overrule the CORRECT
+    h.prediction(shadow("d2"))
+    h.truth(truth("ghost", sent_ms=T0))  # a document outside the challenger's sample
+    h.advance(T0 + WAIT)
+    h.truth(truth("d2", sent_ms=T0 + WAIT))
+    assert kinds(h.events) == ["Predicted", "Matched", "Corrected", "StaleTruth", "Predicted", "OrphanTruth", "Unmatched", "LateTruth"]
+    corrected = h.events[2]
+    assert (corrected.old.challenger_correct, corrected.new.champion_correct, corrected.new.revision) == (True, True, 1)
+    assert {e.model for e in h.events} == {PAIR, None}
+    h.advance(END_OF_TIME)
+    assert h.states == {}
 
 
 # --- books balance ---------------------------------------------------------------------------
 
 
-def test_every_prediction_and_every_truth_ends_as_exactly_one_counted_outcome():
+@pytest.mark.parametrize("joiner_type", [Joiner, ShadowJoiner], ids=["predictions", "shadow-pairs"])
+def test_every_prediction_and_every_truth_ends_as_exactly_one_counted_outcome(joiner_type):
     rng = random.Random(3)
     inputs = []
+    subject = prediction if joiner_type is Joiner else lambda doc, label, at: shadow(doc, label, rng.choice(LABELS), at)
     for i in range(400):
         doc, received = f"d{i}", T0 + i * MINUTE
         actual = rng.choice(LABELS)
         if rng.random() < 0.95:
-            inputs.append(("prediction", prediction(doc, rng.choice(LABELS), received)))
+            inputs.append(("prediction", subject(doc, rng.choice(LABELS), received)))
         if rng.random() < 0.03:
-            inputs.append(("prediction", prediction(doc, rng.choice(LABELS), received)))
+            inputs.append(("prediction", subject(doc, rng.choice(LABELS), received)))
         for _ in range(rng.choice([0, 1, 1, 1, 2, 3])):
             delay = rng.choice([-2 * EARLY, -MINUTE, MINUTE, 3_600_000, 2 * WAIT])
             inputs.append(("truth", truth(doc, actual if rng.random() < 0.8 else rng.choice(LABELS), received + delay,
                                           rng.choice(["CONFIRM", "CORRECT"]))))
     rng.shuffle(inputs)  # any arrival order, and the watermark moves in between
-    h = Harness()
+    h = Harness(joiner_type=joiner_type)
     for step, (side, record) in enumerate(inputs):
         getattr(h, side)(record)
         if step % 50 == 0:
@@ -342,4 +406,4 @@ def test_every_event_names_its_model_except_orphans():
     models = {type(e): e.model for e in h.events}
     assert set(models) == {Predicted, Matched, DuplicateTruth, Corrected, StaleTruth, DuplicatePrediction, OrphanTruth, Unmatched, LateTruth}
     assert models.pop(OrphanTruth) is None
-    assert set(models.values()) == {("mailroom-text", "3")}
+    assert set(models.values()) == {("mailroom-text", "3", "champion")}

@@ -1,11 +1,13 @@
 """udfs/metrics.py: figures equal scikit-learn's on the same pairs (windows, last N, with
-corrections), windows slide and forget, a planted degradation raises exactly one alert."""
+corrections), windows slide and forget, a planted degradation raises exactly one alert, slots
+are tracked apart, and the champion/challenger figures equal scikit-learn's on the same documents."""
 
 from __future__ import annotations
 
 import json
 import pickle
 import random
+from dataclasses import replace
 
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
@@ -13,18 +15,20 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 from schemas.labels import DEPARTMENTS, LABELS
 from schemas.units import HOUR_MS
 from schemas import codec
-from udfs.joining import Corrected, Joiner, Matched
-from udfs.metrics import UNATTRIBUTED, AccuracyTracker, MetricsConfig, figures, metrics_key
+from udfs.joining import Corrected, Joiner, Matched, ShadowJoiner
+from udfs.metrics import (UNATTRIBUTED, AccuracyTracker, MetricsConfig, ShadowTracker, figures, metrics_key, paired_figures,
+                          shadow_metrics_key)
 
 T0 = 1_750_000_000_000 - 1_750_000_000_000 % HOUR_MS  # on the hour, so windows line up with hours
 MINUTE = 60_000
-MODEL = ("mailroom-text", "3")
+MODEL = ("mailroom-text", "3", "champion")
 pytestmark = pytest.mark.filterwarnings("ignore:A single label was found:UserWarning")  # sklearn, on one-label windows
 
 
 def prediction(doc_id: str, label: str, received_ms: int, model=MODEL) -> dict:
     return {"doc_id": doc_id, "sender": "s@x.example", "content_type": "TEXT", "label": label, "probabilities": {label: 1.0},
-            "model_name": model[0], "model_version": model[1], "feature_set_id": "sender-v1", "received_ms": received_ms, "features": {}}
+            "model_name": model[0], "model_version": model[1], "feature_set_id": "sender-v1", "received_ms": received_ms, "features": {},
+            "slot": model[2]}
 
 
 def truth(doc_id: str, label: str, sent_ms: int, kind: str = "CONFIRM") -> dict:
@@ -52,21 +56,27 @@ class PickledMap:
 
 
 class Pipeline:
-    """Joiner -> AccuracyTracker, driven like the Flink job: metrics state per model key, the
-    tracker's timer fired (repeatedly, in order) when the watermark passes it."""
+    """Joiner -> AccuracyTracker (or ShadowJoiner -> ShadowTracker with `shadow=True`), driven
+    like the Flink job: metrics state per key, the tracker's timer fired (repeatedly, in order)
+    when the watermark passes it. `prediction` takes a prediction, or a shadow pair."""
 
-    def __init__(self, config: MetricsConfig, panes=dict):
+    def __init__(self, config: MetricsConfig, panes=dict, shadow: bool = False):
         self.make_panes = panes
-        self.joiner, self.tracker = Joiner(), AccuracyTracker(config)
+        self.joiner, self.tracker = (ShadowJoiner(), ShadowTracker(config)) if shadow else (Joiner(), AccuracyTracker(config))
+        self.key = shadow_metrics_key if shadow else metrics_key
         self.join_states: dict = {}
         self.states: dict = {}
         self.panes: dict = {}
         self.out: list = []
+        self.events: list = []  # every join event, in order
         self.max_panes = 0
 
     def feed(self, events: list) -> None:
+        self.events += events
         for event in events:
-            key = metrics_key(event)
+            key = self.key(event)
+            if key is None:  # a truth that matched no shadow pair
+                continue
             panes = self.panes.setdefault(key, self.make_panes())
             self.states[key] = self.tracker.apply(self.states.get(key), panes, event)
             self.max_panes = max(self.max_panes, len(list(panes)))
@@ -337,7 +347,8 @@ def test_redis_mapping_is_one_bounded_hash_per_model_version_and_orphans_have_th
     assert tracker.redis_key(state) == "mailroom:accuracy:mailroom-text:3"
     assert tracker.redis_key(pipeline.states[UNATTRIBUTED]) == "mailroom:accuracy:unattributed"
     mapping = tracker.redis_mapping(state, now_ms=123)
-    assert set(mapping) == {"model_name", "model_version", "updated_ms", "window", "recent", "counts", "resolved_coverage", "alerting"}
+    assert set(mapping) == {"model_name", "model_version", "slot", "updated_ms", "window", "recent", "counts", "resolved_coverage",
+                            "alerting"}
     assert all(isinstance(v, str) for v in mapping.values()) and len(mapping["recent"]) < 2000
     assert json.loads(mapping["window"])["window_end_ms"] == T0 + 50 * HOUR_MS and json.loads(mapping["recent"])["count"] == 1000
     assert json.loads(mapping["counts"]) == {"Predicted": 3000, "Matched": 3000} and mapping["resolved_coverage"] == "1.0"
@@ -352,3 +363,161 @@ def test_state_is_picklable_and_config_is_checked():
     assert pickle.loads(pickle.dumps(state)) == state and pickle.loads(pickle.dumps(pipeline.panes)) == pipeline.panes
     with pytest.raises(ValueError):
         MetricsConfig(window_ms=HOUR_MS, slide_ms=7 * MINUTE)
+
+
+# --- slots -----------------------------------------------------------------------------------
+
+
+def test_each_slot_of_a_model_version_has_its_own_figures_and_only_the_champion_is_judged():
+    config = MetricsConfig(window_ms=HOUR_MS, slide_ms=HOUR_MS, settle_ms=0, min_support=10)
+    pipeline = Pipeline(config)
+    prior = ("mailroom-text", "3", "prior")
+    for i in range(60):  # the champion is right; when it missed its deadline the label prior said "other": always wrong here
+        slot = prior if i % 3 == 0 else MODEL
+        pipeline.prediction(prediction(f"d{i}", "other" if slot == prior else "invoice", T0 + i * MINUTE, slot))
+        pipeline.truth(truth(f"d{i}", "invoice", T0 + i * MINUTE + 1))
+    pipeline.advance(T0 + HOUR_MS)
+    reports = {r["slot"]: r for r in pipeline.of("metrics")}
+    assert (reports["champion"]["count"], reports["champion"]["accuracy"]) == (40, 1.0)
+    assert (reports["prior"]["count"], reports["prior"]["accuracy"], reports["prior"]["model_version"]) == (20, 0.0, "3")
+    assert pipeline.of("alerts") == [] and pipeline.of("retraining_requests") == []  # the prior's answers blame no model
+    assert codec.decode(codec.encode("accuracy_report", reports["prior"]), expected="accuracy_report").record == reports["prior"]
+    tracker = pipeline.tracker
+    assert tracker.redis_key(pipeline.states[MODEL]) == "mailroom:accuracy:mailroom-text:3"
+    assert tracker.redis_key(pipeline.states[prior]) == "mailroom:accuracy:mailroom-text:3:prior"
+    assert tracker.redis_mapping(pipeline.states[prior], 0)["slot"] == "prior"
+
+
+def test_a_v1_accuracy_report_reads_as_the_champion():
+    pipeline = Pipeline(MetricsConfig(window_ms=HOUR_MS, slide_ms=HOUR_MS, settle_ms=0))
+    pipeline.prediction(prediction("d1", "invoice", T0))
+    (report,) = [o.record for o in pipeline.advance(T0 + HOUR_MS)]
+    old = codec.encode("accuracy_report", {k: v for k, v in report.items() if k != "slot"}, version=1)
+    assert codec.decode(old, expected="accuracy_report").record == report
+
+
+# --- champion vs challenger = scikit-learn on the same documents -----------------------------
+
+PAIR = ("text", "mailroom-text", "3", "mailroom-text", "4")
+
+
+def shadow(doc_id: str, champion: str, challenger: str, received_ms: int) -> dict:
+    return {"doc_id": doc_id, "kind": "text", "received_ms": received_ms, "scored_ms": received_ms + 50, "champion_model": "mailroom-text",
+            "champion_version": "3", "champion_label": champion, "champion_probabilities": {}, "champion_latency_ms": 1.0,
+            "challenger_model": "mailroom-text", "challenger_version": "4", "challenger_label": challenger,
+            "challenger_probabilities": {}, "challenger_latency_ms": 1.0}
+
+
+def assert_paired_matches_sklearn(report: dict, y_true: list[str], champion: list[str], challenger: list[str]) -> None:
+    """The paired counts, and each side's figures, from scikit-learn on exactly the same documents."""
+    assert report["count"] == len(y_true)
+    right = [(a == t, b == t) for t, a, b in zip(y_true, champion, challenger)]
+    assert (report["both_right"], report["only_champion_right"], report["only_challenger_right"], report["both_wrong"]) == (
+        right.count((True, True)), right.count((True, False)), right.count((False, True)), right.count((False, False)))
+    for side, y_pred in (("champion", champion), ("challenger", challenger)):
+        figs = report[side]
+        assert figs["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
+        assert figs["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro", zero_division=0))
+        labels = [c["label"] for c in figs["per_class"]]
+        assert sorted(labels) == sorted(set(y_true) | set(y_pred))
+        per_class = f1_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
+        assert [c["f1"] for c in figs["per_class"]] == pytest.approx(list(per_class))
+
+
+def test_paired_figures_equal_sklearn_on_random_documents():
+    rng = random.Random(8)
+    for _ in range(100):
+        pool = rng.sample([*LABELS, "brand_new_class"], rng.randint(1, 8))
+        y_true = [rng.choice(pool) for _ in range(rng.randint(1, 60))]
+        champion = [t if rng.random() < 0.8 else rng.choice(pool) for t in y_true]
+        challenger = [t if rng.random() < 0.6 else rng.choice(pool) for t in y_true]
+        cells = {}
+        for key in zip(y_true, champion, challenger):
+            cells[key] = cells.get(key, 0) + 1
+        assert_paired_matches_sklearn(paired_figures(cells), y_true, champion, challenger)
+    assert paired_figures({}) == {"count": 0, "both_right": 0, "only_champion_right": 0, "only_challenger_right": 0, "both_wrong": 0,
+                                  "champion": {"accuracy": None, "macro_f1": None, "per_class": []},
+                                  "challenger": {"accuracy": None, "macro_f1": None, "per_class": []}}
+
+
+def random_shadow_stream(rng: random.Random, docs: int, span_ms: int):
+    """Shadow pairs over `span_ms`; 70% get truth within 40 minutes (10% of those corrected), 5%
+    only after the wait; plus truths for documents outside the sample. Sorted by event time."""
+    records, final = [], {}
+    for i in range(docs):
+        doc, received, actual = f"s{i}", T0 + rng.randrange(span_ms), rng.choice(LABELS)
+        champion = actual if rng.random() < 0.8 else rng.choice(LABELS)
+        challenger = actual if rng.random() < 0.7 else rng.choice(LABELS)
+        records.append(shadow(doc, champion, challenger, received))
+        final[doc] = {"received": received, "champion": champion, "challenger": challenger, "actual": None}
+        draw = rng.random()
+        if draw < 0.7:
+            first = actual if rng.random() < 0.9 else rng.choice(LABELS)
+            records.append(truth(doc, first, received + rng.randrange(40 * MINUTE), "CONFIRM"))
+            final[doc]["actual"] = first
+            if first != actual:
+                records.append(truth(doc, actual, received + 40 * MINUTE + rng.randrange(10 * MINUTE), "CORRECT"))
+                final[doc]["actual"] = actual
+        elif draw < 0.75:
+            records.append(truth(doc, actual, received + 3 * HOUR_MS))  # after the 2 h wait: late, never counted
+    records += [truth(f"unsampled{i}", rng.choice(LABELS), T0 + rng.randrange(span_ms)) for i in range(docs // 2)]
+    records.sort(key=lambda r: r.get("sent_ms", r.get("received_ms")))
+    return records, final
+
+
+@pytest.mark.parametrize("panes", [dict, PickledMap], ids=["dict", "map-state"])
+def test_every_shadow_window_and_the_last_n_equal_sklearn_on_the_same_documents(panes):
+    rng = random.Random(9)
+    config = MetricsConfig(window_ms=HOUR_MS, slide_ms=15 * MINUTE, settle_ms=HOUR_MS, last_n=200)
+    pipeline = Pipeline(config, panes, shadow=True)
+    pipeline.joiner = ShadowJoiner(replace(pipeline.joiner.config, truth_wait_ms=2 * HOUR_MS))
+    records, final = random_shadow_stream(rng, 1200, 6 * HOUR_MS)
+    matched = {}
+    for record in records:
+        if "challenger_label" in record:
+            pipeline.prediction(record)
+        else:
+            before = len(pipeline.events)
+            pipeline.truth(record)
+            for event in pipeline.events[before:]:
+                if isinstance(event, (Matched, Corrected)):
+                    pair = event.pair if isinstance(event, Matched) else event.new
+                    matched[pair.doc_id] = (pair.actual, pair.champion_label, pair.challenger_label)  # a correction keeps its place
+        pipeline.advance(record.get("received_ms", record.get("sent_ms")) - 5 * MINUTE)
+    for doc_id, join_state in list(pipeline.join_states.items()):
+        pipeline.join_states[doc_id], events = pipeline.joiner.on_timer(join_state, 2**63 - 1)
+        pipeline.feed(events)
+    pipeline.advance(2**63 - 1)
+    reports = pipeline.of("metrics")
+    assert len(reports) == 6 * 4 + 3 and set(pipeline.states) == {PAIR}
+    for report in reports:
+        in_window = [d for d in final.values() if report["window_start_ms"] <= d["received"] < report["window_end_ms"]]
+        labelled = [d for d in in_window if d["actual"] is not None]
+        assert report["shadow_pairs"] == len(in_window)
+        assert report["label_coverage"] == pytest.approx(len(labelled) / len(in_window))
+        assert_paired_matches_sklearn(report, *([d[k] for d in labelled] for k in ("actual", "champion", "challenger")))
+        assert codec.decode(codec.encode("shadow_report", report), expected="shadow_report").record == report
+    state = pipeline.states[PAIR]
+    assert state.counts["LateTruth"] > 0 and "OrphanTruth" not in state.counts  # truths outside the sample are not counted
+    last = list(matched.values())[-200:]
+    summary = pipeline.tracker.recent_summary(state)
+    assert_paired_matches_sklearn(summary, *([row[i] for row in last] for i in range(3)))
+
+
+def test_a_shadow_pair_has_one_bounded_dashboard_hash():
+    pipeline = Pipeline(MetricsConfig(window_ms=HOUR_MS, slide_ms=HOUR_MS, settle_ms=0, last_n=100), shadow=True)
+    for i in range(300):
+        pipeline.prediction(shadow(f"s{i}", "invoice", "offer" if i % 2 else "invoice", T0 + i * MINUTE))
+        pipeline.truth(truth(f"s{i}", "invoice", T0 + i * MINUTE + 1))
+    pipeline.advance(T0 + 300 * MINUTE)
+    tracker, state = pipeline.tracker, pipeline.states[PAIR]
+    assert tracker.redis_key(state) == "mailroom:shadow:text:mailroom-text:3:mailroom-text:4"
+    mapping = tracker.redis_mapping(state, now_ms=123)
+    assert set(mapping) == {"kind", "champion_model", "champion_version", "challenger_model", "challenger_version", "updated_ms", "window",
+                            "recent", "counts", "resolved_coverage"}
+    recent, window = json.loads(mapping["recent"]), json.loads(mapping["window"])
+    assert (recent["count"], recent["both_right"], recent["only_champion_right"]) == (100, 50, 50)
+    assert recent["champion"]["accuracy"] == 1.0 and recent["challenger"]["accuracy"] == 0.5
+    assert window["window_end_ms"] == T0 + 5 * HOUR_MS and window["count"] == 60
+    assert json.loads(mapping["counts"]) == {"Predicted": 300, "Matched": 300}
+    assert pickle.loads(pickle.dumps(state)) == state

@@ -1,4 +1,5 @@
-"""The accuracy job's Flink adapters over `udfs.joining.Joiner` and `udfs.metrics.AccuracyTracker`."""
+"""The accuracy job's Flink adapters over `udfs.joining.Joiner` / `ShadowJoiner` and
+`udfs.metrics.AccuracyTracker` / `ShadowTracker`."""
 
 from __future__ import annotations
 
@@ -11,15 +12,15 @@ from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from udfs.adapters.common import BYTES, FailurePath, now_ms, state_ttl
 from udfs.dashboard import DashboardWriter
-from udfs.joining import JOIN_VERSION, Joiner, labelled_examples
-from udfs.metrics import AccuracyTracker, metrics_key
+from udfs.joining import JOIN_VERSION, Joiner, ShadowJoiner, labelled_examples
+from udfs.metrics import AccuracyTracker, ShadowTracker, metrics_key, shadow_metrics_key
 
 JOB = "accuracy"
 ACCURACY_OUTPUTS = {key: OutputTag(key, BYTES) for key in ("metrics", "alerts", "retraining_requests", "labelled_examples")}
 
 
 class EventTimeOf(TimestampAssigner):
-    """Event time of a decoded (record, source) pair: a prediction's received_ms, a truth's sent_ms."""
+    """Event time of a decoded (record, source) pair: a prediction's or shadow pair's received_ms, a truth's sent_ms."""
 
     def __init__(self, field_name: str):
         self.field_name = field_name
@@ -39,11 +40,13 @@ class JoinPredictionsWithTruth(KeyedCoProcessFunction):
     def __init__(self, config):
         self.config = config
 
+    joiner_type = Joiner
+
     def open(self, runtime_context: RuntimeContext):
         descriptor = ValueStateDescriptor("pair", Types.PICKLED_BYTE_ARRAY())
         descriptor.enable_time_to_live(state_ttl(self.config.truth_wait_ms + self.config.remember_closed_ms))  # a safety net
         self.pair = runtime_context.get_state(descriptor)
-        self.joiner = Joiner(self.config)
+        self.joiner = self.joiner_type(self.config)
         self.failures = FailurePath(runtime_context, JOB, JOIN_VERSION, self.config.max_failures_per_minute)
 
     def process_element1(self, item, ctx: KeyedCoProcessFunction.Context):
@@ -72,10 +75,28 @@ class JoinPredictionsWithTruth(KeyedCoProcessFunction):
             self.pair.update(state)
             if state.next_timer_ms() is not None:
                 ctx.timer_service().register_event_time_timer(state.next_timer_ms())
+        yield from self._emit(events)
+
+    def _emit(self, events):
+        """Labelled examples (side output), and every event keyed for the metrics."""
         for example in labelled_examples(events):
             yield ACCURACY_OUTPUTS["labelled_examples"], example.encode()
         for event in events:
             yield "\x1f".join(metrics_key(event)), event
+
+
+class JoinShadowsWithTruth(JoinPredictionsWithTruth):
+    """Keyed by doc_id: `ShadowJoiner` over (shadow pair, source) (input 1) and (truth, source)
+    (input 2). Emits the events keyed for the paired metrics; truths that matched no shadow pair
+    are dropped (`shadow_metrics_key`). No labelled examples: the prediction join writes them."""
+
+    joiner_type = ShadowJoiner
+
+    def _emit(self, events):
+        for event in events:
+            key = shadow_metrics_key(event)
+            if key is not None:
+                yield "\x1f".join(key), event
 
 
 class MapStateView(MutableMapping):
@@ -103,10 +124,12 @@ class MapStateView(MutableMapping):
 
 
 class TrackAccuracy(KeyedProcessFunction):
-    """Keyed by model name + version: `AccuracyTracker` over the join's events. On event-time
-    timers it emits accuracy reports, alerts and retraining requests (side outputs) and keeps
-    the dashboard hash in Redis (with a TTL; a Redis outage is logged once and skipped).
-    `redis_client_factory` (None: no dashboard) makes the Redis client."""
+    """Keyed by model name + version + slot: `AccuracyTracker` over the join's events. On
+    event-time timers it emits accuracy reports, alerts and retraining requests (side outputs)
+    and keeps the dashboard hash in Redis (with a TTL; a Redis outage is logged once and
+    skipped). `redis_client_factory` (None: no dashboard) makes the Redis client."""
+
+    tracker_type = AccuracyTracker
 
     def __init__(self, config, redis_ttl_s: int, redis_client_factory=None):
         self.config, self.redis_ttl_s, self.redis_client_factory = config, redis_ttl_s, redis_client_factory
@@ -114,7 +137,7 @@ class TrackAccuracy(KeyedProcessFunction):
     def open(self, runtime_context: RuntimeContext):
         self.metrics = runtime_context.get_state(ValueStateDescriptor("model_metrics", Types.PICKLED_BYTE_ARRAY()))
         self.panes = MapStateView(runtime_context.get_map_state(MapStateDescriptor("panes", Types.LONG(), Types.PICKLED_BYTE_ARRAY())))
-        self.tracker = AccuracyTracker(self.config)
+        self.tracker = self.tracker_type(self.config)
         self.redis = None if self.redis_client_factory is None else DashboardWriter(self.redis_client_factory(), self.redis_ttl_s)
 
     def process_element(self, item, ctx: KeyedProcessFunction.Context):
@@ -141,3 +164,11 @@ class TrackAccuracy(KeyedProcessFunction):
         due = self.tracker.next_timer_ms(state)
         if due is not None:
             ctx.timer_service().register_event_time_timer(due)
+
+
+class TrackShadowPairs(TrackAccuracy):
+    """Keyed by kind + champion + challenger: `ShadowTracker` over the shadow join's events. On
+    event-time timers it emits shadow reports (side output "metrics") and keeps the pair's
+    dashboard hash in Redis, as `TrackAccuracy` does."""
+
+    tracker_type = ShadowTracker
