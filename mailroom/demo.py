@@ -26,7 +26,7 @@ from kafka import KafkaConsumer
 from rich.console import Console
 from rich.table import Table
 
-from mailroom.accuracy import class_table, latest_by_model, summary_table
+from mailroom.accuracy import class_table, latest_by_model, read_metrics, summary_table
 from config.flinkconf import embedded_ui_port
 from mailroom.feedback import FeedbackProfile, send_feedback, simulate_feedback, with_predictions
 from mailroom.kafkautil import MAX_MESSAGE_BYTES, producer, read_topic
@@ -267,7 +267,7 @@ def _accuracy(settings: Settings, docs: list[dict], predictions: list[dict], see
                                                      *ALERT_THRESHOLDS], timeout=900)
     if result.returncode != 0:
         raise RuntimeError(f"the accuracy job failed:\n{result.stderr[-3000:]}")
-    reports = [r for r in (codec.decode(m.value).record for m in read_topic(settings, topic_name("metrics", settings.topic_prefix), timeout_s=2))
+    reports = [r for r in read_metrics(settings, topic_name("metrics", settings.topic_prefix), timeout_s=2).reports
                if r["reported_ms"] >= job_started_ms]
     latest = latest_by_model(reports)
     console.print(summary_table(latest))
