@@ -177,3 +177,36 @@ def _metric_sum(settings, name: str) -> int:
             url = f"{base}/jobs/{job_id}/vertices/{vertex['id']}/subtasks/metrics?get={','.join(wanted)}&agg=sum"
             total += sum(int(float(m["sum"])) for m in json.load(urllib.request.urlopen(url, timeout=5)))
     return total
+
+
+def test_a_challenger_in_shadow_never_reaches_a_department(pipeline_settings, tmp_path):
+    from schemas.labels import DEPARTMENTS
+    from schemas.topics import department_topic_key
+    from udfs.scoring import in_shadow_sample
+
+    settings = pipeline_settings
+    champion = ModelPointer.of(Registry(settings.registry_dir).champion("text"))
+    challenger = dataclasses.replace(_copy(champion, "4", tmp_path / "v4.onnx"), shadow_sample=0.5)
+    _publish(settings, (challenger, "CHALLENGER"))
+    values = _texts(120, seed=47, prefix="shadow")
+    job = start_job(settings, "jobs.scoring", ["--group-id", f"{settings.topic_prefix}scoring"], tmp_path / "job.log")
+    try:
+        wait_until_running(settings, "scoring", job)
+        _wait_for(lambda: any(e["slot"] == "CHALLENGER" and e["outcome"] == "SERVING" for e in _events(settings)), "the challenger")
+        prod = producer(settings)
+        for value in values:
+            prod.send(topic_name("routed_text", settings.topic_prefix), value)
+        prod.close()
+        read_topic(settings, topic_name("predictions", settings.topic_prefix), min_count=len(values), timeout_s=120)
+    finally:
+        stop_job(job)
+
+    delivered = [codec.decode(r.value, expected="prediction").record for label in DEPARTMENTS
+                 for r in read_topic(settings, topic_name(department_topic_key(label), settings.topic_prefix), timeout_s=2)]
+    assert len(delivered) == len(values) and {p["model_version"] for p in delivered} == {str(champion.version)}  # only the champion's
+    shadows = [codec.decode(r.value, expected="shadow_prediction").record
+               for r in read_topic(settings, topic_name("shadow_predictions", settings.topic_prefix), min_count=1)]
+    sampled = sorted(p["doc_id"] for p in delivered if in_shadow_sample(p["doc_id"], 0.5))
+    assert 0 < len(sampled) < len(values)
+    assert sorted(s["doc_id"] for s in shadows) == sampled  # exactly one paired record per sampled document
+    assert all(s["challenger_version"] == "4" and s["champion_version"] == str(champion.version) for s in shadows)
