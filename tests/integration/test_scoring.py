@@ -24,7 +24,7 @@ from schemas import codec
 from tests.poison import poison_document, poison_text_model, routed_values, unreadable_scan
 from tests.unit.badinputs import text_document
 from tests.unit.test_codec import _apache_read
-from models.features import FEATURE_SET_ID, SENDER_FEATURES
+from models.features import FEATURE_SET_ID
 from udfs.routing import Router, RouterConfig
 from udfs.scoring import ScoringConfig
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import uuid
 
-import pytest
 
 from mailroom.kafkautil import producer, read_topic
 from mailroom.stack import FlinkCluster

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from models.generator import generate
-from models.training import (GENERATED_SOURCE, Candidate, Dataset, build_dataset, calibrate, choose, context_vectors, fit, fit_features, folds,
+from models.training import (GENERATED_SOURCE, Candidate, build_dataset, calibrate, choose, context_vectors, fit_features, folds,
                              sample_weights, search, text_candidates)
 
 
