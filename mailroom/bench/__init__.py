@@ -2,13 +2,18 @@
 
 Every variant runs over the same generated documents (models.generator: `--docs`, `--scan-share`):
 
-| variant  | what runs                                                                                   |
-|----------|---------------------------------------------------------------------------------------------|
-| limit    | the champions in onnxruntime, in batches of ScoringConfig.batch_size, inputs precomputed    |
-| router   | `jobs.router --bounded` over a pre-filled documents topic: text-only, then scans-only       |
-| peer     | what a user would write instead: a kafka-python loop (`PeerScorer`) from the routed topics  |
-|          | to the department topics + predictions; at-least-once, sender state in a dict, p processes  |
-| mailroom | `jobs.scoring` on the embedded MiniCluster at `--parallelism p`: exactly-once, checkpointed |
+| variant         | what runs                                                                                   |
+|-----------------|---------------------------------------------------------------------------------------------|
+| limit           | the champions in onnxruntime, in batches of ScoringConfig.batch_size, inputs precomputed    |
+| router          | `jobs.router --bounded` over a pre-filled documents topic: text-only, then scans-only       |
+| peer            | what a user would write instead: a kafka-python loop (`PeerScorer`) from the routed topics  |
+|                 | to the department topics + predictions; at-least-once, sender state in a dict, p processes  |
+| mailroom        | `jobs.scoring` on the embedded MiniCluster at `--parallelism p`: exactly-once, checkpointed |
+| mailroom-shadow | the same job, each kind's champion also deployed as its challenger at sample 1.0            |
+|                 | (`mailroom.control.deploy`): every document scored twice, paired on shadow-predictions      |
+| deploy          | the running scoring job at p (under half mailroom's sustained rate, if measured; else       |
+|                 | idle): `--deploys` text champion deploys alternating two versions (a copy of the            |
+|                 | champion registered as another one), each timed until every subtask serves it               |
 
 How it measures (one Flink job at a time: the machines here have 2 cores):
 - throughput: over a pre-filled backlog, records per second between the 10th and 90th
@@ -19,10 +24,20 @@ How it measures (one Flink job at a time: the machines here have 2 cores):
   Mailroom's figures include the wait for the checkpoint that commits its transactions.
 - CPU seconds and peak RSS: psutil samples of the variant's process trees (the job's Python
   client, its JVM and any Python workers; the peer's processes). The broker is not counted.
+- shadow cost: mailroom's throughput over mailroom-shadow's, and mailroom-shadow's p99 over
+  mailroom's (each at half its own sustained rate), per parallelism; the challenger is serving
+  on every subtask before the backlog is sent, and the shadow-predictions topic must then hold
+  one pair per document scored.
+- deploy to serving: from the champion record's send (its Kafka timestamp) to each subtask's
+  SERVING report on model-events (its at_ms), and to that report's arrival at a read_committed
+  consumer (after the checkpoint that commits it); min/median/max over the deploys.
 
 Peer and mailroom read the same routed documents, routed beforehand in plain Python by
 udfs.routing (the router job is measured on its own). Each variant gets a fresh topic prefix,
-deleted afterwards, and its own run directory (checkpoints) under the output directory. The
+deleted afterwards, and its own run directory (checkpoints) under the output directory; the
+variants that deploy get a copy of the registry there (a champion deploy moves the registry's
+champion). All of them use the configured stack's Kafka and Redis (MAILROOM_KAFKA_PORT,
+MAILROOM_REDIS_PORT): point those at a stack of the bench's own to keep it off a shared one. The
 scoring job mirrors sender features into the stack's Redis, as it does in production.
 
 `python -m mailroom.bench --group-id G` runs one peer process (topics from the environment,

@@ -13,13 +13,14 @@ from typing import Callable
 
 from config.settings import PROJECT_DIR, Settings
 from mailroom.bench.corpus import build_corpus
-from mailroom.bench.figures import Result, report
-from mailroom.bench.output import console, err, plot, table
+from mailroom.bench.figures import SHADOW, DeployFigures, Result, report
+from mailroom.bench.output import console, deploy_table, err, plot, table
 from mailroom.bench.peer import fast_kafka_crc
-from mailroom.bench.variants import BenchError, Run, profile_scoring, run_limit, run_router, run_stream
+from mailroom.bench.variants import BenchError, Run, profile_scoring, run_deploys, run_limit, run_router, run_stream
 
-VARIANTS = ("limit", "router", "peer", "mailroom")
+VARIANTS = ("limit", "router", "peer", "mailroom", SHADOW, "deploy")
 DOCS, QUICK_DOCS = 12_000, 400
+DEPLOYS, QUICK_DEPLOYS = 5, 3  # champion deploys of the deploy measurement
 PACED_S, QUICK_PACED_S = 20.0, 5.0  # how long the paced producer offers load
 ROUTER_TEXT_DOCS, QUICK_ROUTER_TEXT_DOCS = 20_000, 2_000  # text documents are repeated up to this many (the router is fast on text)
 
@@ -72,22 +73,30 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
     out_dir = args.out / run_id
     out_dir.mkdir(parents=True, exist_ok=True)
     run = Run(settings, corpus, out_dir, run_id, tuple(args.parallelism or ((1,) if args.quick else (1, 2))),
-              QUICK_PACED_S if args.quick else PACED_S, QUICK_ROUTER_TEXT_DOCS if args.quick else ROUTER_TEXT_DOCS)
+              QUICK_PACED_S if args.quick else PACED_S, QUICK_ROUTER_TEXT_DOCS if args.quick else ROUTER_TEXT_DOCS,
+              args.deploys or (QUICK_DEPLOYS if args.quick else DEPLOYS))
     run.log_dir.mkdir(exist_ok=True)
-    steps: list[tuple[str, Callable[[], Result]]] = []
+    steps: list[tuple[str, Callable[[], Result | DeployFigures]]] = []
     if "limit" in variants:
         steps.append(("limit", lambda: run_limit(run)))
     if "router" in variants:
         steps += [(f"router {kind}", lambda kind=kind: run_router(run, kind)) for kind in ("text", "scans")
                   if any((d["content_type"] == "image") == (kind == "scans") for d in corpus.documents)]
-    for variant in ("peer", "mailroom"):
-        if variant in variants:
-            steps += [(f"{variant} p{p}", lambda variant=variant, p=p: run_stream(run, variant, p)) for p in run.parallelism]
-    results, errors = [], []
+    if "peer" in variants:
+        steps += [(f"peer p{p}", lambda p=p: run_stream(run, "peer", p)) for p in run.parallelism]
+    for p in run.parallelism:  # mailroom-shadow beside mailroom at the same parallelism
+        steps += [(f"{variant} p{p}", lambda variant=variant, p=p: run_stream(run, variant, p)) for variant in ("mailroom", SHADOW)
+                  if variant in variants]
+    results: list[Result] = []
+    if "deploy" in variants:  # under half of mailroom's sustained rate at that parallelism, if measured above; else idle
+        steps += [(f"deploy p{p}", lambda p=p: run_deploys(run, p, _half_rate(results, p))) for p in run.parallelism]
+    deploys: list[DeployFigures] = []
+    errors = []
     for name, step in steps:
         console.print(f"[bold]{name}[/bold]")
         try:
-            results.append(step())
+            figures = step()
+            (deploys if isinstance(figures, DeployFigures) else results).append(figures)
         except BenchError as exc:
             errors.append(str(exc))
             err.print(f"[red]{name} failed:[/red] {exc}")
@@ -96,25 +105,37 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
             "max_batch_delay_ms": config.max_batch_delay_ms, "paced_s": run.paced_s,
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
             "method": _bench_doc().split("How it measures")[1].split("Peer and mailroom")[0].strip()}
-    (out_dir / "bench.json").write_text(json.dumps(report(results, meta, errors), indent=2))
+    (out_dir / "bench.json").write_text(json.dumps(report(results, meta, errors, deploys), indent=2))
     if results:
         plot(results, out_dir / "bench.png")
-    console.print(table(results))
+        console.print(table(results))
+    if deploys:
+        console.print(deploy_table(deploys))
     console.print(f"raw figures: {out_dir / 'bench.json'}; plot: {out_dir / 'bench.png'}; logs: {run.log_dir}")
     return 1 if errors else 0
+
+
+def _half_rate(results: list[Result], parallelism: int) -> float | None:
+    """Half of mailroom's sustained rate at `parallelism`, if this run measured it (the paced phase's load)."""
+    rates = [r.docs_per_s for r in results if r.variant == "mailroom" and r.parallelism == parallelism and r.docs_per_s]
+    return rates[0] / 2 if rates else None
 
 
 def register(sub) -> None:
     parser = sub.add_parser("bench", help="throughput, latency, CPU and memory: Mailroom vs onnxruntime alone and a hand-written peer",
                             description=_bench_doc().split("\n`python -m")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                             epilog="Needs champion models (`mailroom train`) and, unless only limit or --profile, the stack (`mailroom stack up`).")
-    parser.add_argument("--docs", type=int, metavar="N", help=f"documents to generate (default {DOCS:,}: the whole bench takes 7-8 minutes on 2 cores; --quick: {QUICK_DOCS})")
+    parser.add_argument("--docs", type=int, metavar="N", help=f"documents to generate (default {DOCS:,}: limit, router, peer and mailroom take 7-8 minutes on 2 cores, "
+                        f"mailroom-shadow and deploy add a scoring job's run each per parallelism; --quick: {QUICK_DOCS})")
     parser.add_argument("--quick", action="store_true", help="a ~1-minute smoke: few documents, a short paced phase, parallelism 1")
     parser.add_argument("--scan-share", type=float, default=0.3, help="expected share of scanned documents (default %(default)s)")
     parser.add_argument("--seed", type=int, default=11, help="the generator's seed (default %(default)s)")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS), metavar="V",
                         help=f"which variants to run, of {', '.join(VARIANTS)} (default: all)")
-    parser.add_argument("--parallelism", nargs="+", type=int, metavar="P", help="parallelisms of peer and mailroom (default 1 2; --quick 1)")
+    parser.add_argument("--parallelism", nargs="+", type=int, metavar="P",
+                        help="parallelisms of peer, mailroom, mailroom-shadow and deploy (default 1 2; --quick 1)")
+    parser.add_argument("--deploys", type=int, metavar="N", help=f"champion deploys the deploy measurement times (default {DEPLOYS}; "
+                        f"--quick {QUICK_DEPLOYS}), alternating two versions")
     parser.add_argument("--profile", action="store_true", help="instead: profile the scoring logic in plain Python (cProfile, no Kafka) "
                         "and print the top functions by cumulative time")
     parser.add_argument("--out", type=Path, default=PROJECT_DIR / "bench-results", help="results directory (default: %(default)s)")

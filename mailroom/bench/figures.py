@@ -1,9 +1,15 @@
-"""The bench's figures: percentiles, the sustained-throughput window, a variant's Result and the goal line."""
+"""The bench's figures: percentiles, the sustained-throughput window, a variant's Result, the goal
+line (the peer, and what shadow scoring costs), and the deploy-to-serving times from model events."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+import statistics
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Iterable
+
+SHADOW = "mailroom-shadow"  # the scoring job with the champion also in the CHALLENGER slot, sample 1.0
 
 
 def percentiles(values, points: tuple[int, ...] = (50, 95, 99)) -> dict[str, float | None]:
@@ -72,6 +78,7 @@ class Result:
     first_output_s: float | None = None  # process start -> first record processed
     own_cores: float | None = None  # the variant's processes, on average while they ran
     machine_busy_cores: float | None = None  # machine-wide (the broker, the bench, other users too)
+    shadow: dict | None = None  # mailroom-shadow: shadow_check of the shadow-predictions topic
 
     @property
     def label(self) -> str:
@@ -91,15 +98,160 @@ def goal(results: list[Result]) -> dict[str, float]:
 
 
 def goal_line(results: list[Result]) -> str:
+    """The peer comparison, then (when both ran) what shadow scoring at 100% costs."""
     pairs = _head_to_head(results)
     if not pairs:
-        return "Goal line: needs the peer and mailroom at the same parallelism."
-    parts = [f"{mailroom / peer:.2f}x at p{p} ({mailroom:,.0f} vs {peer:,.0f} docs/s)" for p, (mailroom, peer) in pairs.items()]
-    return ("Goal: Mailroom's scoring job sustains " + ", ".join(parts) + " the throughput of the hand-written peer, Kafka in to "
-            "Kafka out - and gives exactly-once output and checkpointed sender state, which the peer lacks (it auto-commits "
-            "offsets, loses its state on restart, and at p>1 splits each sender's history across processes).")
+        line = "Goal line: needs the peer and mailroom at the same parallelism."
+    else:
+        parts = [f"{mailroom / peer:.2f}x at p{p} ({mailroom:,.0f} vs {peer:,.0f} docs/s)" for p, (mailroom, peer) in pairs.items()]
+        line = ("Goal: Mailroom's scoring job sustains " + ", ".join(parts) + " the throughput of the hand-written peer, Kafka in to "
+                "Kafka out - and gives exactly-once output and checkpointed sender state, which the peer lacks (it auto-commits "
+                "offsets, loses its state on restart, and at p>1 splits each sender's history across processes).")
+    shadow = shadow_line(results)
+    return line if shadow is None else f"{line}\n{shadow}"
 
 
-def report(results: list[Result], meta: dict, errors: list[str]) -> dict:
+# --- shadow scoring ------------------------------------------------------------------------------
+
+
+def _plain_and_shadow(results: list[Result]) -> dict[int, tuple[Result, Result]]:
+    """parallelism -> (mailroom, mailroom-shadow), for each parallelism both ran at."""
+    rows = {(r.variant, r.parallelism): r for r in results}
+    return {p: (rows["mailroom", p], rows[SHADOW, p]) for variant, p in sorted(rows, key=lambda k: (k[1] or 0, k[0]))
+            if variant == "mailroom" and (SHADOW, p) in rows}
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    return None if not numerator or not denominator else round(numerator / denominator, 2)
+
+
+def shadow_cost(results: list[Result]) -> dict[str, dict[str, float | None]]:
+    """Per parallelism both ran at, what a challenger in shadow on every document costs: `throughput`,
+    mailroom's sustained rate over mailroom-shadow's (2.0: half the rate), and `p99`, mailroom-shadow's
+    p99 latency at half its sustained rate over mailroom's at half of its own (2.0: twice as long).
+    Beside them, mailroom-shadow's over mailroom's: `cpu_per_doc` (in the throughput window; less
+    sensitive to what else runs on the machine) and `scored_p99` (receipt to scored, before the
+    checkpoint wait that dominates `p99`)."""
+    return {f"p{p}": {"throughput": _ratio(plain.docs_per_s, shadow.docs_per_s),
+                      "p99": _ratio((shadow.latency_ms or {}).get("p99"), (plain.latency_ms or {}).get("p99")),
+                      "cpu_per_doc": _ratio(shadow.cpu_ms_per_doc, plain.cpu_ms_per_doc),
+                      "scored_p99": _ratio((shadow.scored_latency_ms or {}).get("p99"), (plain.scored_latency_ms or {}).get("p99"))}
+            for p, (plain, shadow) in _plain_and_shadow(results).items()}
+
+
+def shadow_line(results: list[Result]) -> str | None:
+    """"Shadow at 100% costs X× throughput, Y× p99" per parallelism, with the pair count; for a
+    mailroom-shadow row without mailroom beside it, only the pair count; None without either."""
+    both = _plain_and_shadow(results)
+    if not both:
+        alone = [r for r in results if r.variant == SHADOW and r.shadow]
+        if not alone:
+            return None
+        return "Shadow at 100% (no mailroom row at the same parallelism to compare with): " + "; ".join(
+            f"{shadow_pairs_text(r.shadow)} at p{r.parallelism}" for r in alone) + "."
+
+    def times(value: float | None) -> str:
+        return "?" if value is None else f"{value:.2f}x"
+
+    parts = []
+    for p, (plain, shadow) in both.items():
+        cost = shadow_cost(results)[f"p{p}"]
+        p99 = [(r.latency_ms or {}).get("p99") for r in (plain, shadow)]
+        part = (f"{times(cost['throughput'])} throughput, {times(cost['p99'])} p99 at p{p} "
+                f"({_num(plain.docs_per_s)} vs {_num(shadow.docs_per_s)} docs/s; p99 {_num(p99[0])} vs {_num(p99[1])} ms at half load; "
+                f"CPU/doc {times(cost['cpu_per_doc'])}, scored p99 {times(cost['scored_p99'])})")
+        if shadow.shadow:
+            part += f"; {shadow_pairs_text(shadow.shadow)}"
+        parts.append(part)
+    return "Shadow at 100% costs " + "; ".join(parts) + " - the issue asks for well under 2x."
+
+
+def _num(value: float | None) -> str:
+    return "?" if value is None else f"{value:,.0f}"
+
+
+def shadow_check(scored_ids: Iterable[str], pair_ids: Iterable[str]) -> dict[str, int | bool]:
+    """The shadow-predictions topic against the documents scored: with a challenger at sample 1.0,
+    one paired record per document (`ok`). `missing`: scored without a pair; `twice`: paired more
+    than once; `unexpected`: pairs of documents not scored."""
+    scored, pairs = set(scored_ids), Counter(pair_ids)
+    return {"documents": len(scored), "pairs": sum(pairs.values()), "paired": len(scored & pairs.keys()),
+            "missing": len(scored - pairs.keys()), "twice": sum(1 for doc, n in pairs.items() if n > 1 and doc in scored),
+            "unexpected": sum(n for doc, n in pairs.items() if doc not in scored),
+            "ok": pairs.keys() == scored and all(n == 1 for n in pairs.values())}
+
+
+def shadow_pairs_text(check: dict) -> str:
+    text = f"{check['pairs']:,} shadow pairs for {check['documents']:,} documents"
+    if check["ok"]:
+        return text + " (one each)"
+    problems = [f"{check[k]:,} {what}" for k, what in (("missing", "without a pair"), ("twice", "paired twice"),
+                                                        ("unexpected", "pairs of unknown documents")) if check[k]]
+    return text + f" ({', '.join(problems)})"
+
+
+# --- deploy to serving ---------------------------------------------------------------------------
+
+
+def first_serving(events: Iterable[tuple[dict, int]], kind: str, slot: str, version: str, since_ms: int) -> dict[int, tuple[int, int]]:
+    """subtask -> (at_ms, arrived_ms) of its first model event, at or after `since_ms`, saying it
+    serves `version` of `kind` in `slot`. `events`: (model_event record, arrival at the bench, epoch ms)."""
+    first: dict[int, tuple[int, int]] = {}
+    for event, arrived_ms in events:
+        if (event["outcome"] == "SERVING" and event["kind"] == kind and event["slot"] == slot and event["version"] == version
+                and event["at_ms"] >= since_ms and (event["subtask"] not in first or event["at_ms"] < first[event["subtask"]][0])):
+            first[event["subtask"]] = (event["at_ms"], arrived_ms)
+    return first
+
+
+def deploy_timing(version: str, sent_ms: int, serving: dict[int, tuple[int, int]], call_ms: float) -> dict:
+    """One deploy's figures: per subtask, ms from the champion record's send to its SERVING report
+    (`serving_ms`, the subtask's own clock) and to that report's arrival at a read_committed
+    consumer (`visible_ms`, after the checkpoint that commits it); the max over subtasks of each; and
+    `call_ms`, how long the deploy call took (checks, publish, registry)."""
+    serving_ms = {subtask: at_ms - sent_ms for subtask, (at_ms, _) in sorted(serving.items())}
+    visible_ms = {subtask: arrived_ms - sent_ms for subtask, (_, arrived_ms) in sorted(serving.items())}
+    return {"version": version, "sent_ms": sent_ms, "serving_ms": serving_ms, "visible_ms": visible_ms,
+            "serving_max_ms": max(serving_ms.values(), default=None), "visible_max_ms": max(visible_ms.values(), default=None),
+            "call_ms": round(call_ms)}
+
+
+def spread(values: Iterable[float]) -> dict[str, float | None]:
+    """{"min", "median", "max"}; None each when there are no values.
+
+    >>> spread([300, 100, 200, 900])
+    {'min': 100, 'median': 250.0, 'max': 900}
+    """
+    values = list(values)
+    if not values:
+        return {"min": None, "median": None, "max": None}
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def deploy_summary(deploys: list[dict]) -> dict:
+    """Min/median/max over the deploys: per subtask, of the slowest subtask, of the visible report, of the call."""
+    subtasks = sorted({s for d in deploys for s in d["serving_ms"]})
+    return {"deploys": len(deploys), "per_subtask_ms": {s: spread(d["serving_ms"][s] for d in deploys if s in d["serving_ms"]) for s in subtasks},
+            "serving_max_ms": spread(d["serving_max_ms"] for d in deploys), "visible_max_ms": spread(d["visible_max_ms"] for d in deploys),
+            "call_ms": spread(d["call_ms"] for d in deploys)}
+
+
+@dataclass
+class DeployFigures:
+    """The deploy-to-serving measurement at one parallelism: one `deploy_timing` per deploy."""
+
+    kind: str
+    parallelism: int
+    offered_per_s: float | None  # background load while deploying; None: idle
+    deploys: list[dict] = field(default_factory=list)
+
+    @property
+    def summary(self) -> dict:
+        return deploy_summary(self.deploys)
+
+
+def report(results: list[Result], meta: dict, errors: list[str], deploys: Iterable[DeployFigures] = ()) -> dict:
     """Everything the JSON file holds."""
-    return {**meta, "results": [{"label": r.label, **asdict(r)} for r in results], "goal": goal(results), "errors": errors}
+    return {**meta, "results": [{"label": r.label, **asdict(r)} for r in results], "goal": goal(results),
+            "shadow_cost": shadow_cost(results), "deploy_to_serving": [{**asdict(d), "summary": d.summary} for d in deploys],
+            "errors": errors}

@@ -1,4 +1,4 @@
-"""The bench's output: the consoles, the results table and the plot."""
+"""The bench's output: the consoles, the results table, the deploy-to-serving table and the plot."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from mailroom.bench.figures import Result, goal_line
+from mailroom.bench.figures import DeployFigures, Result, goal_line
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
@@ -21,16 +21,34 @@ def table(results: list[Result]) -> Table:
     columns = ("variant", "input", "p", "docs", "docs/s", "offered/s", "p50 ms", "p95 ms", "p99 ms", "CPU s", "CPU ms/doc", "peak RSS MB", "cores own/all")
     for name in columns:
         out.add_column(name, justify="left" if name in ("variant", "input") else "right")
-
-    def num(value, digits: int = 0) -> str:
-        return "-" if value is None else f"{value:,.{digits}f}"
-
     for r in results:
         latency = r.latency_ms or {}
         out.add_row(r.variant, r.input, num(r.parallelism), f"{r.docs:,}", num(r.docs_per_s), num(r.offered_per_s), num(latency.get("p50")), num(latency.get("p95")),
                     num(latency.get("p99")), num(r.cpu_s, 1), num(r.cpu_ms_per_doc, 2), num(r.peak_rss_mb),
                     "-" if r.own_cores is None else f"{r.own_cores:.1f}/{r.machine_busy_cores:.1f}")
     return out
+
+
+def deploy_table(figures: list[DeployFigures]) -> Table:
+    """Per parallelism: min / median / max over the deploys, per subtask and of the slowest one."""
+    out = Table(title="deploy to serving (ms from the champion record's send)", caption_justify="left",
+                caption="serving: the subtask's SERVING report (its clock); visible: that report read (read_committed, after the "
+                        "checkpoint that commits it); call: `mailroom models deploy`'s checks, publish and registry move.")
+    for name in ("p", "load docs/s", "deploys", "what", "min", "median", "max"):
+        out.add_column(name, justify="left" if name == "what" else "right")
+    for f in figures:
+        summary = f.summary
+        rows = [(f"subtask {s}", spread) for s, spread in summary["per_subtask_ms"].items()]
+        rows += [("all serving (max)", summary["serving_max_ms"]), ("all visible (max)", summary["visible_max_ms"]),
+                 ("deploy call", summary["call_ms"])]
+        for i, (what, spread) in enumerate(rows):
+            head = (num(f.parallelism), "idle" if f.offered_per_s is None else num(f.offered_per_s), str(summary["deploys"])) if i == 0 else ("", "", "")
+            out.add_row(*head, what, num(spread["min"]), num(spread["median"]), num(spread["max"]), end_section=i == len(rows) - 1)
+    return out
+
+
+def num(value, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
 
 
 def plot(results: list[Result], path: Path) -> None:

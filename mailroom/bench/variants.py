@@ -1,5 +1,6 @@
-"""Each variant's measurement: the limit, the router job, and the peer or the scoring job over
-a routed backlog and then at a paced rate; each in its own topics and run directory."""
+"""Each variant's measurement: the limit, the router job, and the peer or the scoring job (also with
+a challenger in shadow) over a routed backlog and then at a paced rate; the deploy-to-serving time
+of the running scoring job; each in its own topics and run directory."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import signal
 import subprocess
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, NamedTuple
@@ -22,7 +23,8 @@ from tqdm import tqdm
 
 from config.settings import Settings
 from mailroom.bench.corpus import Corpus, pending_documents
-from mailroom.bench.figures import Result, Window, percentiles, sustained_window
+from mailroom.bench.figures import (SHADOW, DeployFigures, Result, Window, deploy_timing, first_serving, percentiles, shadow_check,
+                                    sustained_window)
 from mailroom.bench.output import console
 from mailroom.bench.peer import PeerScorer
 from mailroom.bench.sampling import TreeSampler, Usage, epoch_ms
@@ -31,7 +33,13 @@ from schemas.labels import DEPARTMENTS
 from schemas.topics import BY_KEY, TOPICS, department_topic_key, topic_name
 
 PACED_PREFIX = "paced-"  # doc_id prefix of the paced phase's documents
+LOAD_PREFIX = "load-"  # doc_id prefix of the documents scored while deploys happen
 LIMIT_SECONDS = 3.0
+SCORING_VARIANTS = ("mailroom", SHADOW)  # run jobs.scoring
+KINDS = {"routed_text": "text", "routed_scans": "image"}  # routed topic key -> model kind
+DEPLOY_KIND = "text"  # the kind the deploy measurement deploys
+DEPLOY_PAUSE_S = 1.0  # between a deploy seen by every subtask and the next
+SERVING_TIMEOUT_S = 120.0  # a deploy (or, at start, the challenger) every subtask must report serving within
 
 
 class BenchError(RuntimeError):
@@ -49,6 +57,7 @@ class Run:
     parallelism: tuple[int, ...]
     paced_s: float
     router_text_docs: int
+    deploys: int = 5  # champion deploys of the deploy measurement
 
     @property
     def log_dir(self) -> Path:
@@ -56,13 +65,18 @@ class Run:
 
 
 @contextmanager
-def scratch(run: Run, name: str) -> Iterator[Settings]:
-    """Settings of one variant: its own topics (a fresh prefix, deleted afterwards) and run directory."""
+def scratch(run: Run, name: str, own_registry: bool = False) -> Iterator[Settings]:
+    """Settings of one variant: its own topics (a fresh prefix, deleted afterwards) and run directory;
+    with `own_registry`, a copy of the registry in it (a champion deploy moves the registry's champion:
+    never the user's)."""
     from mailroom.kafkautil import delete_topics
     from mailroom.stack import Kafka
 
     settings = replace(run.settings, topic_prefix=f"bench-{run.run_id}-{name}.", run_dir=run.out_dir / "run" / name)
     settings = replace(settings, flink_rest_port=_free_flink_port(settings))
+    if own_registry:
+        shutil.copytree(run.settings.registry_dir, settings.run_dir / "registry", ignore=shutil.ignore_patterns(".lock"))
+        settings = replace(settings, registry_dir=settings.run_dir / "registry")
     Kafka(settings).create_topics()
     try:
         yield settings
@@ -174,18 +188,30 @@ def run_router(run: Run, kind: str) -> Result:
 
 
 def run_stream(run: Run, variant: str, parallelism: int) -> Result:
-    """The peer or the scoring job: sustained rate over the routed backlog, then latency at half of it."""
+    """The peer or the scoring job: sustained rate over the routed backlog, then latency at half of it.
+
+    mailroom-shadow: the scoring job as for mailroom, with each kind's champion deployed in its
+    CHALLENGER slot at sample 1.0 first (so every document is scored twice); the backlog is sent once
+    every subtask reports serving it, and the shadow-predictions topic is checked for one pair per
+    document at the end (`Result.shadow`)."""
     from mailroom.submit import stop_job
 
+    shadow = variant == SHADOW
     name = f"{variant}-p{parallelism}"
-    with scratch(run, name) as settings:
-        _send_backlog(settings, run.corpus, name)
+    with scratch(run, name, own_registry=shadow) as settings:
+        challengers = _deploy_challengers(settings, run.corpus, name) if shadow else {}
+        if not shadow:
+            _send_backlog(settings, run.corpus, name)
         log = run.log_dir / f"{name}.log"
-        with OutputWatcher(settings) as watcher:
+        with OutputWatcher(settings) as watcher, (EventWatcher(settings) if shadow else nullcontext()) as events:
             started = time.time()
             procs = _start(settings, variant, parallelism, log)
             try:
                 with TreeSampler([p.pid for p in procs]) as sampler:
+                    for kind, version in challengers.items():
+                        _await_serving(events, kind, "CHALLENGER", version, 0, parallelism, procs, log, f"{name}: {kind} challenger")
+                    if shadow:
+                        _send_backlog(settings, run.corpus, name)
                     n = len(run.corpus.routed)
                     _await(watcher, "backlog", n, procs, log, f"{name}: backlog")
                     window = sustained_window(a.scored_ms for a in watcher.arrivals["backlog"].values())
@@ -193,6 +219,8 @@ def run_stream(run: Run, variant: str, parallelism: int) -> Result:
                         raise BenchError(f"{name}: the backlog was scored too fast to time; use more --docs")
                     sent, offered = _pace(settings, run.corpus, window.rate / 2, run.paced_s, name)
                     _await(watcher, "paced", sent, procs, log, f"{name}: paced")
+                scored = [*watcher.arrivals["backlog"], *watcher.arrivals["paced"]]
+                checked = shadow_check(scored, _shadow_doc_ids(settings, len(scored))) if shadow else None
             except BenchError:
                 if variant == "peer":  # its threads' stacks into its log (faulthandler, see peer_main)
                     for proc in procs:
@@ -208,7 +236,158 @@ def run_stream(run: Run, variant: str, parallelism: int) -> Result:
     result.offered_per_s = round(offered)
     result.latency_ms = percentiles(a.arrived_ms - a.received_ms for a in paced)
     result.scored_latency_ms = percentiles(a.scored_ms - a.received_ms for a in paced)
+    result.shadow = checked
     return result
+
+
+def _deploy_challengers(settings: Settings, corpus: Corpus, name: str) -> dict[str, str]:
+    """Each kind's champion deployed in its CHALLENGER slot at sample 1.0, as `mailroom models deploy
+    KIND V --slot challenger --sample 1` does it; kind -> version."""
+    from mailroom.control import ControlError, DeployRefused, deploy
+    from models.registry import Registry
+
+    registry = Registry(settings.registry_dir)
+    versions = {}
+    for kind in sorted({KINDS[key] for key, _ in corpus.routed}):
+        version = registry.champion(kind).version
+        try:
+            deploy(settings, registry, kind, version, "challenger", sample=1.0, note="bench: the champion in shadow of itself")
+        except (ControlError, DeployRefused) as exc:
+            raise BenchError(f"{name}: deploying {kind} v{version} as challenger: {exc}") from None
+        versions[kind] = str(version)
+    return versions
+
+
+def _shadow_doc_ids(settings: Settings, expected: int) -> list[str]:
+    """The doc_id of every record on the shadow-predictions topic (committed), waiting up to 60 s for `expected`."""
+    from mailroom.kafkautil import read_topic
+
+    records = read_topic(settings, topic_name("shadow_predictions", settings.topic_prefix), min_count=expected, timeout_s=60)
+    return [codec.decode(r.value, expected="shadow_prediction").record["doc_id"] for r in records]
+
+
+def run_deploys(run: Run, parallelism: int, load_per_s: float | None = None, kind: str = DEPLOY_KIND) -> DeployFigures:
+    """Deploy to serving: with the scoring job running at `parallelism` (scoring `load_per_s` documents
+    a second, or idle), `run.deploys` champion deploys through `mailroom.control.deploy`, alternating a
+    copy of the champion registered as another version and the champion itself; each timed from the
+    champion record's send (its Kafka timestamp) to every subtask's SERVING report on model-events."""
+    from mailroom.control import ControlError, DeployRefused, deploy
+    from mailroom.submit import stop_job, wait_until_running
+    from models.registry import Registry
+
+    name = f"deploy-p{parallelism}"
+    figures = DeployFigures(kind, parallelism, round(load_per_s) if load_per_s else None)
+    with scratch(run, name, own_registry=True) as settings:
+        registry = Registry(settings.registry_dir)
+        versions = (_register_copy(registry, kind), registry.champion(kind).version)
+        log = run.log_dir / f"{name}.log"
+        with EventWatcher(settings) as events:
+            procs = _start(settings, "mailroom", parallelism, log)
+            try:
+                with console.status(f"{name}: starting the scoring job"):
+                    try:
+                        wait_until_running(settings, "scoring", procs[0])
+                    except RuntimeError as exc:
+                        raise BenchError(f"{name}: {exc}; see {log}") from None
+                with _load(settings, run.corpus, load_per_s):
+                    for i in tqdm(range(run.deploys), desc=f"{name}: {kind} champion deploys", unit="deploy"):
+                        version = versions[i % 2]
+                        called = time.perf_counter()
+                        try:
+                            deploy(settings, registry, kind, version, "champion", note=f"bench: deploy {i + 1} of {run.deploys}")
+                        except (ControlError, DeployRefused) as exc:
+                            raise BenchError(f"{name}: deploying {kind} v{version}: {exc}") from None
+                        call_ms = (time.perf_counter() - called) * 1000
+                        sent_ms = _sent_ms(settings, kind)
+                        serving = _await_serving(events, kind, "CHAMPION", str(version), sent_ms, parallelism, procs, log,
+                                                 f"{name}: deploy {i + 1}")
+                        figures.deploys.append(deploy_timing(str(version), sent_ms, serving, call_ms))
+                        time.sleep(DEPLOY_PAUSE_S)
+            finally:
+                for proc in procs:
+                    stop_job(proc)
+                    _await_group_exit(proc)
+    return figures
+
+
+def _register_copy(registry, kind: str) -> int:
+    """The champion's ONNX file registered again as a new version (its card and evaluation set too):
+    a second version to deploy that loads and scores exactly as the champion does."""
+    champion = registry.champion(kind)
+    inputs, labels = registry.eval_set(kind, champion.card["eval_set"]["fingerprint"])
+    card = {k: v for k, v in champion.card.items() if k not in ("version", "created", "eval_set", "files", "promotions")}
+    return registry.register(kind, champion.onnx_path.read_bytes(), {**card, "copy_of": champion.version}, inputs, labels)
+
+
+def _sent_ms(settings: Settings, kind: str) -> int:
+    """When the newest champion record of `kind` on the control topic was sent: its Kafka timestamp
+    (stamped by the producer as it appended the record). The record's own published_ms is stamped
+    earlier, before the deploy checks the current champion it keeps as PREVIOUS."""
+    from mailroom.control import control_key
+    from mailroom.kafkautil import read_topic
+
+    key = control_key(kind, "champion").encode()
+    records = [r for r in read_topic(settings, topic_name("model_control", settings.topic_prefix), timeout_s=10) if r.key == key]
+    if not records:
+        raise BenchError(f"the {kind} champion record is not on {topic_name('model_control', settings.topic_prefix)}")
+    return records[-1].timestamp
+
+
+def _await_serving(watcher: "EventWatcher", kind: str, slot: str, version: str, since_ms: int, subtasks: int,
+                   procs: list[subprocess.Popen], log: Path, desc: str, timeout_s: float = SERVING_TIMEOUT_S) -> dict[int, tuple[int, int]]:
+    """Wait until each of the `subtasks` scoring subtasks has reported, since `since_ms`, that it serves
+    `version` of `kind` in `slot`, and that report has been read; subtask -> (at_ms, arrived_ms).
+    BenchError when a subtask refuses it, the job exits, or `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        events = list(watcher.events)
+        serving = first_serving(events, kind, slot, version, since_ms)
+        if all(s in serving for s in range(subtasks)):
+            return {s: serving[s] for s in range(subtasks)}
+        refused = [e for e, _ in events if e["outcome"] == "REFUSED" and (e["kind"], e["slot"], e["version"]) == (kind, slot, version)
+                   and e["at_ms"] >= since_ms]
+        if refused:
+            raise BenchError(f"{desc}: subtask {refused[0]['subtask']} refused {kind} v{version}: {refused[0]['reason']}; see {log}")
+        if exited := [p for p in procs if p.poll() is not None]:
+            raise BenchError(f"{desc}: process {exited[0].pid} exited with {exited[0].returncode}; see {log}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"{desc}: {len(serving)} of {subtasks} subtasks reported serving {kind} v{version} in {slot} "
+                             f"within {timeout_s:.0f} s; see {log}")
+        time.sleep(0.05)
+
+
+@contextmanager
+def _load(settings: Settings, corpus: Corpus, rate: float | None) -> Iterator[None]:
+    """Routed documents at `rate` per second (doc_id prefix LOAD_PREFIX) from a thread while the block runs; none without a rate."""
+    if not rate:
+        yield
+        return
+    from mailroom.kafkautil import producer
+
+    records, stop = _routed_records(corpus), threading.Event()
+
+    def send() -> None:
+        out = producer(settings, linger_ms=0)
+        started, i = time.perf_counter(), 0
+        while not stop.wait(max(0.0, started + i / rate - time.perf_counter())):
+            key, record = records[i % len(records)]
+            out.send(topic_name(key, settings.topic_prefix),
+                     codec.encode("routed_document", {**record, "doc_id": f"{LOAD_PREFIX}{i:07d}", "received_ms": epoch_ms()}))
+            i += 1
+        out.flush()
+        out.close()
+
+    thread = threading.Thread(target=send, name="bench-load", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _routed_records(corpus: Corpus) -> list[tuple[str, dict]]:
+    return [(key, codec.decode(value, expected="routed_document").record) for key, value in corpus.routed]
 
 
 def _result(variant: str, input_: str, parallelism: int, times_ms: list[int], window: Window | None, usage: Usage, started: float,
@@ -237,7 +416,7 @@ def _start(settings: Settings, variant: str, parallelism: int, log: Path) -> lis
     from mailroom.submit import start_job
 
     group = settings.topic_prefix + "group"  # unique per run, like the topics
-    if variant == "mailroom":
+    if variant in SCORING_VARIANTS:  # mailroom-shadow: the same job, its challenger comes from the control topic
         return [start_job(settings, "jobs.scoring", ["--parallelism", str(parallelism), "--group-id", group], log, log_dir=log.with_suffix(""))]
     # the peer: `python -m mailroom.bench` runs peer_main (__main__.py)
     return [start_job(settings, "mailroom.bench", ["--group-id", group], log) for _ in range(parallelism)]
@@ -264,7 +443,7 @@ def _pace(settings: Settings, corpus: Corpus, rate: float, seconds: float, name:
     Returns how many were sent and the rate actually offered."""
     from mailroom.kafkautil import producer
 
-    records = [(key, codec.decode(value, expected="routed_document").record) for key, value in corpus.routed]
+    records = _routed_records(corpus)
     count = max(50, round(rate * seconds))
     out = producer(settings, linger_ms=0)
     started = time.perf_counter()
@@ -287,23 +466,23 @@ class Arrival(NamedTuple):
     arrived_ms: int
 
 
-class OutputWatcher:
-    """Reads every department topic (read_committed) in a thread and keeps each document's first
-    arrival, split into the backlog and the paced phase (doc_id prefix)."""
+class TopicWatcher:
+    """Reads declared topics (`keys`, read_committed, from the beginning) in a thread; `_take` keeps
+    what matters of each record, with its arrival time (epoch ms)."""
+
+    keys: tuple[str, ...] = ()
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.arrivals: dict[str, dict[str, Arrival]] = {"backlog": {}, "paced": {}}
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="output-watcher", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=type(self).__name__, daemon=True)
 
-    def __enter__(self) -> "OutputWatcher":
+    def __enter__(self):
         from kafka import KafkaConsumer, TopicPartition
 
         self.consumer = KafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers, isolation_level="read_committed",
                                       enable_auto_commit=False, fetch_max_wait_ms=20)
-        keys = [department_topic_key(label) for label in DEPARTMENTS]
-        partitions = [TopicPartition(topic_name(k, self.settings.topic_prefix), p) for k in keys for p in range(BY_KEY[k].partitions)]
+        partitions = [TopicPartition(topic_name(k, self.settings.topic_prefix), p) for k in self.keys for p in range(BY_KEY[k].partitions)]
         self.consumer.assign(partitions)
         self.consumer.seek_to_beginning(*partitions)
         self._thread.start()
@@ -320,9 +499,42 @@ class OutputWatcher:
             arrived = epoch_ms()
             for records in polled.values():
                 for record in records:
-                    p = codec.decode(record.value, expected="prediction").record
-                    phase = "paced" if p["doc_id"].startswith(PACED_PREFIX) else "backlog"
-                    self.arrivals[phase].setdefault(p["doc_id"], Arrival(p["received_ms"], p["scored_ms"], arrived))
+                    self._take(record.value, arrived)
+
+    def _take(self, value: bytes, arrived_ms: int) -> None:
+        raise NotImplementedError
+
+
+class OutputWatcher(TopicWatcher):
+    """Every department topic: each document's first arrival, split into the backlog and the paced
+    phase (doc_id prefix)."""
+
+    keys = tuple(department_topic_key(label) for label in DEPARTMENTS)
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings)
+        self.arrivals: dict[str, dict[str, Arrival]] = {"backlog": {}, "paced": {}}
+
+    def _take(self, value: bytes, arrived_ms: int) -> None:
+        p = codec.decode(value, expected="prediction").record
+        phase = "paced" if p["doc_id"].startswith(PACED_PREFIX) else "backlog"
+        self.arrivals[phase].setdefault(p["doc_id"], Arrival(p["received_ms"], p["scored_ms"], arrived_ms))
+
+
+class EventWatcher(TopicWatcher):
+    """The model-events topic: every event, with its arrival (after the checkpoint that commits it)."""
+
+    keys = ("model_events",)
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings)
+        self.events: list[tuple[dict, int]] = []
+
+    def _take(self, value: bytes, arrived_ms: int) -> None:
+        try:
+            self.events.append((codec.decode(value, expected="model_event").record, arrived_ms))
+        except codec.DecodeError:
+            pass  # not a model event: nothing the bench waits for
 
 
 def profile_scoring(corpus: Corpus, config, top: int = 25) -> tuple[float, str]:

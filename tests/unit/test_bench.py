@@ -1,4 +1,5 @@
-"""The pure parts of `mailroom bench`: figures, the report's shape, the peer's scoring loop."""
+"""The pure parts of `mailroom bench`: figures, the report's shape, the shadow cost, the deploy-to-serving
+reduction of model events, the peer's scoring loop."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from mailroom.bench.figures import Result, goal, goal_line, percentiles, report, sustained_window
-from mailroom.bench.output import plot, table
+from mailroom.bench.cli import _half_rate
+from mailroom.bench.figures import (SHADOW, DeployFigures, Result, deploy_summary, deploy_timing, first_serving, goal, goal_line,
+                                    percentiles, report, shadow_check, shadow_cost, shadow_line, spread, sustained_window)
+from mailroom.bench.output import deploy_table, plot, table
 from mailroom.bench.peer import PeerScorer, fast_kafka_crc
 from mailroom.bench.sampling import Usage
 from schemas import codec
@@ -92,9 +95,112 @@ def test_table_has_a_row_per_result_and_the_goal_line_as_caption():
     assert rendered.caption.startswith("Goal: ")
 
 
+# --- shadow scoring -------------------------------------------------------------------------------
+
+
+def _with_shadow() -> list[Result]:
+    plain_p99 = {"p50": 400.0, "p95": 800.0, "p99": 1000.0}
+    return _results() + [
+        Result(SHADOW, "mixed 30% scans", 1, 1000, 200, 100, {"p50": 500.0, "p95": 1100.0, "p99": 1500.0}, plain_p99, 45.0, 4.0, 1300.0,
+               shadow=shadow_check([f"d{i}" for i in range(1100)], [f"d{i}" for i in range(1100)])),
+        Result("mailroom", "mixed 30% scans", 2, 1000, 500, 250, plain_p99, plain_p99),
+        Result(SHADOW, "mixed 30% scans", 2, 1000, 400, 200, None, None),  # no latency figures
+    ]
+
+
+def test_shadow_cost_is_plain_over_shadow_throughput_and_shadow_over_plain_p99_per_parallelism():
+    results = _with_shadow()
+    p1 = {"throughput": 1.5, "p99": 0.52, "cpu_per_doc": 1.29, "scored_p99": 2.38}  # CPU 4.0 vs 3.1 ms/doc, scored p99 1,000 vs 420 ms
+    assert shadow_cost(results) == {"p1": p1, "p2": {"throughput": 1.25, "p99": None, "cpu_per_doc": None, "scored_p99": None}}
+    assert shadow_cost(_results()) == {}  # no shadow row
+    assert shadow_cost([r for r in results if not (r.variant == "mailroom" and r.parallelism == 2)]) == {"p1": p1}
+
+
+def test_the_goal_line_says_what_shadow_costs_and_the_pair_count():
+    line = goal_line(_with_shadow())
+    assert line.startswith("Goal: Mailroom's scoring job sustains 0.75x at p1")  # the peer comparison stays first
+    shadow = line.splitlines()[-1]
+    assert shadow == shadow_line(_with_shadow())
+    assert shadow.startswith("Shadow at 100% costs 1.50x throughput, 0.52x p99 at p1 (300 vs 200 docs/s; p99 2,900 vs 1,500 ms at half load; "
+                             "CPU/doc 1.29x, scored p99 2.38x); 1,100 shadow pairs for 1,100 documents (one each); 1.25x throughput, ? p99 at p2")
+    assert shadow.endswith("well under 2x.")
+    assert shadow_line(_results()) is None and "Shadow" not in goal_line(_results())
+    without_peer = [r for r in _with_shadow() if r.variant != "peer"]
+    assert goal_line(without_peer).splitlines()[0].startswith("Goal line: needs the peer") and "Shadow at 100%" in goal_line(without_peer)
+
+
+def test_shadow_check_wants_one_pair_per_scored_document():
+    assert shadow_check(["a", "b", "c"], ["c", "a", "b"]) == {"documents": 3, "pairs": 3, "paired": 3, "missing": 0, "twice": 0,
+                                                             "unexpected": 0, "ok": True}
+    checked = shadow_check(["a", "b", "c"], ["a", "a", "b", "x"])
+    assert checked == {"documents": 3, "pairs": 4, "paired": 2, "missing": 1, "twice": 1, "unexpected": 1, "ok": False}
+    alone = [r for r in _with_shadow() if r.variant == SHADOW and r.parallelism == 1]
+    assert shadow_line(alone) == ("Shadow at 100% (no mailroom row at the same parallelism to compare with): "
+                                  "1,100 shadow pairs for 1,100 documents (one each) at p1.")
+    assert "without a pair" in shadow_line([Result("mailroom", "m", 1, 3, 10, latency_ms={"p99": 1.0}),
+                                            Result(SHADOW, "m", 1, 3, 5, latency_ms={"p99": 2.0}, shadow=checked)])
+
+
+# --- deploy to serving ----------------------------------------------------------------------------
+
+
+def _event(subtask: int, version: str, at_ms: int, slot: str = "CHAMPION", outcome: str = "SERVING", kind: str = "text") -> dict:
+    return {"job": "scoring", "subtask": subtask, "kind": kind, "slot": slot, "outcome": outcome, "model_name": f"mailroom-{kind}",
+            "version": version, "serving_version": version, "reason": None, "at_ms": at_ms}
+
+
+def test_first_serving_keeps_each_subtasks_first_report_of_the_version_after_the_send():
+    events = [(_event(0, "1", 900), 2_000),  # at start, before the deploy: not it
+              (_event(0, "1", 1_000, slot="PREVIOUS"), 3_000),  # the deploy's PREVIOUS record
+              (_event(1, "2", 1_150, outcome="REFUSED"), 3_000),
+              (_event(0, "2", 1_120), 3_000), (_event(0, "2", 1_400), 5_000),  # a replay later: the first one counts
+              (_event(1, "2", 1_300, kind="image"), 3_000),
+              (_event(1, "2", 1_250), 3_100)]
+    assert first_serving(events, "text", "CHAMPION", "2", since_ms=1_000) == {0: (1_120, 3_000), 1: (1_250, 3_100)}
+    assert first_serving(events, "text", "CHAMPION", "1", since_ms=1_000) == {}
+    assert first_serving(events, "text", "PREVIOUS", "1", since_ms=0) == {0: (1_000, 3_000)}
+
+
+def test_deploy_timing_and_summary_per_subtask_and_of_the_slowest():
+    first = deploy_timing("2", 1_000, {1: (1_250, 3_100), 0: (1_120, 3_000)}, call_ms=812.4)
+    assert first == {"version": "2", "sent_ms": 1_000, "serving_ms": {0: 120, 1: 250}, "visible_ms": {0: 2_000, 1: 2_100},
+                     "serving_max_ms": 250, "visible_max_ms": 2_100, "call_ms": 812}
+    deploys = [first, deploy_timing("1", 10_000, {0: (10_300, 11_000), 1: (10_100, 12_500)}, 700),
+               deploy_timing("2", 20_000, {0: (20_200, 21_000), 1: (20_180, 22_000)}, 650)]
+    summary = deploy_summary(deploys)
+    assert summary["deploys"] == 3
+    assert summary["per_subtask_ms"] == {0: {"min": 120, "median": 200, "max": 300}, 1: {"min": 100, "median": 180, "max": 250}}
+    assert summary["serving_max_ms"] == {"min": 200, "median": 250, "max": 300}
+    assert summary["visible_max_ms"] == {"min": 2_000, "median": 2_100, "max": 2_500}
+    assert summary["call_ms"] == {"min": 650, "median": 700, "max": 812}
+    assert deploy_summary([])["serving_max_ms"] == spread([]) == {"min": None, "median": None, "max": None}
+
+
+def test_deploys_in_the_report_and_their_table():
+    figures = DeployFigures("text", 2, 150, [deploy_timing("2", 0, {0: (100, 2_000), 1: (130, 2_100)}, 500),
+                                             deploy_timing("1", 0, {0: (90, 1_900), 1: (160, 2_200)}, 450)])
+    data = json.loads(json.dumps(report(_with_shadow(), {"run_id": "r1"}, [], [figures])))
+    assert data["shadow_cost"]["p1"]["throughput"] == 1.5 and data["shadow_cost"]["p1"]["p99"] == 0.52
+    assert [r["shadow"] for r in data["results"] if r["variant"] == SHADOW][0]["ok"] is True
+    (deploy,) = data["deploy_to_serving"]
+    assert deploy["parallelism"] == 2 and deploy["offered_per_s"] == 150 and len(deploy["deploys"]) == 2
+    assert deploy["summary"]["serving_max_ms"] == {"min": 130, "median": 145, "max": 160}
+    assert deploy["summary"]["per_subtask_ms"]["1"]["max"] == 160  # JSON keys are strings
+    rendered = deploy_table([figures, DeployFigures("text", 1, None, [deploy_timing("2", 0, {0: (80, 1_000)}, 400)])])
+    assert rendered.row_count == 5 + 4  # p2: two subtasks, slowest, visible, call; p1: one subtask and the three
+    assert list(rendered.columns[3].cells) [:5] == ["subtask 0", "subtask 1", "all serving (max)", "all visible (max)", "deploy call"]
+    assert list(rendered.columns[1].cells)[5] == "idle"
+
+
+def test_deploys_load_is_half_of_mailrooms_sustained_rate_at_that_parallelism():
+    results = _with_shadow()
+    assert _half_rate(results, 1) == 150 and _half_rate(results, 2) == 250
+    assert _half_rate(results, 4) is None
+
+
 def test_plot_writes_a_png(tmp_path):
     path = tmp_path / "bench.png"
-    plot(_results(), path)
+    plot(_with_shadow(), path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
