@@ -57,32 +57,29 @@ def build(predictions, truths, shadows, join: JoinConfig, metrics: MetricsConfig
     decoded_predictions, timed_predictions = event_time(predictions, "prediction", "received_ms", "accuracy-predictions")
     decoded_truths, timed_truths = event_time(truths, "ground_truth", "sent_ms", "accuracy-truths")
     decoded_shadows, timed_shadows = event_time(shadows, "shadow_prediction", "received_ms", "accuracy-shadows")
-    joined = (
-        timed_predictions.connect(timed_truths)
-        .key_by(lambda p: p[0]["doc_id"], lambda t: t[0]["doc_id"], key_type=Types.STRING())
-        .process(JoinPredictionsWithTruth(join), output_type=Types.PICKLED_BYTE_ARRAY())
-        .name("join predictions with ground truth")
-        .uid("accuracy-join")
-    )
-    reports = (
-        joined.key_by(lambda keyed_event: keyed_event[0], key_type=Types.STRING())
-        .process(TrackAccuracy(metrics, redis_ttl_s, redis_client_factory), output_type=BYTES)
-        .name("online accuracy per model version")
-        .uid("accuracy-metrics")
-    )
-    paired = (
-        timed_shadows.connect(timed_truths)
-        .key_by(lambda s: s[0]["doc_id"], lambda t: t[0]["doc_id"], key_type=Types.STRING())
-        .process(JoinShadowsWithTruth(join), output_type=Types.PICKLED_BYTE_ARRAY())
-        .name("join shadow pairs with ground truth")
-        .uid("accuracy-shadow-join")
-    )
-    shadow_reports = (
-        paired.key_by(lambda keyed_event: keyed_event[0], key_type=Types.STRING())
-        .process(TrackShadowPairs(metrics, redis_ttl_s, redis_client_factory), output_type=BYTES)
-        .name("champion vs challenger per pair of versions")
-        .uid("accuracy-shadow-metrics")
-    )
+
+    def judged(timed, joiner, tracker, joined_name: str, joined_uid: str, reports_name: str, reports_uid: str):
+        """`timed` joined with the ground truth by doc_id, then figures per key: (joined, reports)."""
+        joined = (
+            timed.connect(timed_truths)
+            .key_by(lambda item: item[0]["doc_id"], lambda truth: truth[0]["doc_id"], key_type=Types.STRING())
+            .process(joiner, output_type=Types.PICKLED_BYTE_ARRAY())
+            .name(joined_name)
+            .uid(joined_uid)
+        )
+        reports = (
+            joined.key_by(lambda keyed_event: keyed_event[0], key_type=Types.STRING())
+            .process(tracker, output_type=BYTES)
+            .name(reports_name)
+            .uid(reports_uid)
+        )
+        return joined, reports
+
+    joined, reports = judged(timed_predictions, JoinPredictionsWithTruth(join), TrackAccuracy(metrics, redis_ttl_s, redis_client_factory),
+                             "join predictions with ground truth", "accuracy-join", "online accuracy per model version", "accuracy-metrics")
+    paired, shadow_reports = judged(timed_shadows, JoinShadowsWithTruth(join), TrackShadowPairs(metrics, redis_ttl_s, redis_client_factory),
+                                    "join shadow pairs with ground truth", "accuracy-shadow-join",
+                                    "champion vs challenger per pair of versions", "accuracy-shadow-metrics")
     outputs = {key: reports.get_side_output(tag) for key, tag in ACCURACY_OUTPUTS.items() if key != "labelled_examples"}
     outputs["metrics"] = outputs["metrics"].union(shadow_reports.get_side_output(ACCURACY_OUTPUTS["metrics"]))
     outputs["labelled_examples"] = joined.get_side_output(ACCURACY_OUTPUTS["labelled_examples"])

@@ -15,7 +15,6 @@ the shadow comparison so far, and flags where they disagree.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from models.pointers import ModelPointer, ModelRefused, load_checked
 from models.registry import Registry, RegistryError
 from schemas import codec
 from schemas.topics import topic_name
+from schemas.units import now_ms
 
 KINDS = ("text", "image")
 SLOTS = ("champion", "challenger", "previous")  # as the command line and the record keys spell them; records: upper-case
@@ -67,10 +67,6 @@ class DeployResult:
 def control_key(kind: str, slot: str) -> str:
     """The control topic's key of a slot: `<kind>/<slot>`, the slot lower-case."""
     return f"{kind}/{slot.lower()}"
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 # --- building records (no Kafka) -------------------------------------------------------------

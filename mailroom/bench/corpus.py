@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from mailroom.bench.output import console
-from mailroom.bench.sampling import epoch_ms
+from schemas.units import now_ms
 from schemas import codec
 
 
@@ -36,7 +36,7 @@ def build_corpus(n: int, seed: int, scan_share: float) -> Corpus:
 
     with console.status(f"generating {n:,} documents (seed {seed}, scan share {scan_share:.0%})"):
         documents = generate(n, seed=seed, scan_share=scan_share)
-    router, now = Router(RouterConfig()), epoch_ms()
+    router, now = Router(RouterConfig()), now_ms()
     routed = []
     for offset, doc in enumerate(tqdm(documents, desc="routing (plain Python)", unit="doc")):
         result = router.route(codec.encode("document", to_document(doc, doc["received_ms"])), "bench", 0, offset, now)

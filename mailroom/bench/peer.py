@@ -9,7 +9,7 @@ import signal
 import threading
 
 from config.settings import Settings
-from mailroom.bench.sampling import epoch_ms
+from schemas.units import now_ms as clock_ms  # the methods below take a `now_ms` argument
 from schemas import codec
 from schemas.labels import DEPARTMENTS
 from schemas.topics import department_topic_key, topic_name
@@ -97,12 +97,12 @@ def peer_main(argv: list[str] | None = None) -> int:
             out.send(predictions, prediction)
 
     while not stopping.is_set():
-        for records in consumer.poll(timeout_ms=scorer.wait_ms(epoch_ms()), max_records=scorer.config.batch_size).values():
+        for records in consumer.poll(timeout_ms=scorer.wait_ms(clock_ms()), max_records=scorer.config.batch_size).values():
             for record in records:
-                send(scorer.add(record.value, epoch_ms(), record.topic, record.partition, record.offset))
-        if scorer.is_due(epoch_ms()):
-            send(scorer.flush(epoch_ms()))
-    send(scorer.flush(epoch_ms()))
+                send(scorer.add(record.value, clock_ms(), record.topic, record.partition, record.offset))
+        if scorer.is_due(clock_ms()):
+            send(scorer.flush(clock_ms()))
+    send(scorer.flush(clock_ms()))
     out.flush()
     out.close()
     consumer.close()

@@ -1,15 +1,10 @@
-"""The bench's clock and process sampling: CPU time and resident memory of process trees."""
+"""Process sampling: CPU time and resident memory of process trees."""
 
 from __future__ import annotations
 
 import threading
 import time
 from dataclasses import dataclass, field
-
-
-def epoch_ms() -> int:
-    """Now, in epoch milliseconds (the unit of every record timestamp)."""
-    return int(time.time() * 1000)
 
 
 @dataclass

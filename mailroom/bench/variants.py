@@ -27,7 +27,8 @@ from mailroom.bench.figures import (SHADOW, DeployFigures, Result, Window, deplo
                                     sustained_window)
 from mailroom.bench.output import console
 from mailroom.bench.peer import PeerScorer
-from mailroom.bench.sampling import TreeSampler, Usage, epoch_ms
+from mailroom.bench.sampling import TreeSampler, Usage
+from schemas.units import now_ms
 from schemas import codec
 from schemas.labels import DEPARTMENTS
 from schemas.topics import BY_KEY, TOPICS, department_topic_key, topic_name
@@ -372,7 +373,7 @@ def _load(settings: Settings, corpus: Corpus, rate: float | None) -> Iterator[No
         while not stop.wait(max(0.0, started + i / rate - time.perf_counter())):
             key, record = records[i % len(records)]
             out.send(topic_name(key, settings.topic_prefix),
-                     codec.encode("routed_document", {**record, "doc_id": f"{LOAD_PREFIX}{i:07d}", "received_ms": epoch_ms()}))
+                     codec.encode("routed_document", {**record, "doc_id": f"{LOAD_PREFIX}{i:07d}", "received_ms": now_ms()}))
             i += 1
         out.flush()
         out.close()
@@ -452,7 +453,7 @@ def _pace(settings: Settings, corpus: Corpus, rate: float, seconds: float, name:
         if delay > 0:
             time.sleep(delay)
         key, record = records[i % len(records)]
-        value = codec.encode("routed_document", {**record, "doc_id": f"{PACED_PREFIX}{i:06d}", "received_ms": epoch_ms()})
+        value = codec.encode("routed_document", {**record, "doc_id": f"{PACED_PREFIX}{i:06d}", "received_ms": now_ms()})
         out.send(topic_name(key, settings.topic_prefix), value)
     out.flush()
     offered = count / (time.perf_counter() - started)
@@ -496,7 +497,7 @@ class TopicWatcher:
     def _run(self) -> None:
         while not self._stop.is_set():
             polled = self.consumer.poll(timeout_ms=100)
-            arrived = epoch_ms()
+            arrived = now_ms()
             for records in polled.values():
                 for record in records:
                     self._take(record.value, arrived)
@@ -542,7 +543,7 @@ def profile_scoring(corpus: Corpus, config, top: int = 25) -> tuple[float, str]:
     profiler, then the `top` functions by cumulative time under cProfile."""
 
     def score_all(scorer: PeerScorer) -> None:
-        now = epoch_ms()
+        now = now_ms()
         for _, value in corpus.routed:
             scorer.add(value, now)
         scorer.flush(now)

@@ -14,6 +14,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from contextlib import contextmanager
 
 from jobs.environment import latest_checkpoint
 from mailroom.kafkautil import producer, read_topic
@@ -143,25 +144,37 @@ def test_a_champion_past_its_deadline_is_replaced_by_the_previous_model(pipeline
     slow_file = slow_text_model(settings.registry_dir, tmp_path / "slow.onnx")
     slow = dataclasses.replace(normal, version="5", onnx_path=str(slow_file), sha256=file_sha256(slow_file))
     _publish(settings, (dataclasses.replace(normal, version=str(normal.version)), "PREVIOUS"), (slow, "CHAMPION"))
-    job = start_job(settings, "jobs.scoring", ["--group-id", f"{settings.topic_prefix}scoring", "--deadline-ms", "300",
-                                               "--max-batch-delay-ms", "100"], tmp_path / "job.log")
     values = _texts(60, seed=43, prefix="late")
-    try:
-        wait_until_running(settings, "scoring", job)
-        _wait_for(lambda: any(e["version"] == "5" and e["outcome"] == "SERVING" for e in _events(settings)), "the slow champion")
-        prod = producer(settings)
-        for value in values:
-            prod.send(topic_name("routed_text", settings.topic_prefix), value)
-        prod.close()
-        records = read_topic(settings, topic_name("predictions", settings.topic_prefix), min_count=len(values), timeout_s=120)
-        predictions = [codec.decode(r.value, expected="prediction").record for r in records]
+    with _scoring(settings, ["--deadline-ms", "300", "--max-batch-delay-ms", "100"], tmp_path / "job.log",
+                  lambda e: e["version"] == "5" and e["outcome"] == "SERVING", "the slow champion"):
+        predictions = _send_and_score(settings, values)
         counted = _wait_for(lambda: _metric_sum(settings, "decided_by_fallback"), "the fallback counter", timeout_s=30)
-    finally:
-        stop_job(job)
     assert len(predictions) == len(values)
     assert {(p["slot"], p["model_version"]) for p in predictions} == {("fallback", str(normal.version))}
     assert all("v5 missed the 300 ms deadline" in p["fallback_reason"] for p in predictions)
     assert counted == len(values)  # the counter matches the marked predictions
+
+
+@contextmanager
+def _scoring(settings, args: list[str], log, ready, what: str):
+    """A running (unbounded, embedded) scoring job, once a model event satisfies `ready`; stopped after."""
+    job = start_job(settings, "jobs.scoring", ["--group-id", f"{settings.topic_prefix}scoring", *args], log)
+    try:
+        wait_until_running(settings, "scoring", job)
+        _wait_for(lambda: any(ready(e) for e in _events(settings)), what)
+        yield job
+    finally:
+        stop_job(job)
+
+
+def _send_and_score(settings, values: list[bytes]) -> list[dict]:
+    """Send routed texts; the predictions once every one is scored (read_committed)."""
+    prod = producer(settings)
+    for value in values:
+        prod.send(topic_name("routed_text", settings.topic_prefix), value)
+    prod.close()
+    records = read_topic(settings, topic_name("predictions", settings.topic_prefix), min_count=len(values), timeout_s=120)
+    return [codec.decode(r.value, expected="prediction").record for r in records]
 
 
 def _metric_sum(settings, name: str) -> int:
@@ -189,17 +202,8 @@ def test_a_challenger_in_shadow_never_reaches_a_department(pipeline_settings, tm
     challenger = dataclasses.replace(_copy(champion, "4", tmp_path / "v4.onnx"), shadow_sample=0.5)
     _publish(settings, (challenger, "CHALLENGER"))
     values = _texts(120, seed=47, prefix="shadow")
-    job = start_job(settings, "jobs.scoring", ["--group-id", f"{settings.topic_prefix}scoring"], tmp_path / "job.log")
-    try:
-        wait_until_running(settings, "scoring", job)
-        _wait_for(lambda: any(e["slot"] == "CHALLENGER" and e["outcome"] == "SERVING" for e in _events(settings)), "the challenger")
-        prod = producer(settings)
-        for value in values:
-            prod.send(topic_name("routed_text", settings.topic_prefix), value)
-        prod.close()
-        read_topic(settings, topic_name("predictions", settings.topic_prefix), min_count=len(values), timeout_s=120)
-    finally:
-        stop_job(job)
+    with _scoring(settings, [], tmp_path / "job.log", lambda e: e["slot"] == "CHALLENGER" and e["outcome"] == "SERVING", "the challenger"):
+        _send_and_score(settings, values)
 
     delivered = [codec.decode(r.value, expected="prediction").record for label in DEPARTMENTS
                  for r in read_topic(settings, topic_name(department_topic_key(label), settings.topic_prefix), timeout_s=2)]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import pickle
 import random
+from collections import Counter
 from dataclasses import replace
 
 import pytest
@@ -121,16 +122,23 @@ def assert_matches_sklearn(report: dict, y_true: list[str], y_pred: list[str]) -
 # --- figures = scikit-learn ------------------------------------------------------------------
 
 
+def random_truths(rng: random.Random) -> tuple[list[str], list[str]]:
+    """A random label pool (a class we do not know included, sometimes) and 1-60 true labels from it."""
+    pool = rng.sample([*LABELS, "brand_new_class"], rng.randint(1, 8))
+    return pool, [rng.choice(pool) for _ in range(rng.randint(1, 60))]
+
+
+def answers(rng: random.Random, pool: list[str], y_true: list[str], right: float) -> list[str]:
+    """Predictions that are right with probability `right`, else a random label of the pool."""
+    return [t if rng.random() < right else rng.choice(pool) for t in y_true]
+
+
 def test_figures_equal_sklearn_on_random_pairs():
     rng = random.Random(1)
     for _ in range(100):
-        pool = rng.sample([*LABELS, "brand_new_class"], rng.randint(1, 8))
-        y_true = [rng.choice(pool) for _ in range(rng.randint(1, 60))]
-        y_pred = [t if rng.random() < 0.6 else rng.choice(pool) for t in y_true]
-        confusion = {}
-        for key in zip(y_true, y_pred):
-            confusion[key] = confusion.get(key, 0) + 1
-        assert_matches_sklearn(figures(confusion), y_true, y_pred)
+        pool, y_true = random_truths(rng)
+        y_pred = answers(rng, pool, y_true, 0.6)
+        assert_matches_sklearn(figures(Counter(zip(y_true, y_pred))), y_true, y_pred)
 
 
 def test_figures_of_nothing_are_null():
@@ -427,14 +435,9 @@ def assert_paired_matches_sklearn(report: dict, y_true: list[str], champion: lis
 def test_paired_figures_equal_sklearn_on_random_documents():
     rng = random.Random(8)
     for _ in range(100):
-        pool = rng.sample([*LABELS, "brand_new_class"], rng.randint(1, 8))
-        y_true = [rng.choice(pool) for _ in range(rng.randint(1, 60))]
-        champion = [t if rng.random() < 0.8 else rng.choice(pool) for t in y_true]
-        challenger = [t if rng.random() < 0.6 else rng.choice(pool) for t in y_true]
-        cells = {}
-        for key in zip(y_true, champion, challenger):
-            cells[key] = cells.get(key, 0) + 1
-        assert_paired_matches_sklearn(paired_figures(cells), y_true, champion, challenger)
+        pool, y_true = random_truths(rng)
+        champion, challenger = answers(rng, pool, y_true, 0.8), answers(rng, pool, y_true, 0.6)
+        assert_paired_matches_sklearn(paired_figures(Counter(zip(y_true, champion, challenger))), y_true, champion, challenger)
     assert paired_figures({}) == {"count": 0, "both_right": 0, "only_champion_right": 0, "only_challenger_right": 0, "both_wrong": 0,
                                   "champion": {"accuracy": None, "macro_f1": None, "per_class": []},
                                   "challenger": {"accuracy": None, "macro_f1": None, "per_class": []}}

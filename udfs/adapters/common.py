@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Callable
 
 from pyflink.common import Types
@@ -11,14 +10,11 @@ from pyflink.datastream import OutputTag, ProcessFunction, RuntimeContext
 from pyflink.datastream.state import StateTtlConfig
 
 from schemas import codec
+from schemas.units import now_ms
 from udfs.dead_letters import FailureBudget, SourceRecord, processing_error
 
 BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
 DEAD_LETTERS = OutputTag("dead-letters", BYTES)
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def source_of(row) -> SourceRecord:
