@@ -24,10 +24,10 @@ import numpy as np
 
 from models.features import FEATURE_SET_ID, SENDER_FEATURES
 from models.image_features import IMAGE_FEATURES
+from models.modelio import INPUT_NAMES as INPUTS
 from models.modelio import onnx_session
 from models.registry import ModelRef
 
-INPUTS = {"text": ("text", "context"), "image": ("image_features", "context")}
 OUTPUTS = ("label", "probabilities")
 SMOKE_LIMIT_S = 30.0  # a smoke batch that takes longer is stopped: the model is refused
 SMOKE_TEXTS = ["invoice no. 4711, total due 1,250.00 eur", "dear sir or madam, i would like to apply for the position"]
@@ -108,10 +108,9 @@ def load_checked(pointer: ModelPointer):
 def _smoke(session, pointer: ModelPointer) -> None:
     """Two canned documents: a label among the pointer's labels and one probability per label each."""
     context = np.zeros((len(SMOKE_TEXTS), len(SENDER_FEATURES)), dtype=np.float32)
-    if pointer.kind == "text":
-        feeds = {"text": np.array(SMOKE_TEXTS, dtype=object).reshape(-1, 1), "context": context}
-    else:
-        feeds = {"image_features": np.zeros((len(SMOKE_TEXTS), len(IMAGE_FEATURES)), dtype=np.float32), "context": context}
+    given = {"text": np.array(SMOKE_TEXTS, dtype=object).reshape(-1, 1), "context": context,
+             "image_features": np.zeros((len(SMOKE_TEXTS), len(IMAGE_FEATURES)), dtype=np.float32)}
+    feeds = {name: given[name] for name in INPUTS[pointer.kind]}
     import onnxruntime as ort
 
     options = ort.RunOptions()

@@ -18,7 +18,7 @@ import numpy as np
 from models.image_features import IMAGE_FEATURES, image_features
 from models.modelio import onnx_feeds, onnx_session
 from models.registry import ModelRef, Registry
-from models.features import FEATURE_SET_ID, SENDER_FEATURES, normalise_text
+from models.features import FEATURE_SET_ID, SENDER_FEATURES, model_text, normalise_text
 
 
 class FeatureSetMismatch(RuntimeError):
@@ -48,7 +48,7 @@ class Scorer:
 
     @classmethod
     def from_registry(cls, registry_dir: Path, kind: str) -> "Scorer":
-        """The current champion of `kind` ("text" or "image")."""
+        """The current champion of `kind` ("text", "scan" or "image")."""
         return cls(Registry(registry_dir).champion(kind))
 
     @classmethod
@@ -75,6 +75,15 @@ class Scorer:
         rows = [np.asarray(x, dtype=np.float32) if isinstance(x, np.ndarray) else image_features(x) for x in images]
         features = np.stack(rows) if rows else np.zeros((0, len(IMAGE_FEATURES)), np.float32)
         return self._run({"image_features": features, "context": self._context(context, len(images))}, run_options)
+
+    def score_scans(self, texts: list[str], image_features: list, context: np.ndarray, run_options=None) -> tuple[list[str], np.ndarray]:
+        """Labels and probabilities for scans that were read: the OCR text (normalised here by
+        `model_text`), the page's `image_features` vector and the sender context."""
+        self._expect("scan")
+        rows = [np.asarray(x, dtype=np.float32) for x in image_features]
+        features = np.stack(rows) if rows else np.zeros((0, len(IMAGE_FEATURES)), np.float32)
+        return self._run({"text": [model_text(None, t) for t in texts], "image_features": features,
+                          "context": self._context(context, len(texts))}, run_options)
 
     def _run(self, inputs: dict, run_options=None) -> tuple[list[str], np.ndarray]:
         """`run_options`: an onnxruntime RunOptions whose `terminate` can stop the run from another thread."""

@@ -3,6 +3,7 @@ never touch a stack started by `make run`; each test uses uniquely named topics.
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 
@@ -22,14 +23,16 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def test_settings() -> Settings:
-    """Settings for the test stack: ports and run directory of its own."""
+    """Settings for the test stack: ports and run directory of its own. MAILROOM_TEST_PORT_OFFSET
+    (default 0) moves every port, so two checkouts can run their tests at the same time."""
+    offset = int(os.environ.get("MAILROOM_TEST_PORT_OFFSET", "0"))
     return Settings.from_env(
         {},
         run_dir=PROJECT_DIR / ".run" / "test",
-        kafka_port=29192,
-        kafka_controller_port=29193,
-        redis_port=26479,
-        flink_rest_port=28181,
+        kafka_port=29192 + offset,
+        kafka_controller_port=29193 + offset,
+        redis_port=26479 + offset,
+        flink_rest_port=28181 + offset,
     )
 
 
