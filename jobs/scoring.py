@@ -1,8 +1,9 @@
 """The scoring job: routed documents in; one topic per department and the predictions log out.
 
-    routed.text + routed.scans --(key: sender)--> sender features (keyed state, Redis mirror)
+    routed.text ------------------------------------------------+
+    routed.scans --> read scans (layout features + OCR, own parallelism) --+--(key: sender)--> sender features (keyed state, Redis mirror)
         <-- predictions log (this job's own decisions: the sender's recent labels)
-    --(key: subtask shard)--> micro-batched ONNX scoring --> dept.<department> + predictions
+    --(key: subtask shard)--> micro-batched ONNX scoring --> dept.<department> (the document + decision) + predictions
         <-- model-control (broadcast: which model serves in which slot)   --> model-events
                                                     challenger in shadow --> shadow-predictions
     a record that makes decoding, features or a model raise --> dead-letters (PROCESSING_ERROR)
@@ -24,28 +25,36 @@ from pyflink.datastream import DataStream
 from config.settings import Settings
 from jobs.connectors import BYTES, read_records, write_bytes
 from jobs.environment import add_run_arguments, make_env, refuse_to_start_on_errors
+from models.ocr import OcrConfig
 from schemas.labels import DEPARTMENTS
 from schemas.topics import department_topic_key, topic_name
 from udfs.adapters.common import DEAD_LETTERS, DecodeOrDeadLetter
 from udfs.adapters.scoring import (DEPARTMENT_OUTPUTS, JOB, MODEL_EVENTS, SHADOW_PREDICTIONS, ComputeSenderFeatures, CopyToEveryShard,
-                                   ScoreMicroBatches, sender_and_source, sender_label_and_source)
+                                   ReadScans, ScoreMicroBatches, sender_and_source, sender_label_and_source)
 from udfs.scoring import SCORING_VERSION, ScoringConfig
 from udfs.sharding import MAX_PARALLELISM
 
 
 def build(documents: DataStream, own_predictions: DataStream, control: DataStream, config: ScoringConfig,
-          redis_client_factory=None) -> dict[str, DataStream]:
-    """Wire feature computation and scoring over (value, topic, partition, offset) rows of the
-    routed documents, of the job's own predictions and of the model-control topic. Returns the
-    predictions, each department's stream, the model events, the shadow predictions and the dead
-    letters. `redis_client_factory` (None: no Redis) feeds the sender feature mirror."""
+          redis_client_factory=None, ocr_parallelism: int | None = None) -> dict[str, DataStream]:
+    """Wire reading, feature computation and scoring over (value, topic, partition, offset) rows
+    of the routed documents (text and scans), of the job's own predictions and of the
+    model-control topic. Returns the predictions, each department's stream, the model events,
+    the shadow predictions and the dead letters. `redis_client_factory` (None: no Redis) feeds
+    the sender feature mirror; `ocr_parallelism` (None: the job's) is the scan reader's."""
     budget = config.max_failures_per_minute
     routed = documents.process(DecodeOrDeadLetter("routed_document", JOB, SCORING_VERSION, budget, project=sender_and_source),
                                output_type=Types.PICKLED_BYTE_ARRAY()).name("decode routed documents").uid("scoring-decode-documents")
+    texts = routed.filter(lambda item: item[2] == "TEXT").name("text documents").uid("scoring-texts")
+    scans = routed.filter(lambda item: item[2] == "IMAGE").name("scans").uid("scoring-scans")
+    read = scans.process(ReadScans(config), output_type=Types.PICKLED_BYTE_ARRAY()).name("read scans (layout features + tesseract)").uid(
+        "scoring-read-scans")
+    if ocr_parallelism:
+        read = read.set_parallelism(ocr_parallelism)
     decided = own_predictions.process(DecodeOrDeadLetter("prediction", JOB, SCORING_VERSION, budget, project=sender_label_and_source),
                                       output_type=Types.PICKLED_BYTE_ARRAY()).name("decode own predictions").uid("scoring-decode-predictions")
     pending = (
-        routed.connect(decided)
+        texts.union(read).connect(decided)
         .key_by(lambda item: item[0], lambda item: item[0], key_type=Types.STRING())
         .process(ComputeSenderFeatures(config, redis_client_factory), output_type=Types.PICKLED_BYTE_ARRAY())
         .name("sender features")
@@ -67,7 +76,7 @@ def build(documents: DataStream, own_predictions: DataStream, control: DataStrea
     outputs["model_events"] = predictions.get_side_output(MODEL_EVENTS)
     outputs["shadow_predictions"] = predictions.get_side_output(SHADOW_PREDICTIONS)
     outputs["dead_letters"] = routed.get_side_output(DEAD_LETTERS).union(
-        decided.get_side_output(DEAD_LETTERS), deployments.get_side_output(DEAD_LETTERS), pending.get_side_output(DEAD_LETTERS),
+        read.get_side_output(DEAD_LETTERS), decided.get_side_output(DEAD_LETTERS), deployments.get_side_output(DEAD_LETTERS), pending.get_side_output(DEAD_LETTERS),
         predictions.get_side_output(DEAD_LETTERS))
     return outputs
 
@@ -83,6 +92,15 @@ def parse_args(argv: list[str], settings: Settings) -> argparse.Namespace:
                         help="the champion's time for one micro-batch; past it the previous model (or the prior) decides (default: %(default)s)")
     parser.add_argument("--triage-threshold", type=float, default=ScoringConfig.triage_threshold,
                         help="below this top probability a document goes to triage (default: %(default)s)")
+    ocr = parser.add_argument_group("reading scans (OCR)")
+    ocr.add_argument("--no-ocr", action="store_true", help="do not read scans: the layout model decides every scan (the fallback-only path)")
+    ocr.add_argument("--ocr-parallelism", type=int, help="parallel scan readers (default: the job's parallelism); give reading more TaskManagers than scoring")
+    ocr.add_argument("--ocr-languages", default=OcrConfig.languages, help="Tesseract languages, joined by + (default: %(default)s; installed: eng, deu, fra)")
+    ocr.add_argument("--ocr-page-timeout-ms", type=int, default=OcrConfig.page_timeout_ms,
+                     help="the engine's timeout per page; past it the layout model decides (default: %(default)s)")
+    ocr.add_argument("--ocr-max-pages", type=int, default=OcrConfig.max_pages, help="pages read per scan (default: %(default)s)")
+    ocr.add_argument("--ocr-max-wait-ms", type=int, default=OcrConfig.max_wait_ms,
+                     help="a scan that waited longer since routing is not read: the layout model decides (default: %(default)s)")
     add_run_arguments(parser, "stop at the inputs' latest offsets at start", failure_budget=ScoringConfig.max_failures_per_minute)
     return parser.parse_args(argv)
 
@@ -93,7 +111,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv, settings)
     config = ScoringConfig.from_registry(args.registry, batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay_ms,
                                          triage_threshold=args.triage_threshold, max_failures_per_minute=args.max_failures_per_minute,
-                                         deadline_ms=args.deadline_ms)
+                                         deadline_ms=args.deadline_ms, read_scans=not args.no_ocr, ocr_cache_dir=str(settings.cache_dir / "ocr"),
+                                         ocr=OcrConfig(languages=args.ocr_languages, page_timeout_ms=args.ocr_page_timeout_ms,
+                                                       max_pages=args.ocr_max_pages, max_wait_ms=args.ocr_max_wait_ms))
     env = make_env(settings, JOB, args.parallelism, args.restore_from)
     env.set_max_parallelism(MAX_PARALLELISM)
     prefix = settings.topic_prefix
@@ -103,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     own_predictions = read_records(env, settings, [predictions_topic], f"{args.group_id}-feedback", bounded=args.bounded)
     control = read_records(env, settings, [topic_name("model_control", prefix)], f"{args.group_id}-control", bounded=args.bounded)
     redis = functools.partial(settings.redis_client, socket_timeout=2, socket_connect_timeout=2)
-    outputs = build(documents, own_predictions, control, config, redis)
+    outputs = build(documents, own_predictions, control, config, redis, args.ocr_parallelism)
     outputs["predictions"].sink_to(write_bytes(settings, predictions_topic, f"{args.group_id}-predictions")).name(
         f"kafka: {predictions_topic}").uid("scoring-sink-predictions")
     for label, dept in DEPARTMENTS.items():

@@ -22,12 +22,12 @@ from typing import TypeVar
 
 from config.settings import Settings
 from models.pointers import ModelPointer, ModelRefused, load_checked
+from models.modelio import KINDS
 from models.registry import Registry, RegistryError
 from schemas import codec
 from schemas.topics import topic_name
 from schemas.units import now_ms
 
-KINDS = ("text", "image")
 SLOTS = ("champion", "challenger", "previous")  # as the command line and the record keys spell them; records: upper-case
 SHA_PREFIX = 12
 K = TypeVar("K")

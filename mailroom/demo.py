@@ -38,6 +38,7 @@ from mailroom.submit import job_log_dir, run_job, start_job, stop_job, wait_unti
 from schemas.labels import DEPARTMENTS
 from schemas.topics import department_topic_key, topic_name
 from models.generator import generate
+from models.modelio import KINDS
 from models.registry import Registry, RegistryError
 from schemas import codec
 
@@ -51,12 +52,12 @@ ALERT_THRESHOLDS = ["--min-macro-f1", "0.85", "--min-accuracy", "0.8"]
 @dataclass
 class ArrivalClock:
     """Consumes the department and dead-letter topics (read_committed) while the run lasts:
-    when each of this run's documents arrived, its prediction, and every new dead letter."""
+    when each of this run's documents arrived, its decision (as `delivered`), and every new dead letter."""
 
     settings: Settings
     run_id: str
     arrivals: dict[str, float] = field(default_factory=dict)  # doc_id -> ms from receipt to arrival
-    predictions: dict[str, dict] = field(default_factory=dict)  # doc_id -> prediction record
+    predictions: dict[str, dict] = field(default_factory=dict)  # doc_id -> the decision it was delivered with (`delivered`)
     dead_letters: list[dict] = field(default_factory=list)
     unreadable: int = 0  # records on those topics that did not decode
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -88,10 +89,9 @@ class ArrivalClock:
                     if partition.topic == self._dead_topic:
                         self.dead_letters.append(record)
                         continue
-                    prediction = record
-                    if prediction["doc_id"].startswith(self.run_id):
-                        self.predictions[prediction["doc_id"]] = prediction
-                        self.arrivals[prediction["doc_id"]] = now - prediction["received_ms"]
+                    if record["doc_id"].startswith(self.run_id):
+                        self.predictions[record["doc_id"]] = delivered(record)
+                        self.arrivals[record["doc_id"]] = now - record["received_ms"]
         consumer.close()
 
     def dead_letters_of(self, source_topic: str, sent: set[tuple[int, int]]) -> list[dict]:
@@ -105,11 +105,19 @@ class ArrivalClock:
             self._thread.join(10)
 
 
+def delivered(record: dict) -> dict:
+    """A department_document's decision, flat, with what the report needs of the document."""
+    ocr = record["ocr"] or {}
+    return {**record["decision"], "doc_id": record["doc_id"], "department": record["department"], "received_ms": record["received_ms"],
+            "content_type": record["content_type"], "ocr_status": ocr.get("status"), "ocr_pages": ocr.get("pages_read", 0),
+            "ocr_ms": ocr.get("milliseconds", 0.0), "delivered_text": record["text"] is not None or record["image"] is not None}
+
+
 def ensure_champions(settings: Settings) -> list[str]:
     """Train (and register) models when the registry has no champion; return what was trained."""
     registry = Registry(settings.registry_dir)
     missing = []
-    for kind in ("text", "image"):
+    for kind in KINDS:
         try:
             registry.champion(kind)
         except RegistryError:
@@ -247,10 +255,36 @@ def _report(settings: Settings, docs: list[dict], clock: ArrivalClock, dead: lis
     versions = Counter(f"{p['model_name']} v{p['model_version']} as {p['slot']}" for p in clock.predictions.values())
     console.print("models that decided: " + ", ".join(f"{m} ({n} documents)" for m, n in sorted(versions.items()))
                   + (f"; {clock.unreadable} record(s) on the department topics did not decode" if clock.unreadable else ""))
+    scans = _scans_line(clock.predictions, truth)
+    console.print(scans["line"])
     console.print(f"routed to the department the document truly belongs to: {right} of {len(docs)} ({right / len(docs):.0%}); "
                   f"books: sent {sent} = {len(clock.arrivals)} classified + {len(dead)} dead-lettered")
     return {"departments": dict(departments), "dead_letters": dict(reasons), "latency_ms": percentiles, "models": dict(versions),
-            "right_department": right, "documents": len(docs), "arrived": len(clock.arrivals)}
+            "right_department": right, "documents": len(docs), "arrived": len(clock.arrivals), "scans": scans["figures"],
+            "delivered_with_content": sum(p["delivered_text"] for p in clock.predictions.values())}
+
+
+def _scans_line(predictions: dict[str, dict], truth: dict[str, str]) -> dict:
+    """How the scans were read: pages, OCR time, who decided, and how often the label was right, read or not."""
+    scans = [p for p in predictions.values() if p["content_type"] == "IMAGE"]
+    if not scans:
+        return {"line": "scans: none in this run", "figures": {}}
+    read = [p for p in scans if p["ocr_status"] == "READ"]
+    fallbacks = Counter(p["ocr_status"] for p in scans if p["ocr_status"] != "READ")
+
+    def right(group):
+        return sum(p["label"] == truth[p["doc_id"]] for p in group)
+
+    pages = sum(p["ocr_pages"] for p in scans)
+    ocr_s = sum(p["ocr_ms"] for p in scans) / 1000
+    figures = {"scans": len(scans), "read": len(read), "pages_read": pages, "ocr_seconds": round(ocr_s, 1), "fallbacks": dict(fallbacks),
+               "right_label_read": right(read), "right_label_layout": right([p for p in scans if p["ocr_status"] != "READ"])}
+    layout = len(scans) - len(read)
+    line = (f"scans: {len(scans)}, read by OCR {len(read)} ({pages} pages, {ocr_s:.1f} s of OCR, {1000 * ocr_s / max(pages, 1):.0f} ms/page), "
+            f"right label {figures['right_label_read']}/{len(read)}; decided by the layout model {layout}"
+            + (f" ({', '.join(f'{status} {n}' for status, n in fallbacks.most_common())})" if layout else "")
+            + (f", right label {figures['right_label_layout']}/{layout}" if layout else ""))
+    return {"line": line, "figures": figures}
 
 
 def _accuracy(settings: Settings, docs: list[dict], predictions: list[dict], seed: int, drift: bool, started_ms: int, run_id: str) -> dict:

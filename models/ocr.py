@@ -99,13 +99,14 @@ class PageReader:
         self.api = tesserocr.PyTessBaseAPI(path=config.data_dir(), lang=config.languages, psm=config.page_segmentation)
         self.engine = f"tesseract {tesserocr.tesseract_version().split()[1]} {config.languages} psm{config.page_segmentation}"
 
-    def read(self, pages: list) -> Reading:
-        """Read up to `max_pages` pages; the first page over the timeout or failing stops the reading."""
+    def read(self, pages: list, decoded: dict | None = None) -> Reading:
+        """Read up to `max_pages` pages (PNG bytes or PIL images; `decoded` maps a page's index to
+        its already decoded image); the first page over the timeout or failing stops the reading."""
         started = time.perf_counter()
-        texts, routed = [], len(pages)
+        texts, routed, decoded = [], len(pages), decoded or {}
         for number, page in enumerate(pages[:self.config.max_pages], start=1):
             try:
-                text = self.read_page(page)
+                text = self.read_page(page, decoded.get(number - 1))
             except PageOverBudget:
                 return self._reading(OVER_BUDGET, texts, routed, started,
                                      f"page {number} took more than the OCR budget of {self.config.page_timeout_ms} ms")
@@ -116,7 +117,7 @@ class PageReader:
             return self._reading(NO_TEXT, texts, routed, started, f"no legible text on {len(texts)} page(s)")
         return self._reading(READ, texts, routed, started, None)
 
-    def read_page(self, page) -> str:
+    def read_page(self, page, image=None) -> str:
         """The text of one page (from the cache when it holds the page). Raises PageOverBudget."""
         data = page if isinstance(page, (bytes, bytearray)) else None
         if self.cache is not None and data is not None:
@@ -125,7 +126,8 @@ class PageReader:
                 return cached
         from PIL import Image
 
-        image = Image.open(io.BytesIO(data)) if data is not None else page
+        if image is None:
+            image = Image.open(io.BytesIO(data)) if data is not None else page
         self.api.SetImage(image)
         if not self.api.Recognize(timeout=self.config.page_timeout_ms):
             raise PageOverBudget()

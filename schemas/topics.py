@@ -40,7 +40,7 @@ TOPICS: tuple[Topic, ...] = (
     Topic("routed_scans", "routed.scans", 4, 7 * DAY_MS, "validated, cleaned scanned images", BIG_MESSAGE_BYTES),
     Topic("dead_letters", "dead-letters", 1, 30 * DAY_MS, "what the router could not read: reason + original bytes", BIG_MESSAGE_BYTES),
     *(
-        Topic(f"dept_{dept}", f"dept.{dept}", 2, 14 * DAY_MS, f"classified documents for {dept} ({label})")
+        Topic(f"dept_{dept}", f"dept.{dept}", 2, 14 * DAY_MS, f"documents for {dept} ({label}), each with its decision", BIG_MESSAGE_BYTES)
         for label, dept in DEPARTMENTS.items()
     ),
     Topic("predictions", "predictions", 4, 30 * DAY_MS, "every prediction, for audit and the accuracy join"),

@@ -44,7 +44,7 @@ from schemas import codec
 from udfs.dead_letters import Reason, SourceRecord, dead_letter
 from udfs.cleaning import CorruptImage, FormatMismatch, ImageTooLarge, clean_image, clean_line, clean_text
 
-ROUTER_VERSION = "1.0.0"  # bump when the rules change: it is written into every output
+ROUTER_VERSION = "1.1.0"  # bump when the rules change: it is written into every output
 TEXT_MIME_TYPES = frozenset({"text/plain"})
 IMAGE_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/tiff": "TIFF"}  # mime type -> Pillow format
 _BAD_ID_CHARS = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
@@ -68,7 +68,8 @@ class RouterConfig:
     max_text_chars: int = 1_000_000
     max_image_pixels: int = 50_000_000  # first page, checked from the header before decoding
     max_image_side: int = 2000  # routed scans are scaled down to fit
-    max_pages: int = 10_000
+    max_pages: int = 10_000  # a page_count beyond this is INVALID_FIELD
+    max_routed_pages: int = 5  # pages of a multi-page scan routed (and read by OCR); a note says when more were left out
     max_doc_id_chars: int = 200
     max_replacement_ratio: float = 0.5  # more U+FFFD (and lone surrogates) than this share of the text: INVALID_TEXT_ENCODING
     min_received_ms: int = 946_684_800_000  # 2000-01-01T00:00:00Z
@@ -270,7 +271,7 @@ class Router:
             raise Rejected(Reason.INVALID_TEXT_ENCODING, f"{replaced} of the text's characters are U+FFFD replacement characters or lone surrogates: it was decoded wrongly upstream")
         if not body:
             raise Rejected(Reason.EMPTY_AFTER_CLEANING, f"nothing left of {len(text)} characters after removing control characters and whitespace")
-        return {"text": body, "image": None, "mime_type": "text/plain", "original_mime_type": mime_type,
+        return {"text": body, "image": None, "pages": [], "mime_type": "text/plain", "original_mime_type": mime_type,
                 "text_cleaning": dict(vars(cleaning)), "image_cleaning": None, "notes": []}
 
     def _clean_image(self, doc: dict, mime_type: str) -> dict:
@@ -284,13 +285,14 @@ class Router:
         if not image:
             raise Rejected(Reason.MISSING_CONTENT, "an IMAGE document without image bytes")
         try:
-            png, cleaning = clean_image(image, IMAGE_FORMATS[mime_type], config.max_image_pixels, config.max_image_side)
+            pngs, cleaning = clean_image(image, IMAGE_FORMATS[mime_type], config.max_image_pixels, config.max_image_side,
+                                         config.max_routed_pages)
         except (FormatMismatch, CorruptImage, ImageTooLarge) as exc:
             raise Rejected(next(reason for kind, reason in _IMAGE_REASONS if isinstance(exc, kind)), str(exc)) from None
         notes = []
-        if cleaning.frames > 1:
-            notes.append(f"routed the first of {cleaning.frames} pages")
+        if cleaning.frames > len(pngs):
+            notes.append(f"routed the first {len(pngs)} of {cleaning.frames} pages (the router's page cap)")
         if cleaning.frames != doc["page_count"]:
             notes.append(f"page_count says {doc['page_count']}, the file has {cleaning.frames} page(s)")
-        return {"text": None, "image": png, "mime_type": "image/png", "original_mime_type": mime_type,
+        return {"text": None, "image": pngs[0], "pages": pngs[1:], "mime_type": "image/png", "original_mime_type": mime_type,
                 "text_cleaning": None, "image_cleaning": dict(vars(cleaning)), "notes": notes}

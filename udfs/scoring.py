@@ -1,9 +1,15 @@
-"""The scoring job's plain logic: per-sender features, micro-batched ONNX scoring, routing
-predictions to departments. No pyflink here; udfs/adapters/scoring.py adapts it to Flink.
+"""The scoring job's plain logic: per-sender features, micro-batched ONNX scoring, delivering
+documents to departments. No pyflink here; udfs/adapters/scoring.py adapts it to Flink.
 
-    routed document --(key: sender)--> SenderFeatures.observe --(key: shard)--> buffer
-        --(MicroBatcher: size or timer)--> BatchScorer.score_isolating --> prediction --> department topic + log
-                                                          +--> a document the model fails on --> dead letter
+    routed scan --ScanReader (udfs.reading)--> layout features + OCR reading --+
+    routed text ---------------------------------------------------------------+--(key: sender)--> SenderFeatures.observe
+        --(key: shard)--> buffer --(MicroBatcher: size or timer)--> BatchScorer.score_isolating
+        --> department_document (the document + the decision) --> department topic
+        --> prediction --> predictions log;   a document the model fails on --> dead letter
+
+Three model kinds decide: text documents by the text model, scans that were read by the scan
+model (OCR text + layout + sender context), scans that were not (late, over budget, illegible)
+by the image model (layout + sender context), and the record says why.
 
 A sender silent for `sender_idle_ms` is forgotten (`IdleSenderRule`).
 """
@@ -21,6 +27,7 @@ from schemas.labels import DEPARTMENTS, TRIAGE
 from schemas.redis_keys import FEATURES_NAMESPACE
 from schemas.units import DAY_MS, DAY_S
 from models.image_features import image_features
+from models.ocr import OFF, READ, OcrConfig, Reading, not_read
 from models.registry import ModelRef, Registry
 from models.scoring import Scorer, check_feature_set
 from schemas import codec
@@ -28,9 +35,10 @@ from udfs.dead_letters import SourceRecord
 from udfs.deadline import Deadline, MissedDeadline
 from udfs.feature_cache import FeatureMirror
 from udfs.model_slots import ModelSlots
+from udfs.reading import ReadScan
 from models.features import FEATURE_SET_ID, SENDER_FEATURES, SenderHistory, model_text
 
-SCORING_VERSION = "1.1.0"  # written into the scoring job's dead letters; bump when its rules change
+SCORING_VERSION = "1.2.0"  # written into the scoring job's dead letters; bump when its rules change
 
 
 @dataclass(frozen=True)
@@ -38,7 +46,8 @@ class ScoringConfig:
     """What the scoring job needs; resolved on the client, then pickled into every worker."""
 
     text_model: ModelRef
-    image_model: ModelRef
+    image_model: ModelRef  # the layout-only model: decides the scans OCR did not read
+    scan_model: ModelRef  # decides the scans OCR read
     triage_threshold: float = 0.6  # below this top probability a document goes to triage (0.6: the model card's triage table)
     batch_size: int = 256  # score when a shard's buffer holds this many documents ...
     max_batch_delay_ms: int = 200  # ... or when its oldest document waited this long
@@ -48,14 +57,18 @@ class ScoringConfig:
     redis_ttl_s: int = 2 * DAY_S  # every mirrored key expires
     max_failures_per_minute: int = 100  # records dead-lettered for a processing error; more fail the job
     deadline_ms: int = 1_000  # a champion's run on one micro-batch; past it the PREVIOUS model (or the prior) decides
+    ocr: OcrConfig = OcrConfig()
+    read_scans: bool = True  # False: no OCR, the layout model decides every scan (the fallback-only path)
+    ocr_cache_dir: str | None = None  # page texts by content hash, shared with training (None: no cache)
 
     @classmethod
     def from_registry(cls, registry_dir, **overrides) -> "ScoringConfig":
         """The champions of the registry; raises FeatureSetMismatch for a model trained on
         another feature set, RegistryError when a kind has no champion."""
         registry = Registry(registry_dir)
-        config = cls(text_model=registry.champion("text"), image_model=registry.champion("image"), **overrides)
-        for model in (config.text_model, config.image_model):
+        config = cls(text_model=registry.champion("text"), image_model=registry.champion("image"), scan_model=registry.champion("scan"),
+                     **overrides)
+        for model in (config.text_model, config.image_model, config.scan_model):
             check_feature_set(model)
         return config
 
@@ -96,11 +109,19 @@ class PendingDocument:
     doc_id: str
     sender: str
     content_type: str  # TEXT | IMAGE
-    text: str | None  # the model text (subject + body), for TEXT
+    text: str | None  # the model text (subject + body), for TEXT; the OCR text, for a scan that was read
     image_features: np.ndarray | None  # layout features of the cleaned scan, for IMAGE (not the PNG: small to buffer)
     received_ms: int
     features: list[float]
-    source: SourceRecord  # the routed record as read: what a dead letter carries if scoring it fails
+    source: SourceRecord  # the routed record as read: what a dead letter carries, and what the department receives
+    reading: Reading | None = None  # for IMAGE: what OCR read (READ: the scan model decides; otherwise the layout model)
+
+    @property
+    def kind(self) -> str:
+        """The model kind that decides this document."""
+        if self.content_type == "TEXT":
+            return "text"
+        return "scan" if self.reading is not None and self.reading.status == READ else "image"
 
 
 class SenderFeatures:
@@ -116,12 +137,20 @@ class SenderFeatures:
             return SenderHistory.from_redis_mapping(cached)
         return SenderHistory()
 
-    def observe(self, history: SenderHistory, routed: dict, source: SourceRecord) -> PendingDocument:
-        """The document with its features. What can fail on bad content (the scan's layout
-        features) runs first, so a document that raises leaves the sender's history untouched."""
+    def observe(self, history: SenderHistory, routed: dict, source: SourceRecord, scan: ReadScan | None = None) -> PendingDocument:
+        """The document with its features; `scan`: what `udfs.reading.ScanReader` read of a scan
+        (None: the layout features are computed here and the scan counts as not read). What can
+        fail on bad content (the layout features) runs first, so a document that raises leaves
+        the sender's history untouched."""
         is_scan = routed["content_type"] == "IMAGE"
-        text = None if is_scan else model_text(routed["subject"], routed["text"])
-        layout = image_features(routed["image"]) if is_scan else None
+        if is_scan and scan is None:
+            scan = ReadScan(image_features(routed["image"]), not_read(OFF, 1 + len(routed.get("pages", [])), "none", "the scan was not read"))
+        reading = scan.reading if is_scan else None
+        if not is_scan:
+            text = model_text(routed["subject"], routed["text"])
+        else:
+            text = reading.text if reading.status == READ else None
+        layout = scan.layout if is_scan else None
         features = history.observe(routed["received_ms"], is_scan)
         if self.mirror:  # the history (to pre-warm) and the features of the sender's latest document
             mapping = history.to_redis_mapping()
@@ -136,6 +165,7 @@ class SenderFeatures:
             received_ms=routed["received_ms"],
             features=features,
             source=source,
+            reading=reading,
         )
 
 
@@ -150,10 +180,10 @@ def in_shadow_sample(doc_id: str, share: float) -> bool:
 
 @dataclass
 class ScoredBatch:
-    """What scoring a micro-batch gives: (department, prediction) pairs in batch order, the
-    paired shadow records of the sampled documents, and the documents no model call could score."""
+    """What scoring a micro-batch gives: (department, department_document, prediction) in batch
+    order, the paired shadow records of the sampled documents, and the documents no model call could score."""
 
-    predictions: list[tuple[str, bytes]] = field(default_factory=list)
+    predictions: list[tuple[str, bytes, bytes]] = field(default_factory=list)
     shadows: list[bytes] = field(default_factory=list)
     failed: list[tuple[PendingDocument, Exception]] = field(default_factory=list)
     fallbacks: Counter = field(default_factory=Counter)  # (kind, "fallback" | "prior") -> documents not decided by the champion
@@ -173,7 +203,8 @@ class BatchScorer:
 
     def __init__(self, config: ScoringConfig, slots: ModelSlots | None = None):
         self.config = config
-        self.slots = slots or ModelSlots({"text": Scorer(config.text_model), "image": Scorer(config.image_model)}, load=Scorer.from_pointer)
+        self.slots = slots or ModelSlots({"text": Scorer(config.text_model), "scan": Scorer(config.scan_model), "image": Scorer(config.image_model)},
+                                         load=Scorer.from_pointer)
         self.deadline = Deadline(config.deadline_ms)
 
     def score_isolating(self, batch: list[PendingDocument], now_ms: int) -> ScoredBatch:
@@ -189,11 +220,11 @@ class BatchScorer:
 
     def score(self, batch: list[PendingDocument], now_ms: int) -> ScoredBatch:
         """Predictions for every document of the batch, in batch order, and the shadow pairs."""
-        out: list[tuple[str, bytes] | None] = [None] * len(batch)
+        out: list[tuple[str, bytes, bytes] | None] = [None] * len(batch)
         shadows: list[bytes] = []
         fallbacks: Counter = Counter()
-        for kind, content_type in (("text", "TEXT"), ("image", "IMAGE")):
-            index = [i for i, doc in enumerate(batch) if doc.content_type == content_type]
+        for kind in ("text", "scan", "image"):
+            index = [i for i, doc in enumerate(batch) if doc.kind == kind]
             if not index:
                 continue
             docs, champion = [batch[i] for i in index], self.slots.serving(kind)
@@ -205,7 +236,7 @@ class BatchScorer:
                 reason = f"{champion.name} v{champion.version} {missed}"
                 fallbacks[(kind, slot)] += len(docs)
             for i, label, probs in zip(index, labels, probabilities):
-                out[i] = self._prediction(batch[i], decider, label, probs, now_ms, slot, reason)
+                out[i] = self._decided(batch[i], decider, label, probs, now_ms, slot, reason)
             if slot == "champion":
                 shadows += self._shadow(kind, docs, champion, labels, probabilities, champion_ms, now_ms)
         return ScoredBatch(out, shadows, fallbacks=fallbacks)
@@ -237,10 +268,14 @@ class BatchScorer:
             "challenger_probabilities": _by_label(challenger.labels, probs), "challenger_latency_ms": challenger_ms,
         }) for j, label, probs in zip(sampled, their_labels, their_probabilities)]
 
-    def _prediction(self, doc: PendingDocument, scorer: Scorer, label: str, probs: np.ndarray, now_ms: int, slot: str = "champion",
-                    fallback_reason: str | None = None) -> tuple[str, bytes]:
+    def _decided(self, doc: PendingDocument, scorer: Scorer, label: str, probs: np.ndarray, now_ms: int, slot: str = "champion",
+                 fallback_reason: str | None = None) -> tuple[str, bytes, bytes]:
+        """(department, department_document, prediction) of one decided document."""
         top = float(np.max(probs))
         department = DEPARTMENTS[label] if top >= self.config.triage_threshold else TRIAGE
+        reading = doc.reading
+        if reading is not None and reading.status != READ and fallback_reason is None:
+            fallback_reason = f"OCR {reading.status}: {reading.reason}"
         record = {
             "doc_id": doc.doc_id,
             "sender": doc.sender,
@@ -257,8 +292,11 @@ class BatchScorer:
             "features": dict(zip(SENDER_FEATURES, doc.features)),
             "slot": slot,
             "fallback_reason": fallback_reason,
+            "ocr_status": reading.status if reading is not None else None,
+            "ocr_pages": reading.pages_read if reading is not None else 0,
         }
-        return department, codec.encode("prediction", record)
+        routed = codec.decode(doc.source.value, expected="routed_document").record
+        return department, codec.encode("department_document", department_document(routed, record, reading, top)), codec.encode("prediction", record)
 
 
 def _timed_run(scorer: Scorer, docs: list[PendingDocument], run_options=None) -> tuple[list[str], np.ndarray, float]:
@@ -267,9 +305,26 @@ def _timed_run(scorer: Scorer, docs: list[PendingDocument], run_options=None) ->
     started = time.perf_counter()
     if scorer.kind == "text":
         labels, probabilities = scorer.score_texts([doc.text for doc in docs], context, run_options)
+    elif scorer.kind == "scan":
+        labels, probabilities = scorer.score_scans([doc.text for doc in docs], [doc.image_features for doc in docs], context, run_options)
     else:
         labels, probabilities = scorer.score_images([doc.image_features for doc in docs], context, run_options)
     return labels, probabilities, (time.perf_counter() - started) * 1000
+
+
+DELIVERED_FIELDS = ("doc_id", "sender", "subject", "channel", "received_ms", "content_type", "text", "image", "pages", "mime_type",
+                    "original_mime_type", "page_count", "headers", "language", "notes")
+
+
+def department_document(routed: dict, prediction: dict, reading: Reading | None, confidence: float) -> dict:
+    """What a department receives: the routed document as it was routed, its OCR reading and the decision."""
+    return {**{name: routed.get(name) for name in DELIVERED_FIELDS}, "pages": routed.get("pages") or [],
+            "department": prediction["department"],
+            "ocr": reading.as_record() if reading is not None else None,
+            "decision": {"label": prediction["label"], "probabilities": prediction["probabilities"], "confidence": confidence,
+                         "model_name": prediction["model_name"], "model_version": prediction["model_version"], "slot": prediction["slot"],
+                         "fallback_reason": prediction["fallback_reason"], "scored_ms": prediction["scored_ms"],
+                         "latency_ms": prediction["latency_ms"]}}
 
 
 def _by_label(labels: tuple[str, ...], probabilities: np.ndarray) -> dict[str, float]:

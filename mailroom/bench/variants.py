@@ -123,15 +123,12 @@ def run_limit(run: Run) -> Result:
     scorer = BatchScorer(config)
     pending = pending_documents(run.corpus)
     calls = []  # (session, feeds) of every batch
-    for model, kind in ((scorer.slots.serving("text"), "TEXT"), (scorer.slots.serving("image"), "IMAGE")):
-        docs = [p for p in pending if p.content_type == kind]
+    for kind in ("text", "scan", "image"):
+        model, docs = scorer.slots.serving(kind), [p for p in pending if p.kind == kind]
         for start in range(0, len(docs), config.batch_size):
             chunk = docs[start:start + config.batch_size]
-            inputs = {"context": [p.features for p in chunk]}
-            if kind == "TEXT":
-                inputs["text"] = [normalise_text(p.text) for p in chunk]
-            else:
-                inputs["image_features"] = [p.image_features for p in chunk]
+            inputs = {"context": [p.features for p in chunk], "text": [normalise_text(p.text or "") for p in chunk],
+                      "image_features": [p.image_features for p in chunk]}
             calls.append((model.session, onnx_feeds(model.kind, inputs)))
     passes = 0
 

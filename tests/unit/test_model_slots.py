@@ -149,7 +149,7 @@ def test_a_champion_that_misses_its_deadline_is_stopped_and_the_previous_model_d
     started = _time.perf_counter()
     prior = scorer.score(batch, now_ms=1)  # no PREVIOUS yet: the prior decides, and triage gets the batch
     assert _time.perf_counter() - started < 2.0
-    records = [codec.decode(v).record for _, v in prior.predictions]
+    records = [codec.decode(v).record for _, _, v in prior.predictions]
     assert {(r["slot"], r["department"], r["model_version"]) for r in records} == {("prior", "triage", "9")}
     assert "missed the 300 ms deadline" in records[0]["fallback_reason"] and prior.fallbacks == {("text", "prior"): len(batch)}
 
@@ -157,9 +157,9 @@ def test_a_champion_that_misses_its_deadline_is_stopped_and_the_previous_model_d
     started = _time.perf_counter()
     fallback = scorer.score(batch, now_ms=2)  # the slow run before was terminated: this one is not queued behind it
     assert _time.perf_counter() - started < 2.0
-    records = [codec.decode(v).record for _, v in fallback.predictions]
+    records = [codec.decode(v).record for _, _, v in fallback.predictions]
     assert {(r["slot"], r["model_version"]) for r in records} == {("fallback", "1")}
     assert fallback.fallbacks == {("text", "fallback"): len(batch)}
-    expected = [codec.decode(v).record["label"] for _, v in BatchScorer(ScoringConfig.from_registry(registry)).score(batch, 3).predictions]
+    expected = [codec.decode(v).record["label"] for _, _, v in BatchScorer(ScoringConfig.from_registry(registry)).score(batch, 3).predictions]
     assert [r["label"] for r in records] == expected  # the previous model's own answers
     scorer.deadline.close()

@@ -167,11 +167,23 @@ def test_large_scan_is_scaled_down_keeping_its_aspect_ratio():
     assert doc["image_cleaning"]["resized"] and doc["image_cleaning"]["original_width"] == 3000
 
 
-def test_multi_page_tiff_routes_its_first_page_and_says_so():
+def test_multi_page_tiff_routes_every_page():
     value = codec.encode("document", scan_document(image=scan_image("TIFF", pages=3), image_format="TIFF", page_count=3))
     _, doc = routed(value)
-    assert doc["image_cleaning"]["frames"] == 3 and doc["page_count"] == 3
-    assert doc["notes"] == ["routed the first of 3 pages"]
+    assert doc["image_cleaning"]["frames"] == 3 and doc["page_count"] == 3 and doc["notes"] == []
+    assert len(doc["pages"]) == 2
+    assert [png_pixels(page).size for page in doc["pages"]] == [png_pixels(doc["image"]).size] * 2
+
+
+def test_pages_beyond_the_routers_cap_are_left_out_and_noted():
+    value = codec.encode("document", scan_document(image=scan_image("TIFF", pages=4), image_format="TIFF", page_count=4))
+    _, doc = routed(value, new_router(RouterConfig(max_routed_pages=2)))
+    assert len(doc["pages"]) == 1 and doc["notes"] == ["routed the first 2 of 4 pages (the router's page cap)"]
+
+
+def test_text_documents_have_no_pages():
+    _, doc = routed(valid_text_document())
+    assert doc["pages"] == [] and doc["image"] is None
 
 
 def test_page_count_disagreeing_with_the_file_is_noted():

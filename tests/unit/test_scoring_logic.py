@@ -139,13 +139,13 @@ def _pending(values: list[bytes]) -> list:
 def test_batch_scorer_answers_in_batch_order_and_sends_unsure_documents_to_triage(registry):
     batch = _pending(_routed(16, seed=5))
     scored = BatchScorer(ScoringConfig.from_registry(registry)).score(batch, now_ms=123).predictions
-    records = [codec.decode(value, expected="prediction").record for _, value in scored]
+    records = [codec.decode(value, expected="prediction").record for _, _, value in scored]
     assert [r["doc_id"] for r in records] == [doc.doc_id for doc in batch]
     assert {r["content_type"] for r in records} == {"TEXT", "IMAGE"}
     assert all(r["model_name"] == f"mailroom-{'text' if r['content_type'] == 'TEXT' else 'image'}" for r in records)
     assert all((r["slot"], r["fallback_reason"]) == ("champion", None) for r in records)
     everything_to_triage = BatchScorer(ScoringConfig.from_registry(registry, triage_threshold=1.01)).score(batch, now_ms=123).predictions
-    assert {department for department, _ in everything_to_triage} == {"triage"}
+    assert {department for department, _, _ in everything_to_triage} == {"triage"}
 
 
 def test_score_isolating_finds_exactly_the_documents_the_model_raises_on(registry, tmp_path):
@@ -163,7 +163,7 @@ def test_score_isolating_finds_exactly_the_documents_the_model_raises_on(registr
     scored, failed = result.predictions, result.failed
     assert sorted(doc.doc_id for doc, _ in failed) == ["p1", "p2"]
     assert all("Gather" in str(exc) for _, exc in failed)
-    assert [codec.decode(v).record["doc_id"] for _, v in scored] == [d["doc_id"] for d in docs]  # the others, in order
+    assert [codec.decode(v).record["doc_id"] for _, _, v in scored] == [d["doc_id"] for d in docs]  # the others, in order
     assert scorer.score_isolating([batch[3]], now).predictions == []
 
 

@@ -1,4 +1,4 @@
-"""The scoring job's Flink adapters over `SenderFeatures`, `IdleSenderRule`, `MicroBatcher`, `BatchScorer` and `ModelSlots`."""
+"""The scoring job's Flink adapters over `ScanReader`, `SenderFeatures`, `IdleSenderRule`, `MicroBatcher`, `BatchScorer` and `ModelSlots`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from udfs.adapters.common import BYTES, FailurePath, now_ms, state_ttl, subtask_
 from udfs.batching import MicroBatcher
 from udfs.dead_letters import SourceRecord
 from udfs.feature_cache import FeatureMirror
+from udfs.reading import ReadScan, ScanReader
 from udfs.scoring import SCORING_VERSION, BatchScorer, IdleSenderRule, SenderFeatures
 from udfs.sharding import shard_keys
 
@@ -27,10 +28,51 @@ CONTROL_STATE = MapStateDescriptor("model_control", Types.STRING(), Types.PICKLE
 log = logging.getLogger("mailroom.scoring")
 
 
-def sender_and_source(record: dict, source: SourceRecord) -> tuple[str, SourceRecord]:
-    """What crosses the key-by to the sender features: the key and the bytes as read (decoded
-    again there: cheaper than shipping the decoded record and the bytes both)."""
-    return record["sender"], source
+def sender_and_source(record: dict, source: SourceRecord) -> tuple[str, SourceRecord, str]:
+    """What crosses the key-by to the sender features: the key, the bytes as read (decoded again
+    there: cheaper than shipping the decoded record and the bytes both) and the content type
+    (which `ReadScans` replaces by what it read of a scan)."""
+    return record["sender"], source, record["content_type"]
+
+
+class ReadScans(ProcessFunction):
+    """(sender, routed scan as read, "IMAGE") -> (sender, the same, ReadScan): layout features
+    and OCR (`udfs.reading.ScanReader`), in an operator of its own so that reading can be given
+    more parallelism (TaskManagers) than scoring. A scan whose page does not decode is dead-lettered.
+    Counts pages read and scans by reading status (`ocr_<STATUS>`), once per scan."""
+
+    def __init__(self, config):
+        self.config = config
+
+    def open(self, runtime_context: RuntimeContext):
+        # the engine lives on one thread Python itself started (as onnxruntime does: see ScoreMicroBatches)
+        self.ocr_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tesseract")
+        self.reader = self.ocr_thread.submit(ScanReader, self.config.ocr, self.config.read_scans, self.config.ocr_cache_dir).result()
+        self.failures = FailurePath(runtime_context, JOB, SCORING_VERSION, self.config.max_failures_per_minute)
+        self.metrics = runtime_context.get_metrics_group()
+        self.pages = self.metrics.counter("ocr_pages_read")
+        self.by_status = {}
+
+    def process_element(self, item, ctx: ProcessFunction.Context):
+        sender, source, _ = item
+        doc_id = None
+        try:
+            routed = codec.decode(source.value, expected="routed_document").record
+            doc_id = routed["doc_id"]
+            scan = self.ocr_thread.submit(self.reader.read, routed, now_ms()).result()
+        except Exception as exc:  # a page that is no image: this record only
+            yield self.failures.dead_letter(source, exc, doc_id)
+            return
+        self.pages.inc(scan.reading.pages_read)
+        status = scan.reading.status
+        if status not in self.by_status:
+            self.by_status[status] = self.metrics.counter(f"ocr_{status}")
+        self.by_status[status].inc()
+        yield sender, source, scan
+
+    def close(self):
+        self.ocr_thread.submit(self.reader.close).result()
+        self.ocr_thread.shutdown()
 
 
 def sender_label_and_source(record: dict, source: SourceRecord) -> tuple[str, str, SourceRecord]:
@@ -39,7 +81,7 @@ def sender_label_and_source(record: dict, source: SourceRecord) -> tuple[str, st
 
 
 class ComputeSenderFeatures(KeyedCoProcessFunction):
-    """Keyed by sender. Input 1: (sender, routed record as read) -> (shard, PendingDocument).
+    """Keyed by sender. Input 1: (sender, routed record as read, ReadScan of a scan or "TEXT") -> (shard, PendingDocument).
     Input 2: (sender, label, record) of this job's own predictions, read back from the
     predictions log, which feed the sender's recent label shares (`SenderHistory.record_label`).
 
@@ -68,13 +110,13 @@ class ComputeSenderFeatures(KeyedCoProcessFunction):
         self.shard = shard_keys(parallelism)[subtask]
 
     def process_element1(self, item, ctx: KeyedCoProcessFunction.Context):
-        sender, source = item
+        sender, source, scan = item
         doc_id = None
         try:
             routed = codec.decode(source.value, expected="routed_document").record
             doc_id = routed["doc_id"]
             history = self.history.value() or self.features.warm_start(sender)
-            pending = self.features.observe(history, routed, source)
+            pending = self.features.observe(history, routed, source, scan if isinstance(scan, ReadScan) else None)
         except Exception as exc:  # a scan that is no image, a decoder bug, ...: this record only
             yield self.failures.dead_letter(source, exc, doc_id)
             return
@@ -214,8 +256,8 @@ class ScoreMicroBatches(KeyedCoProcessFunction):
         if not batch:
             return
         scored = self.onnx_thread.submit(self.scorer.score_isolating, batch, int(now)).result()
-        for department, prediction in scored.predictions:
-            yield DEPARTMENT_OUTPUTS[department], prediction
+        for department, delivery, prediction in scored.predictions:
+            yield DEPARTMENT_OUTPUTS[department], delivery
             yield prediction
         for shadow in scored.shadows:
             yield SHADOW_PREDICTIONS, shadow
