@@ -107,6 +107,8 @@ def test_compose_flink_runs_python_jobs_with_the_projects_config():
         svc = services[name]
         dockerfile = svc["build"]["dockerfile_inline"]
         assert "requirements.lock" in dockerfile and "openjdk-17" in dockerfile
+        assert all(f"tesseract-ocr-{lang}" in dockerfile for lang in ("eng", "deu", "fra"))  # the scan reader's engine and data
+        assert "tesserocr==" in lock
         assert "apache-flink==2.2.1" in lock and svc["image"].endswith(":2.2.1")
         assert "./flink-conf/config.yaml:/opt/mailroom/flink-conf/config.yaml:ro" in svc["volumes"]
         assert "python -m config.flinkconf" in svc["command"][-1]
