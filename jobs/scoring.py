@@ -94,6 +94,8 @@ def parse_args(argv: list[str], settings: Settings) -> argparse.Namespace:
                         help="below this top probability a document goes to triage (default: %(default)s)")
     ocr = parser.add_argument_group("reading scans (OCR)")
     ocr.add_argument("--no-ocr", action="store_true", help="do not read scans: the layout model decides every scan (the fallback-only path)")
+    ocr.add_argument("--no-ocr-cache", action="store_true", help="read every page, even one read before (benchmarks); default: "
+                     "page texts are kept by content hash under the cache directory, shared with training")
     ocr.add_argument("--ocr-parallelism", type=int, help="parallel scan readers (default: the job's parallelism); give reading more TaskManagers than scoring")
     ocr.add_argument("--ocr-languages", default=OcrConfig.languages, help="Tesseract languages, joined by + (default: %(default)s; installed: eng, deu, fra)")
     ocr.add_argument("--ocr-page-timeout-ms", type=int, default=OcrConfig.page_timeout_ms,
@@ -111,7 +113,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv, settings)
     config = ScoringConfig.from_registry(args.registry, batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay_ms,
                                          triage_threshold=args.triage_threshold, max_failures_per_minute=args.max_failures_per_minute,
-                                         deadline_ms=args.deadline_ms, read_scans=not args.no_ocr, ocr_cache_dir=str(settings.cache_dir / "ocr"),
+                                         deadline_ms=args.deadline_ms, read_scans=not args.no_ocr,
+                                         ocr_cache_dir=None if args.no_ocr_cache else str(settings.cache_dir / "ocr"),
                                          ocr=OcrConfig(languages=args.ocr_languages, page_timeout_ms=args.ocr_page_timeout_ms,
                                                        max_pages=args.ocr_max_pages, max_wait_ms=args.ocr_max_wait_ms))
     env = make_env(settings, JOB, args.parallelism, args.restore_from)

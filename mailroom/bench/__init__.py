@@ -6,9 +6,14 @@ Every variant runs over the same generated documents (models.generator: `--docs`
 |-----------------|---------------------------------------------------------------------------------------------|
 | limit           | the champions in onnxruntime, in batches of ScoringConfig.batch_size, inputs precomputed    |
 | router          | `jobs.router --bounded` over a pre-filled documents topic: text-only, then scans-only       |
+| reading         | the same routed pages read by the `tesseract` command line (a process per page: the limit)  |
+|                 | and by the scan reader in one process (engine loaded); then mailroom-scans: `jobs.scoring`  |
+|                 | over the scans alone at each p (OCR is most of its work), nothing cached                    |
 | peer            | what a user would write instead: a kafka-python loop (`PeerScorer`) from the routed topics  |
 |                 | to the department topics + predictions; at-least-once, sender state in a dict, p processes  |
 | mailroom        | `jobs.scoring` on the embedded MiniCluster at `--parallelism p`: exactly-once, checkpointed |
+|                 | scans read by OCR (nothing cached)                                                          |
+| mailroom-no-ocr | the same job with `--no-ocr`: the layout model decides every scan (the fallback-only path)  |
 | mailroom-shadow | the same job, each kind's champion also deployed as its challenger at sample 1.0            |
 |                 | (`mailroom.control.deploy`): every document scored twice, paired on shadow-predictions      |
 | deploy          | the running scoring job at p (under half mailroom's sustained rate, if measured; else       |
@@ -28,6 +33,9 @@ How it measures (one Flink job at a time: the machines here have 2 cores):
   mailroom's (each at half its own sustained rate), per parallelism; the challenger is serving
   on every subtask before the backlog is sent, and the shadow-predictions topic must then hold
   one pair per document scored.
+- reading: pages per CPU second of each reader's own processes (for the scoring job: its whole
+  process tree in the throughput window, so Kafka I/O and scoring count against it); the job's
+  p2 rate over its p1 rate.
 - deploy to serving: from the champion record's send (its Kafka timestamp) to each subtask's
   SERVING report on model-events (its at_ms), and to that report's arrival at a read_committed
   consumer (after the checkpoint that commits it); min/median/max over the deploys.

@@ -7,18 +7,20 @@ import json
 import os
 import platform
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 from config.settings import PROJECT_DIR, Settings
 from mailroom.bench.corpus import build_corpus
-from mailroom.bench.figures import SHADOW, DeployFigures, Result, report
+from mailroom.bench.figures import NO_OCR, SCANS, SHADOW, DeployFigures, Result, report
 from mailroom.bench.output import console, deploy_table, err, plot, table
 from mailroom.bench.peer import fast_kafka_crc
-from mailroom.bench.variants import BenchError, Run, profile_scoring, run_deploys, run_limit, run_router, run_stream
+from mailroom.bench.variants import (OCR_PAGES, QUICK_OCR_PAGES, BenchError, Run, profile_scoring, run_deploys, run_limit, run_reading_limits,
+                                     run_router, run_stream, scans_only)
 
-VARIANTS = ("limit", "router", "peer", "mailroom", SHADOW, "deploy")
+VARIANTS = ("limit", "router", "reading", "peer", "mailroom", NO_OCR, SHADOW, "deploy")
 DOCS, QUICK_DOCS = 12_000, 400
 DEPLOYS, QUICK_DEPLOYS = 5, 3  # champion deploys of the deploy measurement
 PACED_S, QUICK_PACED_S = 20.0, 5.0  # how long the paced producer offers load
@@ -82,10 +84,13 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
     if "router" in variants:
         steps += [(f"router {kind}", lambda kind=kind: run_router(run, kind)) for kind in ("text", "scans")
                   if any((d["content_type"] == "image") == (kind == "scans") for d in corpus.documents)]
+    if "reading" in variants:  # the tesseract CLI and the in-process reader, then the scoring job over the scans alone at each p
+        steps.append(("reading: CLI and in-process", lambda: run_reading_limits(run, QUICK_OCR_PAGES if args.quick else OCR_PAGES)))
+        steps += [(f"{SCANS} p{p}", lambda p=p: run_stream(replace(run, corpus=scans_only(corpus)), SCANS, p)) for p in run.parallelism]
     if "peer" in variants:
         steps += [(f"peer p{p}", lambda p=p: run_stream(run, "peer", p)) for p in run.parallelism]
-    for p in run.parallelism:  # mailroom-shadow beside mailroom at the same parallelism
-        steps += [(f"{variant} p{p}", lambda variant=variant, p=p: run_stream(run, variant, p)) for variant in ("mailroom", SHADOW)
+    for p in run.parallelism:  # mailroom-no-ocr and mailroom-shadow beside mailroom at the same parallelism
+        steps += [(f"{variant} p{p}", lambda variant=variant, p=p: run_stream(run, variant, p)) for variant in ("mailroom", NO_OCR, SHADOW)
                   if variant in variants]
     results: list[Result] = []
     if "deploy" in variants:  # under half of mailroom's sustained rate at that parallelism, if measured above; else idle
@@ -96,7 +101,10 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
         console.print(f"[bold]{name}[/bold]")
         try:
             figures = step()
-            (deploys if isinstance(figures, DeployFigures) else results).append(figures)
+            if isinstance(figures, list):
+                results += figures
+            else:
+                (deploys if isinstance(figures, DeployFigures) else results).append(figures)
         except BenchError as exc:
             errors.append(str(exc))
             err.print(f"[red]{name} failed:[/red] {exc}")

@@ -20,24 +20,27 @@ _BUFFER = 0  # the peer's one buffer key
 
 
 class PeerScorer:
-    """The hand-written peer's logic: decode, sender features (a dict of SenderHistory),
-    micro-batches of `config.batch_size` or `config.max_batch_delay_ms` (MicroBatcher), BatchScorer.
+    """The hand-written peer's logic: decode, scans read as the job reads them (ScanReader), sender
+    features (a dict of SenderHistory), micro-batches of `config.batch_size` or
+    `config.max_batch_delay_ms` (MicroBatcher), BatchScorer.
 
-    `add` and `flush` return (department, encoded prediction) pairs to send. The decided label
-    feeds the sender's history at once (the Flink job reads it back from the predictions topic).
+    `add` and `flush` return (department, department_document, prediction) to send. The decided
+    label feeds the sender's history at once (the Flink job reads it back from the predictions topic).
     """
 
     def __init__(self, config, scorer=None):
+        from udfs.reading import ScanReader
         from udfs.scoring import BatchScorer, SenderFeatures
 
         self.config = config
         self.scorer = scorer if scorer is not None else BatchScorer(config)
+        self.reader = ScanReader(config.ocr, config.read_scans, config.ocr_cache_dir)
         self.features = SenderFeatures(mirror=None)
         self.histories: dict = {}
         self.pending: list = []
         self.batcher = MicroBatcher(config.batch_size, config.max_batch_delay_ms)
 
-    def add(self, value: bytes, now_ms: int, topic: str = "", partition: int = -1, offset: int = -1) -> list[tuple[str, bytes]]:
+    def add(self, value: bytes, now_ms: int, topic: str = "", partition: int = -1, offset: int = -1) -> list[tuple[str, bytes, bytes]]:
         """Take one routed record (and where it was read); the batch's predictions once it is due."""
         from models.features import SenderHistory
 
@@ -45,7 +48,8 @@ class PeerScorer:
         history = self.histories.get(routed["sender"])
         if history is None:
             history = self.histories[routed["sender"]] = SenderHistory()
-        self.pending.append(self.features.observe(history, routed, SourceRecord(value, topic, partition, offset)))
+        scan = self.reader.read(routed, now_ms) if routed["content_type"] == "IMAGE" else None
+        self.pending.append(self.features.observe(history, routed, SourceRecord(value, topic, partition, offset), scan))
         return self.flush(now_ms) if self.batcher.added(_BUFFER, now_ms).flush else []
 
     def wait_ms(self, now_ms: int, idle_ms: int = 100) -> int:
@@ -57,13 +61,13 @@ class PeerScorer:
         """True when a pending batch's oldest document has waited `config.max_batch_delay_ms`."""
         return self.batcher.is_due(_BUFFER, now_ms)
 
-    def flush(self, now_ms: int) -> list[tuple[str, bytes]]:
+    def flush(self, now_ms: int) -> list[tuple[str, bytes, bytes]]:
         batch, self.pending = self.pending, []
         self.batcher.flushed(_BUFFER)
         if not batch:
             return []
         scored = self.scorer.score(batch, now_ms).predictions
-        for doc, (_, prediction) in zip(batch, scored):
+        for doc, (_, _, prediction) in zip(batch, scored):
             self.histories[doc.sender].record_label(codec.decode(prediction, expected="prediction").record["label"])
         return scored
 
@@ -91,9 +95,9 @@ def peer_main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>`: where is it stuck?
 
-    def send(scored: list[tuple[str, bytes]]) -> None:
-        for department, prediction in scored:
-            out.send(departments[department], prediction)
+    def send(scored: list[tuple[str, bytes, bytes]]) -> None:
+        for department, delivery, prediction in scored:
+            out.send(departments[department], delivery)
             out.send(predictions, prediction)
 
     while not stopping.is_set():

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from config.settings import Settings
 from mailroom.bench.corpus import Corpus, pending_documents
-from mailroom.bench.figures import (SHADOW, DeployFigures, Result, Window, deploy_timing, first_serving, percentiles, shadow_check,
+from mailroom.bench.figures import (NO_OCR, OCR_CLI, OCR_READER, SCANS, SHADOW, DeployFigures, Result, Window, deploy_timing, first_serving, percentiles, shadow_check,
                                     sustained_window)
 from mailroom.bench.output import console
 from mailroom.bench.peer import PeerScorer
@@ -36,8 +36,9 @@ from schemas.topics import BY_KEY, TOPICS, department_topic_key, topic_name
 PACED_PREFIX = "paced-"  # doc_id prefix of the paced phase's documents
 LOAD_PREFIX = "load-"  # doc_id prefix of the documents scored while deploys happen
 LIMIT_SECONDS = 3.0
-SCORING_VARIANTS = ("mailroom", SHADOW)  # run jobs.scoring
-KINDS = {"routed_text": "text", "routed_scans": "image"}  # routed topic key -> model kind
+SCORING_VARIANTS = ("mailroom", SHADOW, NO_OCR, SCANS)  # run jobs.scoring
+KINDS = {"routed_text": ("text",), "routed_scans": ("scan", "image")}  # routed topic key -> the model kinds that decide its documents
+OCR_PAGES, QUICK_OCR_PAGES = 60, 12  # pages the reading limit (CLI) and the in-process reader read
 DEPLOY_KIND = "text"  # the kind the deploy measurement deploys
 DEPLOY_PAUSE_S = 1.0  # between a deploy seen by every subtask and the next
 SERVING_TIMEOUT_S = 120.0  # a deploy (or, at start, the challenger) every subtask must report serving within
@@ -145,6 +146,53 @@ def run_limit(run: Run) -> Result:
     return Result("limit", run.corpus.mix, None, len(pending), round(rate["docs_per_s"]), cpu_ms_per_doc=round(cpu_ms_per_doc, 3))
 
 
+def scans_only(corpus: Corpus) -> Corpus:
+    """The corpus's scans and their routed forms."""
+    return Corpus([d for d in corpus.documents if d["content_type"] == "image"], [(k, v) for k, v in corpus.routed if k == "routed_scans"])
+
+
+def run_reading_limits(run: Run, pages: int) -> list[Result]:
+    """The same routed pages read by the `tesseract` command line (a process per page: what
+    pytesseract does) and by `udfs.reading.ScanReader` in this process (the engine loaded once),
+    both single-threaded (OMP_THREAD_LIMIT=1), nothing cached: wall time and CPU per page."""
+    import resource
+    import tempfile
+
+    from models.ocr import OcrConfig
+
+    config = OcrConfig()
+    routed = [codec.decode(v, expected="routed_document").record for k, v in run.corpus.routed if k == "routed_scans"][:pages]
+    if not routed:
+        raise BenchError("reading: the corpus has no scans; raise --scan-share")
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = [Path(tmp) / f"page-{i}.png" for i in range(len(routed))]
+        for path, doc in zip(paths, routed):
+            path.write_bytes(doc["image"])
+        env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
+        cpu, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+        for path in tqdm(paths, desc=f"{OCR_CLI}: {len(paths)} pages", unit="page"):
+            subprocess.run(["tesseract", str(path), "-", "--psm", str(config.page_segmentation), "-l", config.languages], env=env,
+                           check=True, capture_output=True, timeout=120)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        results.append(_reading_result(OCR_CLI, len(paths), time.perf_counter() - started,
+                                       (after.ru_utime + after.ru_stime) - (cpu.ru_utime + cpu.ru_stime)))
+    from udfs.reading import ScanReader
+
+    reader = ScanReader(config)
+    cpu, started = time.process_time(), time.perf_counter()
+    for doc in tqdm(routed, desc=f"{OCR_READER}: {len(routed)} pages", unit="page"):
+        reader.reader.read([doc["image"]])  # OCR alone, as the CLI does (the layout features are another 6 ms)
+    results.append(_reading_result(OCR_READER, len(routed), time.perf_counter() - started, time.process_time() - cpu))
+    reader.close()
+    return results
+
+
+def _reading_result(variant: str, pages: int, wall_s: float, cpu_s: float) -> Result:
+    return Result(variant, f"{pages} routed scan pages", 1, pages, round(pages / wall_s, 2), cpu_s=round(cpu_s, 2),
+                  cpu_ms_per_doc=round(1000 * cpu_s / pages, 1), wall_s=round(wall_s, 1))
+
+
 def run_router(run: Run, kind: str) -> Result:
     """jobs.router --bounded over a pre-filled documents topic holding only texts or only scans."""
     from mailroom.kafkautil import read_topic
@@ -246,7 +294,7 @@ def _deploy_challengers(settings: Settings, corpus: Corpus, name: str) -> dict[s
 
     registry = Registry(settings.registry_dir)
     versions = {}
-    for kind in sorted({KINDS[key] for key, _ in corpus.routed}):
+    for kind in sorted({kind for key, _ in corpus.routed for kind in KINDS[key]}):
         version = registry.champion(kind).version
         try:
             deploy(settings, registry, kind, version, "challenger", sample=1.0, note="bench: the champion in shadow of itself")
@@ -415,7 +463,8 @@ def _start(settings: Settings, variant: str, parallelism: int, log: Path) -> lis
 
     group = settings.topic_prefix + "group"  # unique per run, like the topics
     if variant in SCORING_VARIANTS:  # mailroom-shadow: the same job, its challenger comes from the control topic
-        return [start_job(settings, "jobs.scoring", ["--parallelism", str(parallelism), "--group-id", group], log, log_dir=log.with_suffix(""))]
+        args = ["--parallelism", str(parallelism), "--group-id", group, "--no-ocr-cache"]  # every page read: the reading is measured
+        return [start_job(settings, "jobs.scoring", args + (["--no-ocr"] if variant == NO_OCR else []), log, log_dir=log.with_suffix(""))]
     # the peer: `python -m mailroom.bench` runs peer_main (__main__.py)
     return [start_job(settings, "mailroom.bench", ["--group-id", group], log) for _ in range(parallelism)]
 
@@ -514,9 +563,9 @@ class OutputWatcher(TopicWatcher):
         self.arrivals: dict[str, dict[str, Arrival]] = {"backlog": {}, "paced": {}}
 
     def _take(self, value: bytes, arrived_ms: int) -> None:
-        p = codec.decode(value, expected="prediction").record
+        p = codec.decode(value, expected="department_document").record
         phase = "paced" if p["doc_id"].startswith(PACED_PREFIX) else "backlog"
-        self.arrivals[phase].setdefault(p["doc_id"], Arrival(p["received_ms"], p["scored_ms"], arrived_ms))
+        self.arrivals[phase].setdefault(p["doc_id"], Arrival(p["received_ms"], p["decision"]["scored_ms"], arrived_ms))
 
 
 class EventWatcher(TopicWatcher):

@@ -205,9 +205,9 @@ def test_a_challenger_in_shadow_never_reaches_a_department(pipeline_settings, tm
     with _scoring(settings, [], tmp_path / "job.log", lambda e: e["slot"] == "CHALLENGER" and e["outcome"] == "SERVING", "the challenger"):
         _send_and_score(settings, values)
 
-    delivered = [codec.decode(r.value, expected="prediction").record for label in DEPARTMENTS
+    delivered = [codec.decode(r.value, expected="department_document").record for label in DEPARTMENTS
                  for r in read_topic(settings, topic_name(department_topic_key(label), settings.topic_prefix), timeout_s=2)]
-    assert len(delivered) == len(values) and {p["model_version"] for p in delivered} == {str(champion.version)}  # only the champion's
+    assert len(delivered) == len(values) and {p["decision"]["model_version"] for p in delivered} == {str(champion.version)}  # only the champion's
     shadows = [codec.decode(r.value, expected="shadow_prediction").record
                for r in read_topic(settings, topic_name("shadow_predictions", settings.topic_prefix), min_count=1)]
     sampled = sorted(p["doc_id"] for p in delivered if in_shadow_sample(p["doc_id"], 0.5))

@@ -72,16 +72,20 @@ def test_documents_end_to_end_into_department_topics_exactly_once(pipeline_setti
     delivered = Counter(r["doc_id"] for records in departments.values() for r in records)
     assert set(delivered) == set(truth) and max(delivered.values()) == 1  # each in exactly one department topic
 
-    champion_versions = {"TEXT": ScoringConfig.from_registry(settings.registry_dir).text_model.version,
-                         "IMAGE": ScoringConfig.from_registry(settings.registry_dir).image_model.version}
+    config = ScoringConfig.from_registry(settings.registry_dir)
+    champion_versions = {"mailroom-text": config.text_model.version, "mailroom-scan": config.scan_model.version,
+                         "mailroom-image": config.image_model.version}
+    logged = {p["doc_id"]: p for p in predictions}
     right = 0
     for dept, records in departments.items():
-        for p in records:
-            assert p["model_version"] == str(champion_versions[p["content_type"]]) and p["feature_set_id"] == FEATURE_SET_ID
-            confident = max(p["probabilities"].values()) >= ScoringConfig.triage_threshold
-            assert dept == (DEPARTMENTS[p["label"]] if confident else DEPARTMENTS["other"])
-            if p["label"] == truth[p["doc_id"]] and confident:
-                assert dept == DEPARTMENTS[truth[p["doc_id"]]]  # right model -> right department
+        for record in records:
+            d, p = record["decision"], logged[record["doc_id"]]
+            assert d["model_version"] == str(champion_versions[d["model_name"]]) and p["feature_set_id"] == FEATURE_SET_ID
+            assert (d["label"], d["model_name"], d["probabilities"], record["department"]) == (p["label"], p["model_name"], p["probabilities"], dept)
+            confident = d["confidence"] >= ScoringConfig.triage_threshold
+            assert dept == (DEPARTMENTS[d["label"]] if confident else DEPARTMENTS["other"])
+            if d["label"] == truth[record["doc_id"]] and confident:
+                assert dept == DEPARTMENTS[truth[record["doc_id"]]]  # right model -> right department
                 right += 1
     assert right > len(docs) * 0.6, f"only {right} of {len(docs)} routed to the right department"
     assert all(p["latency_ms"] >= 0 for p in predictions)

@@ -207,6 +207,13 @@ def test_plot_writes_a_png(tmp_path):
 # --- the peer's loop, with a stand-in for BatchScorer ------------------------------------------
 
 
+def peer_config(batch_size: int) -> SimpleNamespace:
+    """What PeerScorer reads of a ScoringConfig (no OCR: the stand-in scorer scores only texts)."""
+    from models.ocr import OcrConfig
+
+    return SimpleNamespace(batch_size=batch_size, max_batch_delay_ms=200, ocr=OcrConfig(), read_scans=False, ocr_cache_dir=None)
+
+
 class LabelsEverythingAnInvoice:
     """Stands in for BatchScorer: same call, same output shape, no models."""
 
@@ -215,7 +222,7 @@ class LabelsEverythingAnInvoice:
 
     def score(self, batch, now_ms):
         self.batches.append(batch)
-        return ScoredBatch([("finance", codec.encode("prediction", {
+        return ScoredBatch([("finance", b"the department document", codec.encode("prediction", {
             "doc_id": doc.doc_id, "sender": doc.sender, "content_type": doc.content_type, "label": "invoice",
             "probabilities": {"invoice": 1.0}, "model_name": "stand-in", "model_version": "0", "feature_set_id": "sender-v1",
             "department": "finance", "received_ms": doc.received_ms, "scored_ms": now_ms, "latency_ms": now_ms - doc.received_ms,
@@ -230,11 +237,11 @@ def _routed(doc_id: str) -> bytes:
 
 def test_peer_scores_full_batches_and_feeds_labels_back_into_the_sender_history():
     stand_in = LabelsEverythingAnInvoice()
-    peer = PeerScorer(SimpleNamespace(batch_size=2, max_batch_delay_ms=200), scorer=stand_in)
+    peer = PeerScorer(peer_config(batch_size=2), scorer=stand_in)
     assert peer.add(_routed("a"), now_ms=1_000) == []
     scored = peer.add(_routed("b"), now_ms=1_050)
-    assert [department for department, _ in scored] == ["finance", "finance"]
-    assert [codec.decode(p, expected="prediction").record["doc_id"] for _, p in scored] == ["a", "b"]
+    assert [department for department, _, _ in scored] == ["finance", "finance"]
+    assert [codec.decode(p, expected="prediction").record["doc_id"] for _, _, p in scored] == ["a", "b"]
     (history,) = peer.histories.values()  # both documents come from the same sender
     assert history.docs == 2 and list(history.labels) == ["invoice", "invoice"]
     assert peer.add(_routed("c"), now_ms=2_000) == []
@@ -243,7 +250,7 @@ def test_peer_scores_full_batches_and_feeds_labels_back_into_the_sender_history(
 
 
 def test_peer_flushes_a_partial_batch_when_its_oldest_document_waited_long_enough():
-    peer = PeerScorer(SimpleNamespace(batch_size=100, max_batch_delay_ms=200), scorer=LabelsEverythingAnInvoice())
+    peer = PeerScorer(peer_config(batch_size=100), scorer=LabelsEverythingAnInvoice())
     assert peer.wait_ms(now_ms=0) == 100  # idle: poll at most this long
     peer.add(_routed("a"), now_ms=1_000)
     assert peer.wait_ms(now_ms=1_150) == 50
@@ -254,7 +261,7 @@ def test_peer_flushes_a_partial_batch_when_its_oldest_document_waited_long_enoug
 
 def test_peer_batches_by_size_with_the_shared_policy():
     stand_in = LabelsEverythingAnInvoice()
-    peer = PeerScorer(SimpleNamespace(batch_size=3, max_batch_delay_ms=200), scorer=stand_in)
+    peer = PeerScorer(peer_config(batch_size=3), scorer=stand_in)
     flushed = [len(peer.add(_routed(f"d{i}"), now_ms=1_000 + i)) for i in range(7)]
     assert flushed == [0, 0, 3, 0, 0, 3, 0]
     assert [len(batch) for batch in stand_in.batches] == [3, 3]
@@ -262,7 +269,7 @@ def test_peer_batches_by_size_with_the_shared_policy():
 
 
 def test_peer_wait_counts_down_from_the_first_pending_document():
-    peer = PeerScorer(SimpleNamespace(batch_size=10, max_batch_delay_ms=200), scorer=LabelsEverythingAnInvoice())
+    peer = PeerScorer(peer_config(batch_size=10), scorer=LabelsEverythingAnInvoice())
     assert peer.wait_ms(now_ms=500, idle_ms=30) == 30 and not peer.is_due(now_ms=500)
     peer.add(_routed("a"), now_ms=1_000)
     assert peer.wait_ms(now_ms=1_000) == 200
@@ -273,7 +280,7 @@ def test_peer_wait_counts_down_from_the_first_pending_document():
 
 def test_peer_flush_empties_the_batch_and_restarts_the_clock():
     stand_in = LabelsEverythingAnInvoice()
-    peer = PeerScorer(SimpleNamespace(batch_size=10, max_batch_delay_ms=200), scorer=stand_in)
+    peer = PeerScorer(peer_config(batch_size=10), scorer=stand_in)
     peer.add(_routed("a"), now_ms=1_000)
     peer.add(_routed("b"), now_ms=1_010)
     assert len(peer.flush(now_ms=1_050)) == 2 and [len(b) for b in stand_in.batches] == [2]

@@ -1,0 +1,136 @@
+"""Scans that read, on the real stack: router and scoring jobs, Tesseract in the scoring job's
+scan reader, departments that receive the document itself.
+
+The scans are pages rendered from generated documents (a scanned invoice, a scanned CV, a
+scanned letter, and a three-page TIFF invoice), so the test needs nothing beyond the project."""
+
+from __future__ import annotations
+
+import io
+import time
+
+from PIL import Image, ImageDraw, ImageFont
+
+from mailroom.kafkautil import read_topic
+from mailroom.produce import DocumentProducer, to_document
+from mailroom.submit import run_job
+from models.generator import generate
+from schemas import codec
+from schemas.labels import DEPARTMENTS
+from schemas.topics import department_topic_key, topic_name
+from udfs.routing import Router, RouterConfig
+
+FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+
+
+def rendered_page(text: str) -> Image.Image:
+    """A clean A4 page at 150 dpi with `text` wrapped to the page."""
+    image = Image.new("L", (1240, 1754), 255)
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.truetype(FONT, 26)
+    y = 120
+    for paragraph in text.splitlines():
+        words, line = paragraph.split(), ""
+        for word in words + [None]:
+            if word is not None and draw.textlength(f"{line} {word}", font=font) < 1000:
+                line = f"{line} {word}".strip()
+                continue
+            draw.text((120, y), line, fill=0, font=font)
+            y += 38
+            line = word or ""
+            if y > 1650:
+                return image
+    return image
+
+
+def scan_of(doc: dict, doc_id: str, pages: int = 1) -> dict:
+    """The generated text document `doc` as a scanned document (PNG, or a TIFF of `pages` pages)."""
+    text = f"{doc['subject'] or ''}\n{doc['text']}"
+    images = [rendered_page(text)] + [rendered_page(f"Page {n} of {pages}\n{doc['text']}") for n in range(2, pages + 1)]
+    out = io.BytesIO()
+    if pages == 1:
+        images[0].save(out, "PNG")
+    else:
+        images[0].save(out, "TIFF", save_all=True, append_images=images[1:], compression="tiff_deflate")
+    return {"doc_id": doc_id, "received_ms": int(time.time() * 1000), "channel": "SCANNER", "sender": f"scanner@{doc_id}.example",
+            "subject": None, "content_type": "IMAGE", "text": None, "image": out.getvalue(),
+            "mime_type": "image/png" if pages == 1 else "image/tiff", "page_count": pages, "headers": {"X-Scanner": "mailroom-3"},
+            "label": doc["label"]}
+
+
+def _first(label: str, seed: int) -> dict:
+    return next(d for d in generate(60, seed=seed, scan_share=0.0) if d["label"] == label and d["channel"] != "PORTAL")
+
+
+def _delivered(settings) -> dict[str, dict]:
+    """Every department_document on the department topics, by doc_id."""
+    out = {}
+    for label in DEPARTMENTS:
+        for message in read_topic(settings, topic_name(department_topic_key(label), settings.topic_prefix), timeout_s=2):
+            record = codec.decode(message.value, expected="department_document").record
+            out[record["doc_id"]] = record
+    return out
+
+
+def _route_and_score(settings, docs: list[dict], *scoring_args: str) -> None:
+    with DocumentProducer(settings) as producer:
+        assert producer.send_many(docs, progress=False).sent == len(docs)
+    for job, group, extra in (("jobs.router", "router", ()), ("jobs.scoring", "scoring", scoring_args)):
+        result = run_job(settings, job, ["--bounded", "--group-id", f"{settings.topic_prefix}{group}", *extra], timeout=900)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _as_routed(doc: dict) -> dict:
+    """What the router makes of `doc` (its logic is deterministic: the same bytes as the job's)."""
+    result = Router(RouterConfig()).route(codec.encode("document", to_document(doc, doc["received_ms"])), "t", 0, 0, int(time.time() * 1000))
+    return codec.decode(result.value, expected="routed_document").record
+
+
+def test_scans_are_read_and_each_department_receives_the_whole_document(pipeline_settings):
+    settings = pipeline_settings
+    p = settings.topic_prefix
+    invoice, cv, letter = _first("invoice", 3), _first("job_application", 4), _first("other", 5)
+    text_doc = {**_first("complaint", 6), "doc_id": f"{p}text"}
+    docs = [scan_of(invoice, f"{p}invoice"), scan_of(cv, f"{p}cv"), scan_of(letter, f"{p}letter"),
+            scan_of(_first("invoice", 7), f"{p}three-pages", pages=3), text_doc]
+    _route_and_score(settings, docs)
+
+    delivered = _delivered(settings)
+    assert sorted(delivered) == sorted(d["doc_id"] for d in docs)  # each once
+    for doc_id, department in ((f"{p}invoice", "finance"), (f"{p}cv", "hr"), (f"{p}letter", "triage")):
+        record = delivered[doc_id]
+        assert record["ocr"]["status"] == "READ" and record["decision"]["model_name"] == "mailroom-scan", record["ocr"]
+        assert record["department"] == department, (doc_id, record["decision"]["label"], record["decision"]["probabilities"])
+    first_words = " ".join(invoice["text"].split()[:3])
+    assert first_words.lower() in " ".join(delivered[f"{p}invoice"]["ocr"]["text"].split()).lower()  # its OCR text travels with it
+
+    three = delivered[f"{p}three-pages"]
+    assert (three["ocr"]["pages_read"], three["ocr"]["pages_routed"], len(three["pages"])) == (3, 3, 2)
+    assert [page.startswith("Page 2 of 3") or page.startswith("Page 3 of 3") for page in three["ocr"]["text"].split("\f")[1:]] == [True, True]
+    routed = _as_routed(next(d for d in docs if d["doc_id"] == three["doc_id"]))
+    assert (three["image"], three["pages"]) == (routed["image"], routed["pages"])  # the image bytes as routed
+    Image.open(io.BytesIO(three["pages"][1])).verify()
+
+    text = delivered[f"{p}text"]
+    assert text["text"] == _as_routed(text_doc)["text"] and text["ocr"] is None  # byte for byte
+    assert (text["sender"], text["subject"], text["channel"]) == (text_doc["sender"], text_doc["subject"], text_doc["channel"])
+
+    predictions = {r["doc_id"]: r for r in (codec.decode(m.value, expected="prediction").record
+                                            for m in read_topic(settings, topic_name("predictions", p), min_count=len(docs)))}
+    assert predictions[f"{p}three-pages"]["ocr_status"] == "READ" and predictions[f"{p}three-pages"]["ocr_pages"] == 3
+    assert "image" not in predictions[f"{p}invoice"] and predictions[f"{p}text"]["ocr_status"] is None  # the log stays lean
+
+
+def test_a_page_over_the_ocr_budget_is_decided_by_the_layout_model_and_marked(pipeline_settings):
+    settings = pipeline_settings
+    p = settings.topic_prefix
+    docs = [scan_of(_first("invoice", 8), f"{p}slow-invoice", pages=2)]
+    _route_and_score(settings, docs, "--ocr-page-timeout-ms", "1")
+
+    record = _delivered(settings)[f"{p}slow-invoice"]
+    assert record["ocr"]["status"] == "OVER_BUDGET" and record["ocr"]["reason"] == "page 1 took more than the OCR budget of 1 ms"
+    assert record["decision"]["model_name"] == "mailroom-image"
+    assert record["decision"]["fallback_reason"].startswith("OCR OVER_BUDGET: page 1 took more")
+    assert len(record["pages"]) == 1 and record["image"]  # the document still arrives whole
+    [prediction] = [codec.decode(m.value, expected="prediction").record for m in read_topic(settings, topic_name("predictions", p), min_count=1)]
+    assert (prediction["ocr_status"], prediction["model_name"]) == ("OVER_BUDGET", "mailroom-image")
