@@ -478,6 +478,12 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
     if args.save_images is not None and not args.show:
         err.print("[red]error:[/red] --save-images goes with --show")
         return 2
+    from mailroom.stack import accepts
+
+    if not accepts(settings.host, settings.kafka_port):  # kafka-python would wait 30 s for a broker that does not listen
+        err.print(f"[red]error:[/red] no Kafka broker at {settings.bootstrap_servers}: start the stack with `mailroom stack up`",
+                  highlight=False)
+        return 1
     try:
         if args.show:
             return _show(args, settings, department)
