@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -491,7 +492,7 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
             return _verdict(args, settings, department)
         return _list(args, settings, department, topic)
     except (NotHere, ValueError) as exc:
-        err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         return 2
     except TopicMissing:
         err.print(f"[red]error:[/red] topic {topic} does not exist: `mailroom stack up` creates the declared topics", highlight=False)
