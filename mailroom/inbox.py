@@ -388,10 +388,11 @@ def read_verdicts(settings: Settings, timeout_s: float = 10) -> dict[str, dict]:
 # --- command line ----------------------------------------------------------------------------
 
 
-def _empty_hint(department: str, topic: str) -> str:
+def _empty_hint(department: str, topic: str, following: bool = False) -> str:
     return (f"nothing has arrived for {department} yet (topic {topic} is empty). Is the scoring job running? "
             "`mailroom run` runs the whole pipeline with generated documents; `mailroom job scoring` runs the scoring job alone "
-            f"(and `mailroom stack status` shows whether Kafka is up). `mailroom inbox {department} --follow` waits for arrivals.")
+            "(and `mailroom stack status` shows whether Kafka is up)."
+            + ("" if following else f" `mailroom inbox {department} --follow` waits for arrivals."))
 
 
 def _list(args: argparse.Namespace, settings: Settings, department: str, topic: str) -> int:
@@ -409,7 +410,7 @@ def _list(args: argparse.Namespace, settings: Settings, department: str, topic: 
         else:
             if note:
                 err.print(note)
-            console.print(_empty_hint(department, topic), highlight=False)
+            console.print(_empty_hint(department, topic, args.follow), highlight=False)
         if not args.follow:
             return 0
         console.print(f"following {topic} (Ctrl-C stops)", highlight=False)

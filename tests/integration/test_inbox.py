@@ -12,7 +12,6 @@ import sys
 import time
 import uuid
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -143,6 +142,8 @@ def test_list_show_confirm_correct_and_refuse(settings, capsys, tmp_path):
     # an empty inbox says what to do
     status, out, _ = _inbox(settings, capsys, "hr")
     assert status == 0 and "nothing has arrived for hr yet" in out and "mailroom run" in out
+    status, _, err = _inbox(replace(settings, topic_prefix="no-such-prefix."), capsys, "hr")
+    assert status == 1 and "topic no-such-prefix.dept.hr does not exist: `mailroom stack up` creates" in err
 
     # the accuracy job joins the verdicts with the documents' predictions
     _send(settings, "predictions", "prediction", [_prediction(documents[d]) for d in ("fin-1", "fin-2", "fin-3", "sal-1")])
