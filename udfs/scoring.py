@@ -294,6 +294,8 @@ class BatchScorer:
             "fallback_reason": fallback_reason,
             "ocr_status": reading.status if reading is not None else None,
             "ocr_pages": reading.pages_read if reading is not None else 0,
+            "model_text": model_input_text(doc),
+            "image_features": [float(x) for x in doc.image_features] if doc.image_features is not None else [],
         }
         routed = codec.decode(doc.source.value, expected="routed_document").record
         return department, codec.encode("department_document", department_document(routed, record, reading, top)), codec.encode("prediction", record)
@@ -310,6 +312,13 @@ def _timed_run(scorer: Scorer, docs: list[PendingDocument], run_options=None) ->
     else:
         labels, probabilities = scorer.score_images([doc.image_features for doc in docs], context, run_options)
     return labels, probabilities, (time.perf_counter() - started) * 1000
+
+
+def model_input_text(doc: PendingDocument) -> str | None:
+    """The text the deciding model sees (as `Scorer.score_texts` / `score_scans` build it); None for the layout model."""
+    if doc.kind == "text":
+        return doc.text
+    return model_text(None, doc.text) if doc.kind == "scan" else None
 
 
 DELIVERED_FIELDS = ("doc_id", "sender", "subject", "channel", "received_ms", "content_type", "text", "image", "pages", "mime_type",
