@@ -27,6 +27,8 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 DEFAULT_REAL_DIR = PROJECT_DIR.parent / "shared" / "data" / "real"
+TRAINED_KINDS = ("text", "scan", "image")  # models.modelio.KINDS, without importing the models package here
+QUICK_OCR_CAP = 240  # generated scans the scan model reads with --quick: ~15 s of OCR on two cores, cold
 
 
 def registry_dir(args: argparse.Namespace, settings: Settings) -> Path:
@@ -58,11 +60,13 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
 # --- train -----------------------------------------------------------------------------------
 
 
-def train_config(quick: bool = False, kinds: tuple[str, ...] = ("text", "image"), n: int | None = None, real: bool = True,
-                 real_dir: Path | None = None, real_cap: int | None = None, **options: object) -> TrainConfig:
+def train_config(quick: bool = False, kinds: tuple[str, ...] = TRAINED_KINDS, n: int | None = None, real: bool = True,
+                 real_dir: Path | None = None, real_cap: int | None = None, ocr_cap: int | None = None, **options: object) -> TrainConfig:
     """`mailroom train`'s TrainConfig: `n` generated documents (default 3000, quick 300) plus, if `real`, the documents in
-    `real_dir` (default DEFAULT_REAL_DIR if it exists), at most `real_cap` per source (default 1200, quick 150; 0 = all).
-    `options` are the other TrainConfig fields (seed, scan_share, strategy, ...). ValueError if `real_dir` does not exist."""
+    `real_dir` (default DEFAULT_REAL_DIR if it exists), at most `real_cap` per source (default 1200, quick 150; 0 = all);
+    the scan model reads at most `ocr_cap` generated scans (default all, quick QUICK_OCR_CAP; 0 = all).
+    `options` are the other TrainConfig fields (seed, scan_share, strategy, ocr_cache_dir, ...). ValueError if `real_dir`
+    does not exist."""
     from models.training import TrainConfig
     from udfs.scoring import ScoringConfig
 
@@ -74,6 +78,7 @@ def train_config(quick: bool = False, kinds: tuple[str, ...] = ("text", "image")
         raise ValueError(f"real data directory {real_dir} does not exist (use --no-real to train on generated data only)")
     return TrainConfig(generated=n if n is not None else (300 if quick else 3000), real_dir=real_dir,
                        real_cap_per_source=(150 if quick else 1200) if real_cap is None else (real_cap or None), quick=quick,
+                       ocr_generated_cap=(QUICK_OCR_CAP if quick else None) if ocr_cap is None else (ocr_cap or None),
                        kinds=tuple(kinds), **{"triage_threshold": ScoringConfig.triage_threshold, **options})
 
 
@@ -87,6 +92,8 @@ def train_models(config: TrainConfig, registry_dir: Path | None, progress: bool 
     console.print(f"training on {config.generated} generated documents (seed {config.seed})"
                   + (f" + real data from {config.real_dir} (at most {config.real_cap_per_source} per source)" if config.real_dir else " (no real data)"))
     run = train(config, progress=progress)
+    if run.data["ocr"]:
+        _print_ocr(run.data["ocr"])
     for warning in run.split_warnings:
         console.print(f"[yellow]split warning:[/yellow] {warning}")
     split = run.data["split"]
@@ -103,6 +110,8 @@ def train_models(config: TrainConfig, registry_dir: Path | None, progress: bool 
         if model.generated_only:
             _print_sources(f"{kind} model: trained on generated documents only, scored on each real source", model.generated_only)
         _print_calibration(model)
+        if kind == "scan":
+            _print_scan_sources(run)
         if registry is None:
             continue
         version, parity = publish(model, run, registry)
@@ -121,10 +130,10 @@ def train_models(config: TrainConfig, registry_dir: Path | None, progress: bool 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        config = train_config(quick=args.quick, kinds=tuple(args.kind) if args.kind else ("text", "image"), n=args.n, real=not args.no_real,
-                              real_dir=Path(args.real_dir) if args.real_dir else None, real_cap=args.real_cap, seed=args.seed,
+        config = train_config(quick=args.quick, kinds=tuple(args.kind) if args.kind else TRAINED_KINDS, n=args.n, real=not args.no_real,
+                              real_dir=Path(args.real_dir) if args.real_dir else None, real_cap=args.real_cap, ocr_cap=args.ocr_cap, seed=args.seed,
                               scan_share=args.scan_share, strategy=args.split, ratio=args.ratio, group_by=args.group_by,
-                              source_holdout=not args.no_source_holdout)
+                              source_holdout=not args.no_source_holdout, ocr_cache_dir=settings.cache_dir / "ocr")
         registered = train_models(config, None if args.no_register else registry_dir(args, settings), progress=not args.no_progress)
     except ValueError as exc:
         err.print(f"[red]error:[/red] {exc}")
@@ -142,6 +151,26 @@ def _print_search(model) -> None:
         loso = f"{row['loso_macro_f1']:.3f}" if "loso_macro_f1" in row else "-"
         table.add_row(row["candidate"] + mark, f"{row['macro_f1']:.3f}", loso, f"{row['seconds']:.1f}")
     console.print(table)
+
+
+def _print_ocr(ocr: dict) -> None:
+    engine = ocr["engine"]
+    capped = f" (the first {ocr['generated_read']} of {ocr['generated_scans']} generated)" if ocr["generated_read"] < ocr["generated_scans"] else ""
+    console.print(f"OCR for the scan model: {ocr['pages']} pages{capped}, {ocr['pages_by_engine']} read by the engine and "
+                  f"{ocr['pages_from_cache']} from the cache in {ocr['seconds']:.1f} s ({ocr['workers']} processes, tesseract "
+                  f"{engine['languages']} psm {engine['page_segmentation']}); " + ", ".join(f"{k} {v}" for k, v in ocr["statuses"].items())
+                  + " (only READ scans are scan-model rows)", highlight=False)
+
+
+def _print_scan_sources(run) -> None:
+    """The scan model beside the image model on each real scan source, left out of training."""
+    image = run.models.get("image")
+    for source, m in run.models["scan"].source_holdout.items():
+        if image is None or source not in image.source_holdout:
+            continue
+        console.print(f"{source} left out: scan model accuracy {m['accuracy']:.3f} on the {m['n']} scans read ("
+                      + ", ".join(f"{k} {v:.2f}" for k, v in m["recall"].items()) + f"); image model {image.source_holdout[source]['accuracy']:.3f} "
+                      f"on all {image.source_holdout[source]['n']}", highlight=False)
 
 
 def _print_calibration(model) -> None:
@@ -197,7 +226,7 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     registry = Registry(registry_dir(args, settings))
     try:
         if args.action == "list":
-            for kind in [args.kind] if args.kind else ["text", "image"]:
+            for kind in [args.kind] if args.kind else TRAINED_KINDS:
                 _print_versions(kind, registry.list(kind))
         elif args.action == "show":
             print(json.dumps(registry.show(args.kind, args.version), indent=2, ensure_ascii=False))
@@ -372,7 +401,8 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     from models.registry import RegistryError
 
     try:
-        rows = bench_models(registry_dir(args, settings), n_docs=args.docs, batch_sizes=tuple(args.batch), seconds=args.seconds, seed=args.seed)
+        rows = bench_models(registry_dir(args, settings), n_docs=args.docs, batch_sizes=tuple(args.batch), seconds=args.seconds, seed=args.seed,
+                            ocr_cache_dir=settings.cache_dir / "ocr")
     except RegistryError as exc:
         err.print(f"[red]error:[/red] {exc}")
         return 1
@@ -401,10 +431,12 @@ def register(sub) -> None:
     gen.add_argument("--scan-share", type=float, default=0.3, help="expected share of scanned documents (default 0.3)")
     gen.set_defaults(func=cmd_generate)
 
-    tr = sub.add_parser("train", help="train, export, parity-check and register the text and image models",
-                        description="Train the text model (TF-IDF + kernel, raw text and sender context in) and the image model "
-                                    "(layout features + sender context) on generated and real documents; pick the best candidate by "
-                                    "held-out macro-F1; export to ONNX; register it if ONNX and sklearn agree.")
+    tr = sub.add_parser("train", help="train, export, parity-check and register the text, scan and image models",
+                        description="Train the text model (TF-IDF + kernel, raw text and sender context in), the scan model (OCR text "
+                                    "+ layout features + sender context; pages read by Tesseract, cached under <cache dir>/ocr) and the "
+                                    "image model (layout features + sender context) on generated and real documents; pick the best "
+                                    "candidate (leave-one-source-out within a held-out guard); export to ONNX; register it if ONNX and "
+                                    "sklearn agree.")
     tr.add_argument("-n", type=int, help="generated documents (default 3000, --quick 300)")
     tr.add_argument("--seed", type=int, default=7, help="seed for generation and splitting (default 7)")
     tr.add_argument("--scan-share", type=float, default=0.3, help="share of generated scans (default 0.3)")
@@ -414,7 +446,8 @@ def register(sub) -> None:
     tr.add_argument("--split", choices=["stratified", "random", "sequential"], default="stratified", help="how to hold out evaluation data")
     tr.add_argument("--ratio", type=float, default=0.2, help="held-out share (default 0.2)")
     tr.add_argument("--group-by", choices=["sender", "source"], help="keep documents with the same sender/source on one side")
-    tr.add_argument("--kind", action="append", choices=["text", "image"], help="train only this kind (repeatable; default both)")
+    tr.add_argument("--kind", action="append", choices=TRAINED_KINDS, help="train only this kind (repeatable; default all three)")
+    tr.add_argument("--ocr-cap", type=int, metavar="N", help=f"the scan model reads at most N generated scans (default all, --quick {QUICK_OCR_CAP}; 0 = all)")
     tr.add_argument("--quick", action="store_true", help="small data and two candidates per kind: seconds, for tests and smoke runs")
     tr.add_argument("--no-source-holdout", action="store_true", help="skip the leave-one-real-source-out evaluation")
     tr.add_argument("--no-register", action="store_true", help="train and evaluate only")
@@ -430,12 +463,12 @@ def register(sub) -> None:
                                         "topic and each scoring subtask say, and where they disagree.")
     actions = models.add_subparsers(dest="action", required=True, metavar="ACTION")
     ls = actions.add_parser("list", help="versions per kind, champion marked")
-    ls.add_argument("kind", nargs="?", choices=["text", "image"], help="the kind to list (default both)")
+    ls.add_argument("kind", nargs="?", choices=TRAINED_KINDS, help="the kind to list (default all)")
     show = actions.add_parser("show", help="print a model card as JSON")
     promote = actions.add_parser("promote", help="make a version champion if it beats the current one")
     rollback = actions.add_parser("rollback", help="make the previous champion champion again")
     for p in (show, promote, rollback):
-        p.add_argument("kind", choices=["text", "image"])
+        p.add_argument("kind", choices=TRAINED_KINDS)
     for p in (show, promote):
         p.add_argument("version", type=int)
     promote.add_argument("--force", metavar="REASON", help="promote even if it does not beat the champion; the reason is recorded")

@@ -1,6 +1,6 @@
 """ONNX export with skl2onnx, and the parity check every export must pass before registration.
 
-Text models: the TF-IDF tokenizer in the graph is told `tokenexp=TOKEN_EXP` (skl2onnx would
+Text and scan models: the TF-IDF tokenizer in the graph is told `tokenexp=TOKEN_EXP` (skl2onnx would
 otherwise substitute an ASCII-only pattern and silently drop words like "café") and locale
 C.UTF-8 (onnxruntime fails to construct en_US.UTF-8 here). sklearn uses TOKEN_PATTERN, its
 Python-`re` equivalent: `\\w` in Python is exactly letters, numbers and "_".
@@ -20,7 +20,7 @@ import onnx
 from skl2onnx import convert_sklearn
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from models.modelio import initial_types, onnx_feeds, onnx_session, sklearn_matrix
+from models.modelio import INPUT_NAMES, initial_types, onnx_feeds, onnx_session, sklearn_matrix
 from models.features import FEATURE_SET_ID, SENDER_FEATURES, model_text
 
 TOKEN_PATTERN = r"(?u)\b\w\w+\b"
@@ -48,10 +48,10 @@ class Parity:
 
 
 def to_onnx(pipeline, kind: str) -> onnx.ModelProto:
-    """Convert a fitted text or image pipeline; labels and feature set go into the metadata."""
+    """Convert a fitted text, scan or image pipeline; labels and feature set go into the metadata."""
     classifier = pipeline.steps[-1][1]
     options = {id(classifier): {"zipmap": False}}
-    if kind == "text":
+    if kind in ("text", "scan"):
         options[TfidfVectorizer] = {"tokenexp": TOKEN_EXP, "locale": "C.UTF-8"}
     model = convert_sklearn(pipeline, initial_types=initial_types(kind), options=options)
     onnx.helper.set_model_props(model, {"feature_set_id": FEATURE_SET_ID, "labels": ",".join(map(str, classifier.classes_)), "kind": kind})
@@ -59,14 +59,14 @@ def to_onnx(pipeline, kind: str) -> onnx.ModelProto:
 
 
 def parity_probes(kind: str, n_image_features: int, seed: int = 0) -> dict:
-    """Extra inputs every parity check covers: non-ASCII texts with varied context vectors."""
+    """Extra inputs every parity check covers: non-ASCII texts and/or random image features, with varied context vectors."""
     rng = np.random.default_rng(seed)
     n = len(NON_ASCII_PROBES)
     context = np.zeros((n, len(SENDER_FEATURES)), dtype=np.float32)
     context[n // 2:] = rng.uniform(0, 3, (n - n // 2, len(SENDER_FEATURES)))
-    if kind == "text":
-        return {"text": [model_text(None, t) for t in NON_ASCII_PROBES], "context": context}
-    return {"image_features": rng.uniform(0, 1, (n, n_image_features)).astype(np.float32), "context": context}
+    probes = {"text": [model_text(None, t) for t in NON_ASCII_PROBES], "image_features": rng.uniform(0, 1, (n, n_image_features)).astype(np.float32),
+              "context": context}
+    return {name: probes[name] for name in INPUT_NAMES[kind]}
 
 
 def check_parity(pipeline, model_bytes: bytes, kind: str, inputs: dict, tolerance: float = PARITY_TOLERANCE) -> Parity:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.modelio import KINDS, onnx_feeds, onnx_session, take
+from models.modelio import INPUT_NAMES, KINDS, onnx_feeds, onnx_session, take
 
 
 class RegistryError(Exception):
@@ -268,11 +268,12 @@ class Registry:
 
 
 def row_keys(kind: str, inputs: dict) -> list[str]:
-    """A content key per row: the hash of its text or image features (the context is left out,
+    """A content key per row: the hash of its text, its image features, or (scan) both (the context is left out,
     since it depends on the sender's history)."""
-    first = inputs["text"] if kind == "text" else np.asarray(inputs["image_features"], dtype=np.float32)
-    encode = (lambda row: row.encode("utf-8")) if kind == "text" else (lambda row: row.tobytes())
-    return [hashlib.sha1(encode(row)).hexdigest()[:16] for row in first]
+    parts = [[text.encode("utf-8") for text in inputs["text"]]] if "text" in INPUT_NAMES[kind] else []
+    if "image_features" in INPUT_NAMES[kind]:
+        parts.append([row.tobytes() for row in np.asarray(inputs["image_features"], dtype=np.float32)])
+    return [hashlib.sha1(b"\0".join(row)).hexdigest()[:16] for row in zip(*parts)]
 
 
 def _plain(value):

@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import textwrap
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -59,11 +61,13 @@ from models.export import TOKEN_EXP, TOKEN_PATTERN, check_parity, parity_probes,
 from models.generator import generate
 from models.image_features import image_feature_matrix
 from models.modelio import INPUT_NAMES, KINDS, N_CONTEXT, N_IMAGE, input_signature, sklearn_matrix, take
+from models.ocr import READ, OcrCache, OcrConfig, OcrUnavailable, PageReader
 from models.segregation import split
 from schemas.labels import LABELS
 from models.features import FEATURE_SET_ID, SenderHistory, model_text
 
 GENERATED_SOURCE = "generated"
+OCR_SOURCE_SUFFIX = "_ocr"  # real text sources that are OCR output: scan-model rows with mean-imputed layout features
 # words of every kind of document whose frequency says how long and how wordy a text is, not what it is about: their
 # weight made long real prose look like `other` (dropped in the graph, by its StringNormalizer, with `function_words=drop`)
 FUNCTION_WORDS = frozenset("the to of and in that for on is it be by from with as at are an or this these those which there".split())
@@ -88,6 +92,10 @@ class TrainConfig:
     guard: float = 0.02  # candidates more than this below the best held-out macro-F1 cannot win on leave-one-source-out
     held_out_floor: float = 0.95  # ... nor candidates below this held-out macro-F1, when any candidate reaches it
     triage_threshold: float = 0.6  # the card reports its figures here: the serving default (udfs.scoring.ScoringConfig)
+    ocr: OcrConfig = OcrConfig()  # how the scan model's scans are read (the scoring job's default engine settings)
+    ocr_cache_dir: Path | None = None  # page texts by content hash (models.ocr.OcrCache); None: every training run reads every page
+    ocr_generated_cap: int | None = None  # at most this many generated scans are read for the scan model (None: all); real scans always
+    ocr_workers: int = min(2, os.cpu_count() or 1)  # processes reading pages, one engine each
 
 
 @dataclass(frozen=True)
@@ -115,6 +123,11 @@ def text_candidates(quick: bool) -> list[Candidate]:
     grid = [(5.0, 0.7, 0.85)] if quick else [(3.0, 0.5, 0.85), (5.0, 0.7, 0.85), (10.0, 0.5, 0.85), (3.0, 0.5, 0.75)]
     return [Candidate("logreg", (("C", c), ("intercept", False), ("other_weight", w), ("generated_share", g)), unigrams + (("function_words", "drop"),))
             for c, w, g in grid]
+
+
+def scan_candidates(quick: bool) -> list[Candidate]:
+    """The text candidates over the OCR text, with the layout features (standardised) and the context beside it."""
+    return [Candidate(c.kernel, c.params, c.features + (("layout", "standard"),)) for c in text_candidates(quick)]
 
 
 def image_candidates(quick: bool) -> list[Candidate]:
@@ -145,15 +158,18 @@ def make_classifier(candidate: Candidate, seed: int):
 
 
 def make_features(kind: str, candidate: Candidate) -> ColumnTransformer:
-    """The preprocessing that goes into the ONNX graph, as column 0 / columns 1.. of the matrix."""
+    """The preprocessing that goes into the ONNX graph, over the columns of `models.modelio.sklearn_matrix`."""
     f = dict(candidate.features)
-    context = list(range(1, 1 + N_CONTEXT)) if kind == "text" else list(range(N_IMAGE, N_IMAGE + N_CONTEXT))
-    if kind == "text":
+    context = {"text": list(range(1, 1 + N_CONTEXT)), "scan": list(range(1 + N_IMAGE, 1 + N_IMAGE + N_CONTEXT)),
+               "image": list(range(N_IMAGE, N_IMAGE + N_CONTEXT))}[kind]
+    if kind in ("text", "scan"):
         # lower-casing happens in model_text; sublinear_tf is left off: its ONNX conversion drifted by ~1e-2 here.
         # The ONNX TF-IDF output is dense, so serving cost grows with the vocabulary: 20k terms scored ~15k docs/s
         # at batch 256 (100k: ~3k) with the same held-out macro-F1.
         tfidf = TfidfVectorizer(lowercase=False, token_pattern=TOKEN_PATTERN, ngram_range=f["ngram_range"], min_df=f["min_df"],
                                 max_features=MAX_VOCABULARY, stop_words=sorted(FUNCTION_WORDS) if f.get("function_words") == "drop" else None)
+        if kind == "scan":
+            return ColumnTransformer([("text", tfidf, 0), ("image", StandardScaler(), list(range(1, 1 + N_IMAGE))), ("context", MaxAbsScaler(), context)])
         return ColumnTransformer([("text", tfidf, 0), ("context", MaxAbsScaler(), context)])
     scaler = StandardScaler if f["scale"] else None
     return ColumnTransformer([("image", scaler() if scaler else "passthrough", list(range(N_IMAGE))),
@@ -204,8 +220,59 @@ def context_vectors(docs: list[dict]) -> np.ndarray:
     return out
 
 
-def build_dataset(kind: str, docs: list[dict], context: np.ndarray) -> Dataset:
-    """The model inputs of the documents of one kind (text documents or scans)."""
+_reader: PageReader | None = None  # the OCR pool's worker process's engine
+
+
+def _start_reader(config: OcrConfig, cache_dir: Path | None) -> None:
+    """An OCR pool worker's engine; Leptonica's complaints about page boxes (printed to fd 2) are dropped, errors
+    still reach the parent as exceptions."""
+    global _reader
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+    _reader = PageReader(config, cache=OcrCache(cache_dir) if cache_dir else None)
+
+
+def _read_scan(item: tuple[str, bytes]) -> tuple[str, str, str, bool]:
+    """(doc_id, status, text, whether the cache held the page), in an OCR pool worker."""
+    doc_id, png = item
+    cached = _reader.cache is not None and _reader.cache.get(png, _reader.engine) is not None
+    reading = _reader.read([png])
+    return doc_id, reading.status, reading.text, cached
+
+
+def read_scans(docs: list[dict], config: TrainConfig, progress: bool = True) -> tuple[dict[str, str], dict]:
+    """The OCR text of every real scan and of the first `ocr_generated_cap` generated scans, read by `ocr_workers`
+    processes (one engine each) through the page cache; only scans read (status READ) get a text, as in serving.
+    Returns (doc_id -> text, what reading took). ValueError when the engine or its language data is missing."""
+    scans = [d for d in docs if d["content_type"] == "image"]
+    generated = [d for d in scans if d.get("source", GENERATED_SOURCE) == GENERATED_SOURCE]
+    chosen = generated[:config.ocr_generated_cap] + [d for d in scans if d.get("source", GENERATED_SOURCE) != GENERATED_SOURCE]
+    try:
+        config.ocr.data_dir()
+    except OcrUnavailable as exc:
+        raise ValueError(f"{exc} (or train without the scan model: --kind text --kind image)") from None
+    started, texts, statuses, cached = time.perf_counter(), {}, Counter(), 0
+    if chosen:
+        with ProcessPoolExecutor(min(config.ocr_workers, len(chosen)), initializer=_start_reader, initargs=(config.ocr, config.ocr_cache_dir)) as pool, \
+                tqdm(total=len(chosen), desc="OCR", unit="page", disable=not progress, leave=False) as bar:
+            for doc_id, status, text, hit in pool.map(_read_scan, [(d["doc_id"], d["image"]) for d in chosen], chunksize=4):
+                statuses[status] += 1
+                cached += hit
+                if status == READ:
+                    texts[doc_id] = text
+                bar.update(1)
+    summary = {"engine": asdict(config.ocr), "scans": len(scans), "generated_scans": len(generated), "generated_cap": config.ocr_generated_cap,
+               "generated_read": len(generated[:config.ocr_generated_cap]), "pages": len(chosen),
+               "pages_from_cache": cached, "pages_by_engine": len(chosen) - cached, "statuses": dict(sorted(statuses.items())),
+               "workers": config.ocr_workers, "seconds": round(time.perf_counter() - started, 1),
+               "cache_dir": str(config.ocr_cache_dir) if config.ocr_cache_dir else None}
+    return texts, summary
+
+
+def build_dataset(kind: str, docs: list[dict], context: np.ndarray, ocr_texts: dict[str, str] | None = None) -> Dataset:
+    """The model inputs of the documents of one kind: text documents, scans (layout), or, for "scan", the scans in
+    `ocr_texts` (doc_id -> OCR text) plus the real text documents that are OCR output (`OCR_SOURCE_SUFFIX`)."""
+    if kind == "scan":
+        return scan_dataset(docs, context, ocr_texts or {})
     rows = [i for i, d in enumerate(docs) if (d["content_type"] == "image") == (kind == "image")]
     chosen = [docs[i] for i in rows]
     if kind == "text":
@@ -214,6 +281,20 @@ def build_dataset(kind: str, docs: list[dict], context: np.ndarray) -> Dataset:
         first = image_feature_matrix([d["image"] for d in chosen])
     inputs = {INPUT_NAMES[kind][0]: first, "context": context[rows]}
     return Dataset(kind, inputs, np.array([d["label"] for d in chosen], dtype=object),
+                   np.array([d.get("source", GENERATED_SOURCE) for d in chosen], dtype=object), [d["doc_id"] for d in chosen])
+
+
+def scan_dataset(docs: list[dict], context: np.ndarray, ocr_texts: dict[str, str]) -> Dataset:
+    """Scan-model rows: each scan that was read (its OCR text, layout features and context), then each real text
+    document that is OCR output, its layout features the scans' mean (no layout evidence once standardised)."""
+    scans = [i for i, d in enumerate(docs) if d["content_type"] == "image" and d["doc_id"] in ocr_texts]
+    read_text = [i for i, d in enumerate(docs) if d["content_type"] == "text" and d.get("source", GENERATED_SOURCE).endswith(OCR_SOURCE_SUFFIX)]
+    layout = image_feature_matrix([docs[i]["image"] for i in scans]) if scans else np.zeros((0, N_IMAGE), np.float32)
+    mean = layout.mean(axis=0) if scans else np.zeros(N_IMAGE, np.float32)
+    rows, chosen = scans + read_text, [docs[i] for i in scans + read_text]
+    texts = [model_text(None, ocr_texts[docs[i]["doc_id"]]) for i in scans] + [model_text(docs[i].get("subject"), docs[i].get("text")) for i in read_text]
+    inputs = {"text": texts, "image_features": np.vstack([layout, np.tile(mean, (len(read_text), 1))]).astype(np.float32), "context": context[rows]}
+    return Dataset("scan", inputs, np.array([d["label"] for d in chosen], dtype=object),
                    np.array([d.get("source", GENERATED_SOURCE) for d in chosen], dtype=object), [d["doc_id"] for d in chosen])
 
 
@@ -473,17 +554,18 @@ def train(config: TrainConfig, progress: bool = True) -> TrainingRun:
         parts = split(docs, config.strategy, config.ratio, seed=config.seed, group_by=config.group_by, expected_labels=LABELS)
         bar.update(1)
     train_ids = {d["doc_id"] for d in parts.train}
+    ocr_texts, ocr = read_scans(docs, config, progress) if "scan" in config.kinds else ({}, None)
     models = {}
     for kind in config.kinds:
         kind_start = time.perf_counter()
-        data = build_dataset(kind, docs, context)
+        data = build_dataset(kind, docs, context, ocr_texts)
         if len(data) == 0 or len(set(data.labels)) < 2:
             continue
         in_train = np.array([doc_id in train_ids for doc_id in data.doc_ids])
         train_part, held_out = data.rows(np.flatnonzero(in_train)), data.rows(np.flatnonzero(~in_train))
         if len(held_out) == 0 or len(set(train_part.labels)) < 2:
             raise ValueError(f"too few {kind} documents to train and evaluate ({len(train_part)} train, {len(held_out)} held out)")
-        candidates = text_candidates(config.quick) if kind == "text" else image_candidates(config.quick)
+        candidates = {"text": text_candidates, "scan": scan_candidates, "image": image_candidates}[kind](config.quick)
         real_sources = sorted(set(data.sources) - {GENERATED_SOURCE}) if config.source_holdout else []
         steps = len(candidates) * (1 + len(real_sources)) + (len(real_sources) > 1)
         with tqdm(total=steps, desc=f"{kind} model", disable=not progress, leave=False) as bar:
@@ -506,7 +588,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainingRun:
                "real": {"dir": str(config.real_dir), "cap_per_source": config.real_cap_per_source} if config.real_dir else None,
                "documents": len(docs), "sources": dict(sorted(Counter(d.get("source", GENERATED_SOURCE) for d in docs).items())),
                "split": {"strategy": config.strategy, "ratio": config.ratio, "group_by": config.group_by, "units": parts.units,
-                         "merged_docs": parts.merged_docs, "train": len(parts.train), "held_out": len(parts.held_out)}}
+                         "merged_docs": parts.merged_docs, "train": len(parts.train), "held_out": len(parts.held_out)}, "ocr": ocr}
     return TrainingRun(config, models, parts.warnings, summary, round(time.perf_counter() - started, 1))
 
 
@@ -546,7 +628,7 @@ def model_card(model: TrainedModel, run: TrainingRun, parity) -> dict:
         "kind": model.kind,
         "kernel": model.candidate.kernel,
         "hyperparameters": model.candidate.as_dict(),
-        "preprocessing": preprocessing(model),
+        "preprocessing": preprocessing(model, run),
         "search": model.search,
         "feature_set_id": FEATURE_SET_ID,
         "labels": [str(x) for x in model.pipeline.classes_],
@@ -567,17 +649,26 @@ def model_card(model: TrainedModel, run: TrainingRun, parity) -> dict:
     }, default=str))
 
 
-def preprocessing(model: TrainedModel) -> dict:
+def preprocessing(model: TrainedModel, run: TrainingRun) -> dict:
     """What the graph does before the classifier, as fitted."""
     if model.kind == "image":
         return {"scaler": "standard" if dict(model.candidate.features)["scale"] else "none", "context": "same as image features"}
     tfidf = model.pipeline.named_steps["features"].named_transformers_["text"]
-    return {"tfidf": {"ngram_range": list(tfidf.ngram_range), "min_df": tfidf.min_df, "max_features": tfidf.max_features,
-                      "vocabulary": len(tfidf.vocabulary_), "vocabulary_from": dict(model.candidate.features).get("vocabulary", "all"),
-                      "dropped_words": sorted(tfidf.stop_words or []),
-                      "token_pattern": tfidf.token_pattern, "onnx_tokenexp": TOKEN_EXP,
-                      "normalisation_outside_graph": "models.features.model_text"},
-            "context": "MaxAbsScaler"}
+    out = {"tfidf": {"ngram_range": list(tfidf.ngram_range), "min_df": tfidf.min_df, "max_features": tfidf.max_features,
+                     "vocabulary": len(tfidf.vocabulary_), "vocabulary_from": dict(model.candidate.features).get("vocabulary", "all"),
+                     "dropped_words": sorted(tfidf.stop_words or []),
+                     "token_pattern": tfidf.token_pattern, "onnx_tokenexp": TOKEN_EXP,
+                     "normalisation_outside_graph": "models.features.model_text"},
+           "context": "MaxAbsScaler"}
+    if model.kind == "scan":
+        ocr = run.data["ocr"]
+        out["tfidf"]["normalisation_outside_graph"] = "models.features.model_text(None, OCR text) (pages joined by a form feed)"
+        out["image_features"] = {"scaler": "StandardScaler", "mean_imputed_for": sorted(s for s in model.train_summary["sources"] if s.endswith(OCR_SOURCE_SUFFIX)),
+                                 "note": "real text sources that are OCR output get the scans' mean layout features: zero once standardised"}
+        out["ocr"] = {"engine": ocr["engine"], "generated_scans": ocr["generated_scans"], "generated_read": ocr["generated_read"],
+                      "generated_cap": ocr["generated_cap"], "statuses": ocr["statuses"],
+                      "rows": "scans read (status READ) only: the others are the image model's in serving too"}
+    return out
 
 
 def library_versions() -> dict[str, str]:
