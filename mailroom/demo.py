@@ -125,7 +125,7 @@ def ensure_champions(settings: Settings) -> list[str]:
     if missing:
         console.print(f"[bold]No champion {' and '.join(missing)} model in {settings.registry_dir}: training first.[/bold]")
         try:
-            registered = train_models(train_config(kinds=tuple(missing)), settings.registry_dir)
+            registered = train_models(train_config(kinds=tuple(missing), ocr_cache_dir=settings.cache_dir / "ocr"), settings.registry_dir)
         except ValueError as exc:
             raise RuntimeError(f"training failed: {exc}") from exc
         unregistered = [kind for kind in missing if registered.get(kind) is None]

@@ -133,11 +133,12 @@ def test_demo_trains_only_the_missing_champions(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(demo, "train_models", lambda config, registry_dir: calls.append((config, registry_dir)) or {k: 1 for k in config.kinds})
     settings = Settings.from_env({}, run_dir=tmp_path, registry_dir=tmp_path / "registry")
-    assert demo.ensure_champions(settings) == ["text", "image"]
+    assert demo.ensure_champions(settings) == ["text", "scan", "image"]
     config, registry_dir = calls[0]
-    assert registry_dir == tmp_path / "registry" and config.kinds == ("text", "image") and not config.quick and config.generated == 3000
+    assert registry_dir == tmp_path / "registry" and config.kinds == ("text", "scan", "image") and not config.quick and config.generated == 3000
+    assert config.ocr_cache_dir == settings.cache_dir / "ocr"  # page texts shared with the scoring job
 
-    monkeypatch.setattr(demo, "train_models", lambda config, registry_dir: {"text": 1, "image": None})  # image failed ONNX parity
+    monkeypatch.setattr(demo, "train_models", lambda config, registry_dir: {"text": 1, "scan": 1, "image": None})  # image failed ONNX parity
     with pytest.raises(RuntimeError, match="no image model"):
         demo.ensure_champions(settings)
 

@@ -131,19 +131,32 @@ def test_warm_start_takes_a_cached_history_of_this_feature_set_only():
 # --- BatchScorer ------------------------------------------------------------------------------
 
 
-def _pending(values: list[bytes]) -> list:
-    features, history = SenderFeatures(None), SenderHistory()
-    return [features.observe(history, codec.decode(v).record, SourceRecord(v, "t", 0, i)) for i, v in enumerate(values)]
+def _pending(values: list[bytes], reader=None) -> list:
+    """The documents as the scorer receives them; scans read by `reader` (None: not read)."""
+    features, history, out = SenderFeatures(None), SenderHistory(), []
+    for i, v in enumerate(values):
+        routed = codec.decode(v).record
+        scan = reader.read(routed, routed["routed_ms"]) if reader is not None and routed["content_type"] == "IMAGE" else None
+        out.append(features.observe(history, routed, SourceRecord(v, "t", 0, i), scan))
+    return out
 
 
 def test_batch_scorer_answers_in_batch_order_and_sends_unsure_documents_to_triage(registry):
-    batch = _pending(_routed(16, seed=5))
+    from models.ocr import OcrConfig
+    from udfs.reading import ScanReader
+
+    batch = _pending(_routed(16, seed=5), ScanReader(OcrConfig()))
     scored = BatchScorer(ScoringConfig.from_registry(registry)).score(batch, now_ms=123).predictions
     records = [codec.decode(value, expected="prediction").record for _, _, value in scored]
     assert [r["doc_id"] for r in records] == [doc.doc_id for doc in batch]
     assert {r["content_type"] for r in records} == {"TEXT", "IMAGE"}
-    assert all(r["model_name"] == f"mailroom-{'text' if r['content_type'] == 'TEXT' else 'image'}" for r in records)
-    assert all((r["slot"], r["fallback_reason"]) == ("champion", None) for r in records)
+    assert all(r["model_name"] == f"mailroom-{doc.kind}" and r["slot"] == "champion" for r, doc in zip(records, batch))
+    assert any(r["model_name"] == "mailroom-scan" for r in records)  # scans that were read are decided by what they say
+    for r in records:  # a scan the layout model decided says why; nothing else has a fallback reason
+        assert (r["fallback_reason"] or "").startswith("OCR ") == (r["model_name"] == "mailroom-image")
+        assert (r["model_text"] is None) == (r["model_name"] == "mailroom-image") and bool(r["image_features"]) == (r["content_type"] == "IMAGE")
+    deliveries = [codec.decode(delivery, expected="department_document").record for _, delivery, _ in scored]
+    assert [(d["doc_id"], d["department"], d["decision"]["label"]) for d in deliveries] == [(r["doc_id"], r["department"], r["label"]) for r in records]
     everything_to_triage = BatchScorer(ScoringConfig.from_registry(registry, triage_threshold=1.01)).score(batch, now_ms=123).predictions
     assert {department for department, _, _ in everything_to_triage} == {"triage"}
 
