@@ -1,8 +1,8 @@
 """Scans that read, on the real stack: router and scoring jobs, Tesseract in the scoring job's
 scan reader, departments that receive the document itself.
 
-The scans are pages rendered from generated documents (a scanned invoice, a scanned CV, a
-scanned letter, and a three-page TIFF invoice), so the test needs nothing beyond the project."""
+The scans are clean pages rendered here (a scanned invoice, a scanned CV, a scanned letter,
+and a three-page TIFF invoice), so the test needs nothing beyond the project."""
 
 from __future__ import annotations
 
@@ -21,6 +21,21 @@ from schemas.topics import department_topic_key, topic_name
 from udfs.routing import Router, RouterConfig
 
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+PAGES = {  # what a company's scanner sees: unambiguous documents of three classes
+    "invoice": "INVOICE No. 2024-117\nBerg Office Supplies GmbH, Hafenstrasse 12, 20457 Hamburg\nBill to: Kestrel Manufacturing Ltd, Bristol\n"
+               "Invoice date: 12 March 2025. Customer number: KD-88566\nDescription / Quantity / Unit price / Amount\n"
+               "Office chairs, model Ergo 200 / 40 / 125.00 / 5,000.00\nSubtotal 5,000.00. VAT 19% 950.00. Total amount due: 5,950.00 EUR\n"
+               "Payment terms: 30 days net. Please transfer the amount to our account, IBAN DE12 2005 0550 1234 5678 90, quoting the invoice number.",
+    "job_application": "Curriculum Vitae\nAnna Berg, Lindenweg 4, Bremen, anna.berg@example.org\nApplication for the position of data engineer\n"
+                       "Dear hiring team, I am applying for the data engineer position advertised on your website. Please find my CV below.\n"
+                       "Professional experience: 2019-2024 software engineer at Nordlicht Systems, building data pipelines in Python and SQL.\n"
+                       "Education: MSc Computer Science, University of Hamburg, 2019.\nSkills: Python, SQL, Kafka, Flink. Languages: German, English.\n"
+                       "References available on request.",
+    "other": "Dear colleagues,\nthe summer party will take place on Friday, 14 June, from 5 pm in the garden behind the canteen.\n"
+             "There will be a barbecue and drinks; vegetarian food is available.\n"
+             "Please let Maria know by Monday whether you will come and whether you will bring a partner.\n"
+             "We look forward to seeing you all there.\nBest regards, the works council",
+}
 
 
 def rendered_page(text: str) -> Image.Image:
@@ -43,10 +58,10 @@ def rendered_page(text: str) -> Image.Image:
     return image
 
 
-def scan_of(doc: dict, doc_id: str, pages: int = 1) -> dict:
-    """The generated text document `doc` as a scanned document (PNG, or a TIFF of `pages` pages)."""
-    text = f"{doc['subject'] or ''}\n{doc['text']}"
-    images = [rendered_page(text)] + [rendered_page(f"Page {n} of {pages}\n{doc['text']}") for n in range(2, pages + 1)]
+def scan_of(label: str, doc_id: str, pages: int = 1) -> dict:
+    """PAGES[label] as a scanned document (PNG, or a TIFF of `pages` pages)."""
+    text = PAGES[label]
+    images = [rendered_page(text)] + [rendered_page(f"Page {n} of {pages}\n{text}") for n in range(2, pages + 1)]
     out = io.BytesIO()
     if pages == 1:
         images[0].save(out, "PNG")
@@ -55,11 +70,12 @@ def scan_of(doc: dict, doc_id: str, pages: int = 1) -> dict:
     return {"doc_id": doc_id, "received_ms": int(time.time() * 1000), "channel": "SCANNER", "sender": f"scanner@{doc_id}.example",
             "subject": None, "content_type": "IMAGE", "text": None, "image": out.getvalue(),
             "mime_type": "image/png" if pages == 1 else "image/tiff", "page_count": pages, "headers": {"X-Scanner": "mailroom-3"},
-            "label": doc["label"]}
+            "label": label}
 
 
-def _first(label: str, seed: int) -> dict:
-    return next(d for d in generate(60, seed=seed, scan_share=0.0) if d["label"] == label and d["channel"] != "PORTAL")
+def _text_document(doc_id: str) -> dict:
+    doc = next(d for d in generate(60, seed=6, scan_share=0.0) if d["label"] == "complaint" and d["channel"] == "EMAIL")
+    return {**doc, "doc_id": doc_id}
 
 
 def _delivered(settings) -> dict[str, dict]:
@@ -89,10 +105,9 @@ def _as_routed(doc: dict) -> dict:
 def test_scans_are_read_and_each_department_receives_the_whole_document(pipeline_settings):
     settings = pipeline_settings
     p = settings.topic_prefix
-    invoice, cv, letter = _first("invoice", 3), _first("job_application", 4), _first("other", 5)
-    text_doc = {**_first("complaint", 6), "doc_id": f"{p}text"}
-    docs = [scan_of(invoice, f"{p}invoice"), scan_of(cv, f"{p}cv"), scan_of(letter, f"{p}letter"),
-            scan_of(_first("invoice", 7), f"{p}three-pages", pages=3), text_doc]
+    text_doc = _text_document(f"{p}text")
+    docs = [scan_of("invoice", f"{p}invoice"), scan_of("job_application", f"{p}cv"), scan_of("other", f"{p}letter"),
+            scan_of("invoice", f"{p}three-pages", pages=3), text_doc]
     _route_and_score(settings, docs)
 
     delivered = _delivered(settings)
@@ -101,8 +116,7 @@ def test_scans_are_read_and_each_department_receives_the_whole_document(pipeline
         record = delivered[doc_id]
         assert record["ocr"]["status"] == "READ" and record["decision"]["model_name"] == "mailroom-scan", record["ocr"]
         assert record["department"] == department, (doc_id, record["decision"]["label"], record["decision"]["probabilities"])
-    first_words = " ".join(invoice["text"].split()[:3])
-    assert first_words.lower() in " ".join(delivered[f"{p}invoice"]["ocr"]["text"].split()).lower()  # its OCR text travels with it
+    assert "INVOICE No. 2024-117" in delivered[f"{p}invoice"]["ocr"]["text"]  # its OCR text travels with it
 
     three = delivered[f"{p}three-pages"]
     assert (three["ocr"]["pages_read"], three["ocr"]["pages_routed"], len(three["pages"])) == (3, 3, 2)
@@ -124,7 +138,7 @@ def test_scans_are_read_and_each_department_receives_the_whole_document(pipeline
 def test_a_page_over_the_ocr_budget_is_decided_by_the_layout_model_and_marked(pipeline_settings):
     settings = pipeline_settings
     p = settings.topic_prefix
-    docs = [scan_of(_first("invoice", 8), f"{p}slow-invoice", pages=2)]
+    docs = [scan_of("invoice", f"{p}slow-invoice", pages=2)]
     _route_and_score(settings, docs, "--ocr-page-timeout-ms", "1")
 
     record = _delivered(settings)[f"{p}slow-invoice"]
