@@ -78,16 +78,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from models.modelio import KINDS
 from schemas.units import DAY_MS, HOUR_MS
 from schemas import codec
 
-# the prediction fields a pair and a labelled example need; the rest is not kept in state
+# the prediction fields a pair and a labelled example need (the model inputs too, so an example
+# can train); the rest is not kept in state
 PREDICTION_FIELDS = ("doc_id", "sender", "content_type", "label", "probabilities", "model_name", "model_version",
-                     "feature_set_id", "received_ms", "features", "slot")
+                     "feature_set_id", "received_ms", "features", "slot", "model_text", "image_features", "ocr_status")
 # the shadow_prediction fields a paired comparison needs
 SHADOW_FIELDS = ("doc_id", "kind", "received_ms", "champion_model", "champion_version", "champion_label", "challenger_model",
                  "challenger_version", "challenger_label")
 CHAMPION = "champion"  # the slot of a prediction that does not say (prediction.v1's default)
+MODEL_NAME_PREFIX = "mailroom-"  # model names are mailroom-<kind> (models.scoring)
 
 
 JOIN_VERSION = "1.0.0"  # written into the accuracy job's dead letters; bump when the join's rules change
@@ -166,10 +169,19 @@ class LabelledPair:
     truth_sent_ms: int
     matched_ms: int  # event time of the match: the later of the prediction's and the truth's
     revision: int  # 0 for the first verdict, +1 per correction
+    # the model inputs, as the prediction carried them (the defaults: a prediction from before prediction.v3)
+    model_text: str | None = None
+    image_features: tuple[float, ...] = ()
+    ocr_status: str | None = None
 
     @property
     def model(self) -> tuple[str, str, str]:
         return self.model_name, self.model_version, self.slot
+
+    @property
+    def model_kind(self) -> str:
+        """text, scan or image: the kind in the model name mailroom-<kind>; "" for any other name."""
+        return model_kind(self.model_name)
 
     @property
     def correct(self) -> bool:
@@ -435,6 +447,8 @@ class Joiner:
             predicted=p.record["label"], actual=t.label, truth_kind=t.record["kind"], truth_department=t.record["department"],
             probabilities=dict(p.record["probabilities"]), features=dict(p.record["features"] or {}),
             predicted_ms=p.at_ms, truth_sent_ms=t.record["sent_ms"], matched_ms=max(p.at_ms, t.at_ms), revision=state.revision,
+            model_text=p.record.get("model_text"), image_features=tuple(p.record.get("image_features") or ()),
+            ocr_status=p.record.get("ocr_status"),
         )
 
 
@@ -471,15 +485,23 @@ class Outgoing:
         return codec.encode(self.record_type, self.record)
 
 
+def model_kind(model_name: str) -> str:
+    """text, scan or image from a model name mailroom-<kind>; "" when the name does not say."""
+    kind = model_name.removeprefix(MODEL_NAME_PREFIX) if model_name.startswith(MODEL_NAME_PREFIX) else ""
+    return kind if kind in KINDS else ""
+
+
 def labelled_example(pair: LabelledPair) -> Outgoing:
-    """The labelled_example.v1 record of a pair, for the labelled-examples topic (key: doc_id)."""
+    """The labelled_example.v2 record of a pair, for the labelled-examples topic (key: doc_id):
+    the verdict with the model inputs, so the example can train."""
     record = {
         "doc_id": pair.doc_id, "model_name": pair.model_name, "model_version": pair.model_version,
         "feature_set_id": pair.feature_set_id, "content_type": pair.content_type, "sender": pair.sender,
         "predicted_label": pair.predicted, "true_label": pair.actual, "truth_kind": pair.truth_kind,
         "truth_department": pair.truth_department, "probabilities": pair.probabilities, "features": pair.features,
         "predicted_ms": pair.predicted_ms, "truth_sent_ms": pair.truth_sent_ms, "matched_ms": pair.matched_ms,
-        "revision": pair.revision,
+        "revision": pair.revision, "model_kind": pair.model_kind, "model_text": pair.model_text,
+        "image_features": list(pair.image_features), "ocr_status": pair.ocr_status,
     }
     return Outgoing("labelled_examples", pair.doc_id, "labelled_example", record)
 

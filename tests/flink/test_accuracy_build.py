@@ -20,7 +20,7 @@ def _prediction(doc_id: str, label: str, at_ms: int) -> bytes:
     return codec.encode("prediction", {
         "doc_id": doc_id, "sender": "s@example", "content_type": "TEXT", "label": label, "probabilities": {label: 0.9},
         "model_name": "mailroom-text", "model_version": "1", "feature_set_id": "sender-v1", "department": DEPARTMENTS[label],
-        "received_ms": at_ms, "scored_ms": at_ms + 50, "latency_ms": 50, "features": {}})
+        "received_ms": at_ms, "scored_ms": at_ms + 50, "latency_ms": 50, "features": {}, "model_text": f"text of {doc_id}"})
 
 
 def _truth(doc_id: str, label: str, sent_ms: int) -> bytes:
@@ -54,6 +54,7 @@ def test_accuracy_build_joins_reports_and_dead_letters_what_it_cannot_read(test_
     examples = [codec.decode(v, expected="labelled_example").record for v in out["labelled_examples"]]
     answered = list(range(0, n, 2))
     assert sorted(e["doc_id"] for e in examples) == sorted(f"d{i}" for i in answered)  # every answered one, once
+    assert all((e["model_kind"], e["model_text"]) == ("text", f"text of {e['doc_id']}") for e in examples)  # the model inputs, to train
     reports = [codec.decode(v, expected="accuracy_report").record for v in out["metrics"]]
     final = max(reports, key=lambda r: (r["window_end_ms"], r["reported_ms"]))
     assert final["count"] == len(answered) and final["slot"] == "champion"

@@ -17,10 +17,11 @@ GROUND_TRUTH = {"doc_id": "d1", "label": "invoice", "department": "finance", "se
 
 # one valid record per record type, in its newest version
 SAMPLES = {
-    "labelled_example": {"doc_id": "doc-1", "model_name": "mailroom-text", "model_version": "3", "feature_set_id": "sender-v1",
-        "content_type": "TEXT", "sender": "a@b.example", "predicted_label": "invoice", "true_label": "offer", "truth_kind": "CORRECT",
+    "labelled_example": {"doc_id": "doc-1", "model_name": "mailroom-scan", "model_version": "3", "feature_set_id": "sender-v1",
+        "content_type": "IMAGE", "sender": "a@b.example", "predicted_label": "invoice", "true_label": "offer", "truth_kind": "CORRECT",
         "truth_department": "finance", "probabilities": {"invoice": 0.9, "offer": 0.1}, "features": {"sender_docs_1h": 2.0},
-        "predicted_ms": 1_750_000_000_000, "truth_sent_ms": 1_750_000_600_000, "matched_ms": 1_750_000_600_000, "revision": 1},
+        "predicted_ms": 1_750_000_000_000, "truth_sent_ms": 1_750_000_600_000, "matched_ms": 1_750_000_600_000, "revision": 1,
+        "model_kind": "scan", "model_text": "invoice 2024 for 40 chairs", "image_features": [0.25, 0.5], "ocr_status": "READ"},
     "retraining_request": {"request_id": "r-1", "requested_ms": 1_750_000_000_000, "model_name": "mailroom-text", "model_version": "3",
         "reason": "macro_f1_drop", "alert_id": "a-1", "metric": "macro_f1", "value": 0.61, "threshold": 0.7,
         "window_start_ms": 1_749_996_400_000, "window_end_ms": 1_750_000_000_000, "labelled_pairs": 180,
@@ -89,6 +90,7 @@ SAMPLES = {
 # with it: add a new version instead, then add its fingerprint here.
 FINGERPRINTS = {
     "labelled_example.v1": "b1f2838f11ffc129",
+    "labelled_example.v2": "26f341c67d872b74",
     "retraining_request.v1": "9509cbe8318e47e5",
     "accuracy_report.v1": "988371c5683763f5",
     "accuracy_report.v2": "bb2f4dc4def0367c",

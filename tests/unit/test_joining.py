@@ -386,6 +386,38 @@ def test_labelled_examples_encode_with_their_schema():
     assert decoded.record == examples[1].record
 
 
+def test_a_labelled_example_carries_the_model_inputs_of_its_prediction():
+    text = {**prediction("t1", "invoice"), "model_text": "invoice for 40 chairs"}
+    scan = {**prediction("s1", "offer", model=("mailroom-scan", "2")), "content_type": "IMAGE", "ocr_status": "READ",
+            "model_text": "offer valid until", "image_features": [0.25, 0.5, 1.0]}
+    layout = {**prediction("i1", "complaint", model=("mailroom-image", "1")), "content_type": "IMAGE", "ocr_status": "OVER_BUDGET",
+              "model_text": None, "image_features": [0.75]}
+    h = Harness()
+    for record in (text, scan, layout):
+        h.prediction(record)
+        h.truth(truth(record["doc_id"], record["label"]))
+    examples = {o.key: codec.decode(o.encode(), expected="labelled_example").record for o in labelled_examples(h.events)}
+    inputs = {doc: (e["model_kind"], e["model_text"], e["image_features"], e["ocr_status"]) for doc, e in examples.items()}
+    assert inputs == {"t1": ("text", "invoice for 40 chairs", [], None), "s1": ("scan", "offer valid until", [0.25, 0.5, 1.0], "READ"),
+                      "i1": ("image", None, [0.75], "OVER_BUDGET")}
+    assert examples["s1"]["features"] == {"sender_docs_1h": 2.0} and examples["s1"]["true_label"] == "offer"
+
+
+def test_a_prediction_from_before_v3_gives_an_example_without_model_inputs():
+    decoded = codec.decode(codec.encode("prediction", prediction("d1", model=("tfidf-logreg", "1")), version=2), expected="prediction").record
+    h = Harness()
+    h.prediction(decoded)
+    h.truth(truth("d1"))
+    (example,) = [o.record for o in labelled_examples(h.events)]
+    assert (example["model_kind"], example["model_text"], example["image_features"], example["ocr_status"]) == ("", None, [], None)
+    joiner = Joiner()  # join state stored before the join kept the model inputs
+    state, _ = joiner.on_prediction(None, prediction("d2"), T0)
+    for name in ("model_text", "image_features", "ocr_status"):
+        del state.prediction.record[name]
+    _, events = joiner.on_truth(state, truth("d2"), T0 + MINUTE)
+    assert (events[0].pair.model_text, events[0].pair.image_features, events[0].pair.model_kind) == (None, (), "text")
+
+
 def test_config_refuses_non_positive_waits():
     with pytest.raises(ValueError):
         JoinConfig(truth_wait_ms=0)
