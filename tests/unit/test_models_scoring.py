@@ -23,9 +23,9 @@ def trained(tmp_path_factory):
     return run, registry, versions
 
 
-def test_both_kinds_pass_parity_and_are_registered_as_champions(trained):
+def test_every_kind_passes_parity_and_is_registered_as_champion(trained):
     run, registry, versions = trained
-    assert set(versions) == {"text", "image"}
+    assert set(versions) == {"text", "scan", "image"}
     for kind, (version, parity) in versions.items():
         assert version == 1 and parity.ok
         card = registry.champion(kind).card
