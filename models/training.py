@@ -1,4 +1,4 @@
-"""Training the text and image models on generated and/or real documents.
+"""Training the text, scan and image models on generated and/or real documents.
 
 `train(config)`:
 1. documents: `generate(n, seed, scan_share)` plus, if `real_dir` is set, `load_real` (at most
@@ -7,6 +7,8 @@
    (true labels recorded), the class the streaming job uses; real documents have no sender and
    get an unknown sender's vector;
 3. a leakage-free split (`models.segregation.split`, duplicates and near duplicates together);
+   for the scan model, the scans are read by Tesseract (`read_scans`: a process pool through the page cache); its
+   rows are the scans read plus the real text sources that are OCR output (`scan_dataset`);
 4. per kind, every candidate (kernel x small grid) is fitted on train and scored on the held-out
    side, and, per real source, fitted without that source and scored on it (leave-one-source-out:
    each source covers about one class, so this shows whether a model learned document types or
@@ -672,7 +674,8 @@ def preprocessing(model: TrainedModel, run: TrainingRun) -> dict:
     if model.kind == "scan":
         ocr = run.data["ocr"]
         out["tfidf"]["normalisation_outside_graph"] = "models.features.model_text(None, OCR text) (pages joined by a form feed)"
-        out["image_features"] = {"scaler": "StandardScaler", "weight": dict(model.candidate.features)["layout_weight"], "mean_imputed_for": sorted(s for s in model.train_summary["sources"] if s.endswith(OCR_SOURCE_SUFFIX)),
+        out["image_features"] = {"scaler": "StandardScaler", "weight": dict(model.candidate.features)["layout_weight"],
+                                 "mean_imputed_for": sorted(s for s in model.train_summary["sources"] if s.endswith(OCR_SOURCE_SUFFIX)),
                                  "note": "real text sources that are OCR output get the scans' mean layout features: zero once standardised"}
         out["ocr"] = {"engine": ocr["engine"], "generated_scans": ocr["generated_scans"], "generated_read": ocr["generated_read"],
                       "generated_cap": ocr["generated_cap"], "statuses": ocr["statuses"],
