@@ -28,7 +28,7 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 DEFAULT_REAL_DIR = PROJECT_DIR.parent / "shared" / "data" / "real"
 TRAINED_KINDS = ("text", "scan", "image")  # models.modelio.KINDS, without importing the models package here
-QUICK_OCR_CAP = 240  # generated scans the scan model reads with --quick: ~15 s of OCR on two cores, cold
+QUICK_OCR_CAP = 200  # generated scans the scan model reads with --quick: ~12 s of OCR on two quiet cores, cold (~25 s on a busy machine)
 
 
 def registry_dir(args: argparse.Namespace, settings: Settings) -> Path:

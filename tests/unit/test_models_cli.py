@@ -9,8 +9,9 @@ from mailroom.cli import main
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
-    """Nothing written outside tmp_path: run dir, Redis password and registry all point there."""
+    """Nothing written outside tmp_path: run dir, cache (OCR pages), Redis password and registry all point there."""
     monkeypatch.setenv("MAILROOM_RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("MAILROOM_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("MAILROOM_REDIS_PASSWORD", "test")
     monkeypatch.delenv("MAILROOM_REGISTRY_DIR", raising=False)
 
@@ -27,7 +28,8 @@ def test_train_quick_then_manage_and_bench(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MAILROOM_REGISTRY_DIR", str(tmp_path / "reg"))  # via Settings.registry_dir
     assert main(["train", "--quick", "--no-real", "-n", "240", "--no-progress", "--no-source-holdout"]) == 0
     out = capsys.readouterr().out
-    assert "held-out evaluation" in out and "text model registered as v1" in out and "image model registered as v1" in out
+    assert "held-out evaluation" in out and all(f"{kind} model registered as v1" in out for kind in ("text", "scan", "image"))
+    assert "OCR for the scan model: 76 pages, 76 read by the engine" in out and any((tmp_path / "cache" / "ocr").iterdir())
     assert (tmp_path / "reg" / "text" / "v0001" / "model.onnx").exists()
 
     assert main(["models", "list"]) == 0
@@ -41,7 +43,7 @@ def test_train_quick_then_manage_and_bench(tmp_path, capsys, monkeypatch):
 
     assert main(["bench-models", "--docs", "40", "--seconds", "0.05", "--batch", "1", "8"]) == 0
     bench = capsys.readouterr().out
-    assert "onnxruntime" in bench and "sklearn predict_proba" in bench and "image_features" in bench
+    assert "onnxruntime" in bench and "sklearn predict_proba" in bench and "image_features" in bench and "OCR (PNG in" in bench
 
 
 def test_train_refuses_a_missing_real_directory(tmp_path, capsys):

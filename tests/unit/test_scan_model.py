@@ -20,7 +20,7 @@ def real_dir(tmp_path_factory):
               "text": "invoice total due amount payable" if i % 2 else "memo minutes of the meeting agenda"} for i in range(12)]
     texts += [{"id": f"ticket-{i}", "source": "tickets", "label": "service_request", "text": "printer broken please help"} for i in range(6)]
     (directory / "text.jsonl").write_text("".join(json.dumps(t) + "\n" for t in texts))
-    scans = [d for d in generate(40, seed=5, scan_share=1.0) if d["content_type"] == "image"][:2]
+    scans = [d for d in generate(40, seed=5, scan_share=0.9) if d["content_type"] == "image"][:2]
     (directory / "images").mkdir()
     for i, scan in enumerate(scans):
         (directory / "images" / f"{i}.png").write_bytes(scan["image"])
@@ -77,7 +77,7 @@ def test_scan_model_exports_with_parity_registers_and_scores(trained, tmp_path):
 
 
 def test_the_page_cache_spares_the_engine(tmp_path):
-    page = next(d["image"] for d in generate(30, seed=5, scan_share=1.0) if d["content_type"] == "image")
+    page = next(d["image"] for d in generate(30, seed=5, scan_share=0.9) if d["content_type"] == "image")
     reader = PageReader(OcrConfig(), cache=OcrCache(tmp_path))
     calls = []
 
