@@ -89,8 +89,9 @@ class Mailbox:
                      "recruiter": r.choice(["talent", "jobs", person])}.get(role, person)
         a = 1.5
         b = a * (1 - self.scan_share) / max(self.scan_share, 1e-3)
+        activity = r.paretovariate(1.5)
         paper_rate = 0.0 if self.scan_share <= 0 else 1.0 if self.scan_share >= 1 else r.betavariate(a, b)  # scan_share 1: every document a scan
-        sender = Sender(f"{local}@{domain}", first, last, company, lang, role, activity=r.paretovariate(1.5), paper_rate=paper_rate)
+        sender = Sender(f"{local}@{domain}", first, last, company, lang, role, activity=activity, paper_rate=paper_rate)
         self.senders.append(sender)
         return sender
 

@@ -1,4 +1,4 @@
-"""The scan model: OCR text + layout features + context, trained on read scans and on real OCR-text sources."""
+"""The scan model: OCR text + layout features + context, trained on read scans and on the texts that read like a page."""
 
 import json
 
@@ -36,19 +36,20 @@ def trained(real_dir, tmp_path_factory):
     return config, train(config, progress=False)
 
 
-def test_scan_rows_are_the_scans_read_plus_the_ocr_text_sources_with_mean_layout(trained):
+def test_scan_rows_are_the_scans_read_plus_the_texts_that_read_like_a_page_with_mean_layout(trained):
     _, run = trained
     ocr = run.data["ocr"]
     assert ocr["generated_read"] == 60 < ocr["generated_scans"] and ocr["pages"] == 62 and ocr["pages_by_engine"] == 62
     model = run.models["scan"]
     sources = model.train_summary["sources"]
-    assert "tickets" not in sources and sources["letters_ocr"] > 0  # OCR-text sources only, not every real text
-    assert sources[GENERATED_SOURCE] <= ocr["statuses"]["READ"]  # only scans that were read
+    assert "tickets" not in sources and sources["letters_ocr"] > 0  # real OCR text, not every real text
+    texts = sum(d["content_type"] == "text" for d in generate(240, seed=7, scan_share=0.3))
+    assert ocr["statuses"]["READ"] < sources[GENERATED_SOURCE] <= ocr["statuses"]["READ"] + texts  # the scans read, and the generated texts
     held = model.held_out
     layout = np.asarray(held.inputs["image_features"])
-    imputed, scanned = layout[held.sources == "letters_ocr"], layout[held.sources == GENERATED_SOURCE]
+    imputed = layout[held.sources == "letters_ocr"]
     assert len(imputed) and np.allclose(imputed, imputed[0]) and not np.allclose(imputed[0], 0)
-    assert not np.allclose(scanned, scanned[0])
+    assert not np.allclose(layout, layout[0])  # the scans' own layouts differ
     assert set(model.source_holdout) == {"golden_scans", "letters_ocr"}
 
 
@@ -66,7 +67,7 @@ def test_scan_model_exports_with_parity_registers_and_scores(trained, tmp_path):
     version, parity = publish(model, run, registry)
     assert parity.ok and parity.n > len(model.held_out) and version == 1
     card = registry.show("scan", 1)
-    assert card["preprocessing"]["image_features"]["mean_imputed_for"] == ["letters_ocr"]
+    assert card["preprocessing"]["image_features"]["mean_imputed_for"] == "the generated text documents and the real OCR-text sources"
     assert card["preprocessing"]["ocr"]["engine"]["languages"] == "eng" and card["evaluation"]["per_class"]
     assert registry.trained_on("scan", 1) == set(row_keys("scan", model.train_inputs))
     scorer = Scorer.from_registry(tmp_path / "registry", "scan")
