@@ -246,6 +246,11 @@ class Registry:
                 self._log(kind, {"event": "retire", "alias": alias, "version": version, "reason": reason})
         return version
 
+    def prepare(self) -> "Registry":
+        """Make the database now (WAL mode, MLflow's schema) and import an old layout, if not done yet."""
+        self._client  # noqa: B018 - opening the client does both
+        return self
+
     def migrate(self) -> dict[str, list[int]]:
         """Import a registry in the hand-written layout (<kind>/vNNNN/ + champion.json) found under `root`:
         every version with its number, champion, previous champions and history; kinds MLflow already

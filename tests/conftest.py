@@ -33,6 +33,7 @@ def test_settings() -> Settings:
         kafka_controller_port=29193 + offset,
         redis_port=26479 + offset,
         flink_rest_port=28181 + offset,
+        mlflow_port=25100 + offset,
     )
 
 

@@ -28,7 +28,9 @@ def test_train_quick_then_manage_and_bench(tmp_path, capsys, monkeypatch):
     assert main(["train", "--quick", "--no-real", "-n", "240", "--no-progress", "--no-source-holdout"]) == 0
     out = capsys.readouterr().out
     assert "held-out evaluation" in out and "text model registered as v1" in out and "image model registered as v1" in out
-    assert (tmp_path / "reg" / "text" / "v0001" / "model.onnx").exists()
+    from models.registry import Registry
+
+    assert (tmp_path / "reg" / "mlflow.db").exists() and Registry(tmp_path / "reg").champion("text").onnx_path.is_relative_to(tmp_path / "reg" / "artifacts")
 
     assert main(["models", "list"]) == 0
     assert "text models" in capsys.readouterr().out

@@ -290,3 +290,12 @@ def test_attachments_are_stored_beside_the_card_and_listed_in_its_files(tmp_path
     ref = registry.get("text", version)
     assert (ref.onnx_path.parent / "reliability.png").read_bytes() == b"\x89PNG fake"
     assert set(ref.card["files"]) == {"model.onnx", "reliability.png"} and ref.card["files"]["reliability.png"]["bytes"] == 9
+
+
+def test_importing_the_registry_and_the_scoring_logic_does_not_import_mlflow():
+    """Flink workers import udfs.scoring (-> models.registry) and must not pay for MLflow."""
+    import subprocess
+    import sys
+
+    code = "import sys, models.registry, models.pointers, udfs.scoring, jobs.scoring; print('mlflow' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
