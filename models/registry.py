@@ -85,13 +85,14 @@ class Registry:
 
     def list(self, kind: str) -> list[dict]:
         """One summary row per registered version, oldest first."""
-        champion = self._aliases(kind).get("champion")
+        aliases = self._aliases(kind)
         rows = []
         for version in self._versions(kind):
             card = self._card(kind, version)
             rows.append({"version": card["version"], "created": card["created"], "kernel": card.get("kernel"),
                          "macro_f1": card["evaluation"]["macro_f1"], "eval_set": card["eval_set"]["fingerprint"],
-                         "feature_set_id": card.get("feature_set_id"), "champion": card["version"] == champion})
+                         "feature_set_id": card.get("feature_set_id"), "champion": aliases.get("champion") == version,
+                         "aliases": [alias for alias in ALIASES if aliases.get(alias) == version]})
         return rows
 
     def show(self, kind: str, version: int) -> dict:
@@ -233,17 +234,13 @@ class Registry:
             client.set_registered_model_alias(model_name(kind), "challenger", str(version))
             self._log(kind, {"event": "challenger", "version": int(version), "reason": reason})
 
-    def retire(self, kind: str, alias: str, reason: str) -> int | None:
-        """Remove alias `challenger` or `previous` (not `champion`); the version it named, or None."""
-        if alias not in ("challenger", "previous"):
-            raise RegistryError(f"cannot retire alias {alias!r}: only challenger or previous (a champion is replaced by promoting another)")
+    def retire_challenger(self, kind: str, reason: str) -> int | None:
+        """Remove alias `challenger`; the version it named, or None."""
         with self._writing(kind) as client:
-            version = self._aliases(kind).get(alias)
+            version = self._aliases(kind).get("challenger")
             if version is not None:
-                client.delete_registered_model_alias(model_name(kind), alias)
-                if alias == "previous":
-                    client.set_registered_model_tag(model_name(kind), "previous_champions", "[]")
-                self._log(kind, {"event": "retire", "alias": alias, "version": version, "reason": reason})
+                client.delete_registered_model_alias(model_name(kind), "challenger")
+                self._log(kind, {"event": "retire", "alias": "challenger", "version": version, "reason": reason})
         return version
 
     def prepare(self) -> "Registry":

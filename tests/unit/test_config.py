@@ -82,7 +82,7 @@ def _compose() -> dict:
 def test_compose_has_the_stack_on_the_projects_loopback_ports():
     compose, s = _compose(), Settings.from_env({"MAILROOM_REDIS_PASSWORD": "x"})
     services = compose["services"]
-    assert set(services) == {"kafka", "redis", "jobmanager", "taskmanager"}
+    assert set(services) == {"kafka", "redis", "jobmanager", "taskmanager", "mlflow"}
     assert all(svc.get("network_mode") == "host" and "ports" not in svc for svc in services.values())
 
     kafka = services["kafka"]["environment"]
@@ -98,6 +98,20 @@ def test_compose_has_the_stack_on_the_projects_loopback_ports():
     assert redis_cmd[redis_cmd.index("--bind") + 1] == s.host
     assert redis_cmd[redis_cmd.index("--port") + 1] == str(s.redis_port)
     assert "--requirepass" in redis_cmd
+
+
+def test_compose_mlflow_serves_the_registry_on_loopback_with_the_locked_mlflow():
+    svc, s = _compose()["services"]["mlflow"], Settings.from_env({"MAILROOM_REDIS_PASSWORD": "x"})
+    lock = (PROJECT_DIR / "requirements.lock").read_text()
+    mlflow_pin = re.search(r"^mlflow==(.+)$", lock, re.M).group(1)
+    assert "-c /tmp/requirements.lock" in svc["build"]["dockerfile_inline"] and svc["image"] == f"mailroom-mlflow:{mlflow_pin}"
+    command = svc["command"]
+    assert command[:2] == ["mlflow", "server"] and command[command.index("--host") + 1] == s.host
+    assert command[command.index("--port") + 1] == str(s.mlflow_port)
+    registry = "${PWD}/.run/registry"
+    assert command[command.index("--backend-store-uri") + 1] == f"sqlite:///{registry}/mlflow.db"  # sqlite, no file store
+    assert command[command.index("--default-artifact-root") + 1] == f"{registry}/artifacts"
+    assert svc["volumes"] == [f"./.run/registry:{registry}"] and s.registry_dir == PROJECT_DIR / ".run" / "registry"
 
 
 def test_compose_flink_runs_python_jobs_with_the_projects_config():

@@ -202,12 +202,10 @@ def test_challenger_alias_is_set_and_retired_with_reasons(tmp_path, models):
     v2 = register(registry, models, "good", "a", 0.6)
     registry.set_challenger("text", v2, "shadow after retraining")
     assert registry.aliases("text") == {"champion": 1, "challenger": v2}
-    assert registry.retire("text", "challenger", "judged: no better") == v2 and "challenger" not in registry.aliases("text")
-    assert registry.retire("text", "challenger", "again") is None
+    assert registry.retire_challenger("text", "judged: no better") == v2 and "challenger" not in registry.aliases("text")
+    assert registry.retire_challenger("text", "again") is None
     assert [(e["event"], e.get("reason")) for e in registry.history("text")][-2:] == [
         ("challenger", "shadow after retraining"), ("retire", "judged: no better")]
-    with pytest.raises(RegistryError, match="only challenger or previous"):
-        registry.retire("text", "champion", "no")
 
 
 def test_a_second_writer_waits_for_the_first(tmp_path, models):
