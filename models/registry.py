@@ -227,6 +227,16 @@ class Registry:
             self._log(kind, {"event": "rollback", "version": previous[-1], "from_version": current})
         return self.champion(kind)
 
+    def log_unregistered_run(self, kind: str, params: dict, metrics: dict[str, float], reason: str) -> str:
+        """Record a training run that made no version (its ONNX export failed parity, say): status FAILED,
+        `reason` as its note. Returns the run id."""
+        with self._writing(kind) as client:
+            run = client.create_run(self._experiment_id(), run_name=f"{kind} (not registered)",
+                                    tags={"mailroom.kind": kind, "mlflow.note.content": reason})
+            self._log_values(run.info.run_id, {"kind": kind, **params}, metrics)
+            client.set_terminated(run.info.run_id, status="FAILED")
+        return run.info.run_id
+
     def set_challenger(self, kind: str, version: int, reason: str) -> None:
         """Point alias `challenger` at `version` (it scores in shadow)."""
         with self._writing(kind) as client:
@@ -362,17 +372,22 @@ class Registry:
 
     def _log_run(self, run_id: str, kind: str, card: dict, params: dict, metrics: dict[str, float]) -> None:
         """Params, metrics and tags of a version's run, then end it."""
-        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.entities import RunTag
 
-        params = {"kind": kind, "kernel": card.get("kernel"), "feature_set_id": card.get("feature_set_id"), **params}
-        metrics = {"held_out.macro_f1": card["evaluation"]["macro_f1"], **metrics}
+        self._log_values(run_id, {"kind": kind, "kernel": card.get("kernel"), "feature_set_id": card.get("feature_set_id"), **params},
+                         {"held_out.macro_f1": card["evaluation"]["macro_f1"], **metrics})
+        self._client.log_batch(run_id, tags=[RunTag("mailroom.eval_set", card["eval_set"]["fingerprint"])])
+        self._client.set_terminated(run_id)
+
+    def _log_values(self, run_id: str, params: dict, metrics: dict[str, float]) -> None:
+        """Params (values cut at MLflow's 6000 characters) and metrics, in batches of MLflow's 100."""
+        from mlflow.entities import Metric, Param
+
         at = int(datetime.now(timezone.utc).timestamp() * 1000)
         param_list = [Param(str(k), str(v)[:6000]) for k, v in params.items()]
         metric_list = [Metric(str(k), float(v), at, 0) for k, v in metrics.items() if v is not None]
         for i in range(0, max(len(param_list), len(metric_list)), 100):
             self._client.log_batch(run_id, metrics=metric_list[i:i + 100], params=param_list[i:i + 100])
-        self._client.log_batch(run_id, tags=[RunTag("mailroom.eval_set", card["eval_set"]["fingerprint"])])
-        self._client.set_terminated(run_id)
 
     def _set_champion(self, kind: str, version: int, previous: list[int]) -> None:
         client, name = self._client, model_name(kind)

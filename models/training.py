@@ -27,7 +27,7 @@
    generated documents alone and scored on every real source.
 `publish(model, run, registry)` exports to ONNX, checks parity and only on success registers the model: an MLflow run
 (experiment `mailroom-training`: parameters, metrics, the search table, confusion matrix, reliability diagram, card, ONNX file)
-made a new version of `mailroom-<kind>`.
+made a new version of `mailroom-<kind>`; a model that fails parity is a FAILED run with its figures and no version.
 """
 
 from __future__ import annotations
@@ -605,6 +605,7 @@ def publish(model: TrainedModel, run: TrainingRun, registry):
     checked = {name: _concat(model.held_out.inputs[name], probes[name]) for name in probes}
     parity = check_parity(model.pipeline, onnx_bytes, model.kind, checked)
     if not parity.ok:
+        registry.log_unregistered_run(model.kind, run_params(model, run), run_metrics(model), f"not registered: ONNX parity failed {parity.as_dict()}")
         return None, parity
     card = model_card(model, run, parity)
     attachments = {"reliability.png": reliability_diagram(model), "confusion.png": confusion_png(model),
