@@ -377,6 +377,10 @@ class Redis(TrackedService):
 # --- MLflow ----------------------------------------------------------------------------------
 
 
+# no server-side job runner (GenAI judges and the like): eight huey worker processes, ~800 MB, unused here
+SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
 class MlflowServer(TrackedService):
     """`mlflow server` on loopback over the model registry's database and artifacts: the UI of every
     training run and model version, and the REST API."""
@@ -404,7 +408,8 @@ class MlflowServer(TrackedService):
         Registry(self.s.registry_dir).prepare()  # the database in WAL mode, an old registry imported: before the server opens it
         self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
-            popen = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            popen = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                     env={**os.environ, **SERVER_ENV})
         _record(self.pidfile, popen.pid)
         _wait(self._answers, psutil.Process(popen.pid), 90, "MLflow", self.log)
 

@@ -85,7 +85,7 @@ class Registry:
 
     def list(self, kind: str) -> list[dict]:
         """One summary row per registered version, oldest first."""
-        aliases = self._aliases(kind)
+        aliases = self.aliases(kind)
         rows = []
         for version in self._versions(kind):
             card = self._card(kind, version)
@@ -106,14 +106,15 @@ class Registry:
 
     def champion(self, kind: str) -> ModelRef:
         """The model the scoring job should use (alias `champion`)."""
-        version = self._aliases(kind).get("champion")
+        version = self.aliases(kind).get("champion")
         if version is None:
             raise RegistryError(f"no {kind} champion in {self.root}: train one with `mailroom train`")
         return self.get(kind, version)
 
     def aliases(self, kind: str) -> dict[str, int]:
         """alias -> version: champion, previous, challenger (those that are set)."""
-        return self._aliases(kind)
+        model = self._registered(kind)
+        return {alias: int(version) for alias, version in (model.aliases if model else {}).items()}
 
     def history(self, kind: str) -> list[dict]:
         """Every event of a kind, oldest first: register, promote, rollback, challenger, retire."""
@@ -189,7 +190,7 @@ class Registry:
             self._add_version(kind, run.info.run_id, version, card)
             self._log(kind, {"event": "register", "version": version, "macro_f1": card["evaluation"]["macro_f1"],
                              "eval_set": card["eval_set"]["fingerprint"]})
-            if self._aliases(kind).get("champion") is None:
+            if self.aliases(kind).get("champion") is None:
                 self._set_champion(kind, version, previous=[])
                 self._log(kind, {"event": "promote", "version": version, "from_version": None, "forced": False, "reason": "first model of its kind"})
         return version
@@ -203,7 +204,7 @@ class Registry:
             raise RegistryError("a forced promotion needs a reason")
         with self._writing(kind):
             contender = self.get(kind, version)
-            current = self._aliases(kind).get("champion")
+            current = self.aliases(kind).get("champion")
             if current == version:
                 return {"promoted": False, "version": version, "reason": "already champion"}
             comparison = self._compare(kind, contender, current)
@@ -222,7 +223,7 @@ class Registry:
             previous = self._previous(kind)
             if not previous:
                 raise RegistryError(f"no previous {kind} champion to roll back to")
-            current = self._aliases(kind).get("champion")
+            current = self.aliases(kind).get("champion")
             self._set_champion(kind, previous[-1], previous=previous[:-1])
             self._log(kind, {"event": "rollback", "version": previous[-1], "from_version": current})
         return self.champion(kind)
@@ -247,7 +248,7 @@ class Registry:
     def retire_challenger(self, kind: str, reason: str) -> int | None:
         """Remove alias `challenger`; the version it named, or None."""
         with self._writing(kind) as client:
-            version = self._aliases(kind).get("challenger")
+            version = self.aliases(kind).get("challenger")
             if version is not None:
                 client.delete_registered_model_alias(model_name(kind), "challenger")
                 self._log(kind, {"event": "retire", "alias": "challenger", "version": version, "reason": reason})
@@ -296,10 +297,6 @@ class Registry:
             if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
                 return None
             raise
-
-    def _aliases(self, kind: str) -> dict[str, int]:
-        model = self._registered(kind)
-        return {alias: int(version) for alias, version in (model.aliases if model else {}).items()}
 
     def _model_tags(self, kind: str) -> dict[str, str]:
         model = self._registered(kind)
@@ -395,7 +392,7 @@ class Registry:
         client.set_registered_model_tag(name, "previous_champions", json.dumps(previous))
         if previous:
             client.set_registered_model_alias(name, "previous", str(previous[-1]))
-        elif "previous" in self._aliases(kind):
+        elif "previous" in self.aliases(kind):
             client.delete_registered_model_alias(name, "previous")
 
     def _log(self, kind: str, event: dict) -> None:

@@ -9,6 +9,7 @@ import yaml
 
 from config.flinkconf import base_config, cluster_config, job_config
 from config.settings import ENV_VARS, PROJECT_DIR, ConfigError, Settings
+from mailroom.stack import SERVER_ENV
 from schemas.labels import DEPARTMENTS, LABELS
 from schemas.topics import TOPICS, department_topic_key, topic_name
 
@@ -112,6 +113,7 @@ def test_compose_mlflow_serves_the_registry_on_loopback_with_the_locked_mlflow()
     assert command[command.index("--backend-store-uri") + 1] == f"sqlite:///{registry}/mlflow.db"  # sqlite, no file store
     assert command[command.index("--default-artifact-root") + 1] == f"{registry}/artifacts"
     assert svc["volumes"] == [f"./.run/registry:{registry}"] and s.registry_dir == PROJECT_DIR / ".run" / "registry"
+    assert svc["environment"] == SERVER_ENV
 
 
 def test_compose_flink_runs_python_jobs_with_the_projects_config():
