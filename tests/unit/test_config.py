@@ -130,3 +130,14 @@ def test_compose_flink_runs_python_jobs_with_the_projects_config():
         assert "python -m config.flinkconf" in svc["command"][-1]
         assert f"{'jobmanager' if name == 'jobmanager' else 'taskmanager'}.sh start-foreground" in svc["command"][-1]
     assert set(_compose()["volumes"]) == {"kafka-data", "flink-state"}
+
+
+def test_the_mlflow_server_serves_the_registry_database_on_loopback(tmp_path):
+    from mailroom.stack import MlflowServer
+
+    s = Settings.from_env({"MAILROOM_RUN_DIR": str(tmp_path), "MAILROOM_REDIS_PASSWORD": "pw", "MAILROOM_MLFLOW_PORT": "25123"})
+    command = MlflowServer(s).command()
+    assert command[command.index("--backend-store-uri") + 1] == f"sqlite:///{tmp_path / 'registry' / 'mlflow.db'}"
+    assert command[command.index("--default-artifact-root") + 1] == str(tmp_path / "registry" / "artifacts")
+    assert (command[command.index("--host") + 1], command[command.index("--port") + 1]) == ("127.0.0.1", "25123")
+    assert s.mlflow_url == "http://127.0.0.1:25123"
