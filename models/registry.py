@@ -199,7 +199,7 @@ class Registry:
         """Make `version` champion if its macro-F1 beats the champion's on the same evaluation set
         (the contender's; the champion is re-evaluated on it when the sets differ). Otherwise raise
         PromotionRefused, unless `force_reason` is given: then promote and record the reason.
-        The champion it replaces becomes `previous`."""
+        The champion it replaces becomes `previous`; a challenger promoted loses that alias."""
         if force_reason is not None and not force_reason.strip():
             raise RegistryError("a forced promotion needs a reason")
         with self._writing(kind):
@@ -214,6 +214,8 @@ class Registry:
             record = {"at": _now(), "from_version": current, "forced": not comparison["beats"],
                       "reason": force_reason or "beats champion", "comparison": comparison}
             self._set_champion(kind, version, previous=self._previous(kind) + ([current] if current is not None else []))
+            if self.aliases(kind).get("challenger") == version:  # a challenger promoted is no longer one
+                self._client.delete_registered_model_alias(model_name(kind), "challenger")
             self._log(kind, {"event": "promote", "version": version, **record})
             return {"promoted": True, "version": version, **record}
 

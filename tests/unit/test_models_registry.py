@@ -206,6 +206,9 @@ def test_challenger_alias_is_set_and_retired_with_reasons(tmp_path, models):
     assert registry.retire_challenger("text", "again") is None
     assert [(e["event"], e.get("reason")) for e in registry.history("text")][-2:] == [
         ("challenger", "shadow after retraining"), ("retire", "judged: no better")]
+    registry.set_challenger("text", v2, "again, retrained")
+    registry.promote("text", v2)
+    assert registry.aliases("text") == {"champion": v2, "previous": 1}  # a challenger promoted is no longer one
 
 
 def test_a_second_writer_waits_for_the_first(tmp_path, models):
