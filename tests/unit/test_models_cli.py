@@ -33,7 +33,10 @@ def test_train_quick_then_manage_and_bench(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "reg" / "mlflow.db").exists() and Registry(tmp_path / "reg").champion("text").onnx_path.is_relative_to(tmp_path / "reg" / "artifacts")
 
     assert main(["models", "list"]) == 0
-    assert "text models" in capsys.readouterr().out
+    listed = capsys.readouterr().out
+    assert "text models (mailroom-text)" in listed and "champion" in listed
+    assert main(["models", "migrate"]) == 0
+    assert "nothing to import" in capsys.readouterr().out
     assert main(["models", "show", "text", "1"]) == 0
     assert json.loads(capsys.readouterr().out)["version"] == 1
     assert main(["models", "promote", "text", "1"]) == 0
