@@ -47,10 +47,12 @@ test-unit: venv
 bench: setup
 	$(VENV)/bin/mailroom bench
 
-## re-resolve every Python package in ONE pip command and lock the result
+## resolve every Python package in ONE pip command and lock the result. Constrained by the current
+## lock, so a package added to requirements.in resolves around the existing pins and none of them
+## moves; to move a pin, delete its line from requirements.lock first.
 lock:
 	rm -rf /tmp/mailroom-lock && $(PYTHON) -m venv /tmp/mailroom-lock
-	/tmp/mailroom-lock/bin/pip install -q -r requirements.in
+	/tmp/mailroom-lock/bin/pip install -q -r requirements.in -c requirements.lock
 	/tmp/mailroom-lock/bin/pip check
 	/tmp/mailroom-lock/bin/pip freeze > requirements.lock
 

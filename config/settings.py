@@ -35,6 +35,7 @@ ENV_VARS = {
     "redis_port": "MAILROOM_REDIS_PORT",
     "redis_password": "MAILROOM_REDIS_PASSWORD",
     "flink_rest_port": "MAILROOM_FLINK_REST_PORT",
+    "mlflow_port": "MAILROOM_MLFLOW_PORT",
     "flink_conf_file": "MAILROOM_FLINK_CONF",
     "topic_prefix": "MAILROOM_TOPIC_PREFIX",
     "python_executable": "MAILROOM_PYTHON",
@@ -57,6 +58,7 @@ class Settings:
     redis_port: int = 26379  # MAILROOM_REDIS_PORT
     redis_password: str = ""  # MAILROOM_REDIS_PASSWORD: default generated once into run_dir
     flink_rest_port: int = 28081  # MAILROOM_FLINK_REST_PORT: session cluster REST API and web UI
+    mlflow_port: int = 25000  # MAILROOM_MLFLOW_PORT: the MLflow server (UI + REST API) over the model registry
     flink_conf_file: Path = PROJECT_DIR / "flink-conf" / "config.yaml"  # MAILROOM_FLINK_CONF
     topic_prefix: str = "mailroom."  # MAILROOM_TOPIC_PREFIX: namespaces every topic name
     python_executable: str = sys.executable  # MAILROOM_PYTHON: the interpreter Flink workers run
@@ -95,6 +97,10 @@ class Settings:
     @property
     def flink_rest_url(self) -> str:
         return f"http://{self.host}:{self.flink_rest_port}"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://{self.host}:{self.mlflow_port}"
 
     @property
     def jar_dir(self) -> Path:

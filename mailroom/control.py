@@ -3,7 +3,8 @@
 `deploy` checks a registered version the way every scoring subtask will (`models.pointers.load_checked`)
 before anything is published, then publishes its pointer (key `<kind>/<slot>`) and waits for the ack. A
 champion deploy first keeps the current champion (the control topic's, else the registry's) as PREVIOUS,
-and moves the registry's champion too, so a job started later from the registry agrees. `status` puts
+and moves the registry's champion too, so a job started later from the registry agrees (a challenger
+deploy or retire moves the registry's `challenger` alias). `status` puts
 side by side what the registry, the control topic and the scoring subtasks (model-events topic) say,
 the shadow comparison so far, and flags where they disagree.
 
@@ -241,16 +242,21 @@ def deploy(settings: Settings, registry: Registry, kind: str, version: int, slot
     promotion = None
     if slot == "champion":
         promotion = registry.promote(kind, version, force_reason=f"deployed by an operator: {note or 'no note given'}")
+    elif slot == "challenger":
+        registry.set_challenger(kind, version, f"deployed by an operator: {note or 'no note given'}")
     return DeployResult(publications, promotion, warnings)
 
 
-def retire(settings: Settings, kind: str, slot: str, note: str | None = None) -> tuple[Publication, dict | None]:
-    """Publish the RETIRE record of a slot; with what the control topic had in it before (None: nothing)."""
+def retire(settings: Settings, registry: Registry, kind: str, slot: str, note: str | None = None) -> tuple[Publication, dict | None]:
+    """Publish the RETIRE record of a slot; with what the control topic had in it before (None: nothing).
+    A challenger loses the registry's `challenger` alias too; the `previous` alias stays (rollback's target)."""
     publication = retire_record(kind, slot, note, now_ms())
     with kafka_errors(settings):
         require_topics(settings, ["model_control"])
         before = read_control(settings)[0].get(publication.key)
         publish(settings, [publication])
+    if slot == "challenger":
+        registry.retire_challenger(kind, f"retired by an operator: {note or 'no note given'}")
     return publication, before
 
 

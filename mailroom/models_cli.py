@@ -238,6 +238,10 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
         elif args.action == "rollback":
             ref = registry.rollback(args.kind)
             console.print(f"{args.kind} champion is now v{ref.version} again")
+        elif args.action == "migrate":
+            imported = registry.migrate()
+            console.print("; ".join(f"{kind}: v{versions[0]}..v{versions[-1]} imported" for kind, versions in imported.items())
+                          or f"nothing to import in {registry.root} (no old layout, or MLflow has those kinds already)")
     except PromotionRefused as exc:
         err.print(f"[yellow]refused:[/yellow] {exc}")
         return 3
@@ -248,11 +252,11 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _print_versions(kind: str, rows: list[dict]) -> None:
-    table = Table(title=f"{kind} models")
-    for col in ("version", "champion", "created", "kernel", "macro-F1", "eval set", "feature set"):
+    table = Table(title=f"{kind} models (mailroom-{kind})")
+    for col in ("version", "aliases", "created", "kernel", "macro-F1", "eval set", "feature set"):
         table.add_column(col)
     for row in rows:
-        table.add_row(f"v{row['version']}", "*" if row["champion"] else "", row["created"], str(row["kernel"]), f"{row['macro_f1']:.3f}",
+        table.add_row(f"v{row['version']}", ", ".join(row["aliases"]), row["created"], str(row["kernel"]), f"{row['macro_f1']:.3f}",
                       row["eval_set"], str(row["feature_set_id"]))
     console.print(table if rows else f"no {kind} models registered")
 
@@ -286,9 +290,10 @@ def cmd_deploy(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_retire(args: argparse.Namespace, settings: Settings) -> int:
     from mailroom.control import ControlError, DeployRefused, retire
+    from models.registry import Registry
 
     try:
-        publication, before = retire(settings, args.kind, args.slot, args.note)
+        publication, before = retire(settings, Registry(registry_dir(args, settings)), args.kind, args.slot, args.note)
     except DeployRefused as exc:
         err.print(f"[red]refused, nothing published:[/red] {escape(str(exc))}")
         return 2
@@ -462,7 +467,7 @@ def register(sub) -> None:
                                         "scoring subtask will before it publishes anything; status shows what the registry, the control "
                                         "topic and each scoring subtask say, and where they disagree.")
     actions = models.add_subparsers(dest="action", required=True, metavar="ACTION")
-    ls = actions.add_parser("list", help="versions per kind, champion marked")
+    ls = actions.add_parser("list", help="versions per kind with their aliases (champion, previous, challenger)")
     ls.add_argument("kind", nargs="?", choices=TRAINED_KINDS, help="the kind to list (default all)")
     show = actions.add_parser("show", help="print a model card as JSON")
     promote = actions.add_parser("promote", help="make a version champion if it beats the current one")
@@ -472,7 +477,11 @@ def register(sub) -> None:
     for p in (show, promote):
         p.add_argument("version", type=int)
     promote.add_argument("--force", metavar="REASON", help="promote even if it does not beat the champion; the reason is recorded")
-    for p in (ls, show, promote, rollback):
+    migrate = actions.add_parser("migrate", help="import a registry in the old hand-written layout into MLflow (also done on first use)",
+                                 description="Import <registry>/<kind>/vNNNN/ + champion.json + history.jsonl into MLflow, keeping version "
+                                             "numbers, the champion, previous champions and the history. Kinds MLflow has versions of already "
+                                             "are left out; the old files are not touched.")
+    for p in (ls, show, promote, rollback, migrate):
         _add_registry(p)
         p.set_defaults(func=cmd_models)
 
@@ -480,7 +489,7 @@ def register(sub) -> None:
                              description="Check a registered version as every scoring subtask will (sha256, graph, feature set, smoke "
                                          "batch), then publish it to the model-control topic (key <kind>/<slot>) and wait for the ack. "
                                          "--slot champion first keeps the current champion as PREVIOUS and moves the registry's champion "
-                                         "too. A refused version publishes nothing (exit 2).")
+                                         "alias too; --slot challenger moves its `challenger` alias. A refused version publishes nothing (exit 2).")
     dep.add_argument("kind", choices=["text", "image"])
     dep.add_argument("version", type=int)
     dep.add_argument("--slot", choices=["challenger", "champion", "previous"], required=True,
@@ -491,11 +500,13 @@ def register(sub) -> None:
     dep.set_defaults(func=cmd_deploy)
 
     ret = actions.add_parser("retire", help="empty the challenger or previous slot of a kind",
-                             description="Publish a RETIRE record for a slot to the model-control topic. The champion slot cannot be "
-                                         "emptied: deploy another champion instead.")
+                             description="Publish a RETIRE record for a slot to the model-control topic; a challenger loses the "
+                                         "registry's `challenger` alias too (the `previous` alias stays: it is what rollback returns to). "
+                                         "The champion slot cannot be emptied: deploy another champion instead.")
     ret.add_argument("kind", choices=["text", "image"])
     ret.add_argument("--slot", choices=["challenger", "previous", "champion"], required=True, help="the slot to empty (not champion)")
-    ret.add_argument("--note", metavar="TEXT", help="who retires it and why")
+    ret.add_argument("--note", metavar="TEXT", help="who retires it and why (recorded in the registry for a challenger)")
+    _add_registry(ret)
     ret.set_defaults(func=cmd_retire)
 
     st = actions.add_parser("status", help="registry vs control topic vs each scoring subtask, shadow comparison, disagreements",

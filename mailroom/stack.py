@@ -1,4 +1,4 @@
-"""The local stack: a KRaft Kafka broker, Redis and (optionally) a Flink session cluster.
+"""The local stack: a KRaft Kafka broker, Redis, the MLflow server over the model registry and (optionally) a Flink session cluster.
 
 `up` starts what is not running, waits until each service answers a real request and creates
 missing topics; a second `up` changes nothing. `down` stops only what `up` started (tracked by
@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -373,6 +374,55 @@ class Redis(TrackedService):
         return f"{self.s.host}:{self.s.redis_port} (password required)"
 
 
+# --- MLflow ----------------------------------------------------------------------------------
+
+
+# no server-side job runner (GenAI judges and the like): eight huey worker processes, ~800 MB, unused here
+SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+class MlflowServer(TrackedService):
+    """`mlflow server` on loopback over the model registry's database and artifacts: the UI of every
+    training run and model version, and the REST API."""
+
+    name = "mlflow"
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings, "mlflow.log")
+
+    def command(self) -> list[str]:
+        from models.registry import database_uri
+
+        registry = self.s.registry_dir
+        return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", database_uri(registry),
+                "--default-artifact-root", str(registry / "artifacts"), "--host", self.s.host, "--port", str(self.s.mlflow_port),
+                "--workers", "1"]
+
+    def start(self) -> None:
+        from models.registry import Registry
+
+        if proc := self.process():
+            _wait(self._answers, proc, 60, "MLflow", self.log)
+            return
+        _require_free(self.s.host, self.s.mlflow_port, "the MLflow server", "MAILROOM_MLFLOW_PORT")
+        Registry(self.s.registry_dir).prepare()  # the database in WAL mode, an old registry imported: before the server opens it
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as log:
+            popen = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                     env={**os.environ, **SERVER_ENV})
+        _record(self.pidfile, popen.pid)
+        _wait(self._answers, psutil.Process(popen.pid), 90, "MLflow", self.log)
+
+    def _answers(self) -> bool:
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.s.mlflow_url}/health", timeout=3) as resp:
+            return resp.status == 200
+
+    def where(self) -> str:
+        return f"UI + REST {self.s.mlflow_url} (registry {self.s.registry_dir})"
+
+
 # --- Flink session cluster -------------------------------------------------------------------
 
 
@@ -460,18 +510,19 @@ class FlinkCluster:
 
 
 class Stack:
-    """Kafka and Redis always; the Flink session cluster on request."""
+    """Kafka, Redis and the MLflow server always; the Flink session cluster on request."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self.kafka = Kafka(settings)
         self.redis = Redis(settings)
+        self.mlflow = MlflowServer(settings)
         self.flink = FlinkCluster(settings)
 
     def up(self, with_flink: bool = False) -> dict:
         """Start what is missing; return what was started and which topics were created."""
         started = []
-        for service in (self.redis, self.kafka) + ((self.flink,) if with_flink else ()):
+        for service in (self.redis, self.kafka, self.mlflow) + ((self.flink,) if with_flink else ()):
             if not service.status().running:
                 service.start()
                 started.append(service.name)
@@ -479,7 +530,7 @@ class Stack:
         return {"started": started, "topics_created": created}
 
     def down(self) -> list[str]:
-        return [s.name for s in (self.flink, self.kafka, self.redis) if s.stop()]
+        return [s.name for s in (self.flink, self.mlflow, self.kafka, self.redis) if s.stop()]
 
     def status(self) -> list[ServiceStatus]:
-        return [self.kafka.status(), self.redis.status(), self.flink.status()]
+        return [self.kafka.status(), self.redis.status(), self.mlflow.status(), self.flink.status()]

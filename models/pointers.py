@@ -26,7 +26,7 @@ from models.features import FEATURE_SET_ID, SENDER_FEATURES
 from models.image_features import IMAGE_FEATURES
 from models.modelio import INPUT_NAMES as INPUTS
 from models.modelio import onnx_session
-from models.registry import ModelRef
+from models.registry import ModelRef, model_name
 
 OUTPUTS = ("label", "probabilities")
 SMOKE_LIMIT_S = 30.0  # a smoke batch that takes longer is stopped: the model is refused
@@ -53,7 +53,7 @@ class ModelPointer:
     @classmethod
     def of(cls, model: ModelRef, shadow_sample: float = 1.0) -> "ModelPointer":
         """The pointer to a registered model (its file's sha256 computed now)."""
-        return cls(model.kind, f"mailroom-{model.kind}", str(model.version), str(model.onnx_path), file_sha256(model.onnx_path),
+        return cls(model.kind, model_name(model.kind), str(model.version), str(model.onnx_path), file_sha256(model.onnx_path),
                    str(model.card.get("feature_set_id")), tuple(model.card["labels"]), shadow_sample)
 
     def to_record(self, slot: str, published_ms: int, note: str | None = None) -> dict:

@@ -27,7 +27,9 @@
    the triage table (share routed automatically, share of those sent to the wrong department, per
    threshold) on the held-out side and on every left-out source; the winner is also refitted on
    generated documents alone and scored on every real source.
-`publish(model, registry)` exports to ONNX, checks parity and registers only on success.
+`publish(model, run, registry)` exports to ONNX, checks parity and only on success registers the model: an MLflow run
+(experiment `mailroom-training`: parameters, metrics, the search table, confusion matrix, reliability diagram, card, ONNX file)
+made a new version of `mailroom-<kind>`; a model that fails parity is a FAILED run with its figures and no version.
 """
 
 from __future__ import annotations
@@ -627,12 +629,84 @@ def publish(model: TrainedModel, run: TrainingRun, registry):
     checked = {name: _concat(model.held_out.inputs[name], probes[name]) for name in probes}
     parity = check_parity(model.pipeline, onnx_bytes, model.kind, checked)
     if not parity.ok:
+        registry.log_unregistered_run(model.kind, run_params(model, run), run_metrics(model), f"not registered: ONNX parity failed {parity.as_dict()}")
         return None, parity
     card = model_card(model, run, parity)
+    attachments = {"reliability.png": reliability_diagram(model), "confusion.png": confusion_png(model),
+                   "search.json": json.dumps(model.search, indent=2, default=str).encode(), "search.csv": search_csv(model.search)}
     version = registry.register(model.kind, onnx_bytes, card, eval_inputs=model.held_out.inputs,
                                 eval_labels=[str(x) for x in model.held_out.labels], sklearn_model=model.pipeline, train_inputs=model.train_inputs,
-                                attachments={"reliability.png": reliability_diagram(model)})
+                                attachments=attachments, params=run_params(model, run), metrics=run_metrics(model))
     return version, parity
+
+
+def run_params(model: TrainedModel, run: TrainingRun) -> dict:
+    """The MLflow run's parameters: the winning candidate, the data and how it was split, the seed."""
+    config, split = run.config, run.data["split"]
+    candidate = {f"param.{k}": v for k, v in model.candidate.params} | {f"feature.{k}": v for k, v in model.candidate.features}
+    return {"candidate": model.candidate.name, **candidate, "seed": config.seed, "quick": config.quick, "generated": config.generated,
+            "scan_share": config.scan_share, "real_dir": config.real_dir, "real_cap_per_source": config.real_cap_per_source,
+            "split.strategy": split["strategy"], "split.ratio": split["ratio"], "split.group_by": split["group_by"],
+            "documents": run.data["documents"], "train_rows": model.train_summary["n"], "held_out_rows": model.evaluation["n"],
+            "candidates": len(model.search), "triage_threshold": config.triage_threshold, "guard": config.guard,
+            "held_out_floor": config.held_out_floor}
+
+
+def run_metrics(model: TrainedModel) -> dict[str, float]:
+    """The MLflow run's metrics: held-out figures (per class too), per source, left out, generated only, calibration."""
+    e, c = model.evaluation, model.calibration
+    out = {"held_out.macro_f1": e["macro_f1"], "held_out.accuracy": e["accuracy"], "held_out.ece": c["held_out"]["ece"],
+           "held_out.automatic": c["held_out"]["at_threshold"]["automatic"], "temperature": c["temperature"],
+           "training_seconds": model.seconds, **{f"held_out.f1.{label}": m["f1"] for label, m in e["per_class"].items()}}
+    best = next((row for row in model.search if row["candidate"] == model.candidate.name), {})
+    if "loso_macro_f1" in best:
+        out["loso_macro_f1"] = best["loso_macro_f1"]
+    for prefix, sources in (("source", model.per_source), ("left_out", model.source_holdout), ("generated_only", model.generated_only)):
+        out |= {f"{prefix}.{_metric_key(source)}.accuracy": m["accuracy"] for source, m in sources.items()}
+    out |= {f"left_out.{_metric_key(source)}.ece": f["ece"] for source, f in c["left_out"].items()}
+    return out
+
+
+def _metric_key(name: str) -> str:
+    """A source name as MLflow allows in a metric key (letters, digits, _ - . / and spaces)."""
+    return "".join(ch if ch.isalnum() or ch in "_-./ " else "_" for ch in name)
+
+
+def search_csv(search: list[dict]) -> bytes:
+    """The candidate search as CSV: one row per candidate."""
+    import csv
+    import io
+
+    columns = list(dict.fromkeys(key for row in search for key in row))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, columns)
+    writer.writeheader()
+    writer.writerows({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in row.items()} for row in search)
+    return out.getvalue().encode()
+
+
+def confusion_png(model: TrainedModel) -> bytes:
+    """The held-out confusion matrix (rows: true label, columns: predicted) as a PNG."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    labels, matrix = model.evaluation["confusion"]["labels"], np.asarray(model.evaluation["confusion"]["matrix"])
+    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * len(labels), 1 + 0.6 * len(labels)), dpi=100)
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), n in np.ndenumerate(matrix):
+        ax.text(j, i, str(n), ha="center", va="center", fontsize=8, color="white" if n > matrix.max() / 2 else "black")
+    ax.set(xticks=range(len(labels)), yticks=range(len(labels)), xlabel="predicted", ylabel="true")
+    ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=8)
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.set_title(f"{model.kind} model, held out (n={model.evaluation['n']}), macro-F1 {model.evaluation['macro_f1']:.3f}", fontsize=8)
+    out = io.BytesIO()
+    fig.savefig(out, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return out.getvalue()
 
 
 def reliability_diagram(model: TrainedModel) -> bytes:

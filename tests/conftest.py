@@ -33,6 +33,7 @@ def test_settings() -> Settings:
         kafka_controller_port=29193 + offset,
         redis_port=26479 + offset,
         flink_rest_port=28181 + offset,
+        mlflow_port=25100 + offset,
     )
 
 
@@ -76,6 +77,12 @@ def registry(test_settings):
     out = subprocess.run([test_settings.python_executable, "-m", "mailroom.cli", "train", "--quick", "-n", "1500", "--no-real",
                           "--no-progress", "--registry", str(path)], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
+    from mailroom.stack import MlflowServer
+
+    server = MlflowServer(test_settings)
+    if path == test_settings.registry_dir and server.process():  # the test stack's server has the replaced database open
+        server.stop()
+        server.start()
     return path
 
 

@@ -9,6 +9,7 @@ import yaml
 
 from config.flinkconf import base_config, cluster_config, job_config
 from config.settings import ENV_VARS, PROJECT_DIR, ConfigError, Settings
+from mailroom.stack import SERVER_ENV
 from schemas.labels import DEPARTMENTS, LABELS
 from schemas.topics import TOPICS, department_topic_key, topic_name
 
@@ -82,7 +83,7 @@ def _compose() -> dict:
 def test_compose_has_the_stack_on_the_projects_loopback_ports():
     compose, s = _compose(), Settings.from_env({"MAILROOM_REDIS_PASSWORD": "x"})
     services = compose["services"]
-    assert set(services) == {"kafka", "redis", "jobmanager", "taskmanager"}
+    assert set(services) == {"kafka", "redis", "jobmanager", "taskmanager", "mlflow"}
     assert all(svc.get("network_mode") == "host" and "ports" not in svc for svc in services.values())
 
     kafka = services["kafka"]["environment"]
@@ -100,6 +101,21 @@ def test_compose_has_the_stack_on_the_projects_loopback_ports():
     assert "--requirepass" in redis_cmd
 
 
+def test_compose_mlflow_serves_the_registry_on_loopback_with_the_locked_mlflow():
+    svc, s = _compose()["services"]["mlflow"], Settings.from_env({"MAILROOM_REDIS_PASSWORD": "x"})
+    lock = (PROJECT_DIR / "requirements.lock").read_text()
+    mlflow_pin = re.search(r"^mlflow==(.+)$", lock, re.M).group(1)
+    assert "-c /tmp/requirements.lock" in svc["build"]["dockerfile_inline"] and svc["image"] == f"mailroom-mlflow:{mlflow_pin}"
+    command = svc["command"]
+    assert command[:2] == ["mlflow", "server"] and command[command.index("--host") + 1] == s.host
+    assert command[command.index("--port") + 1] == str(s.mlflow_port)
+    registry = "${PWD}/.run/registry"
+    assert command[command.index("--backend-store-uri") + 1] == f"sqlite:///{registry}/mlflow.db"  # sqlite, no file store
+    assert command[command.index("--default-artifact-root") + 1] == f"{registry}/artifacts"
+    assert svc["volumes"] == [f"./.run/registry:{registry}"] and s.registry_dir == PROJECT_DIR / ".run" / "registry"
+    assert svc["environment"] == SERVER_ENV
+
+
 def test_compose_flink_runs_python_jobs_with_the_projects_config():
     services = _compose()["services"]
     lock = (PROJECT_DIR / "requirements.lock").read_text()
@@ -114,3 +130,14 @@ def test_compose_flink_runs_python_jobs_with_the_projects_config():
         assert "python -m config.flinkconf" in svc["command"][-1]
         assert f"{'jobmanager' if name == 'jobmanager' else 'taskmanager'}.sh start-foreground" in svc["command"][-1]
     assert set(_compose()["volumes"]) == {"kafka-data", "flink-state"}
+
+
+def test_the_mlflow_server_serves_the_registry_database_on_loopback(tmp_path):
+    from mailroom.stack import MlflowServer
+
+    s = Settings.from_env({"MAILROOM_RUN_DIR": str(tmp_path), "MAILROOM_REDIS_PASSWORD": "pw", "MAILROOM_MLFLOW_PORT": "25123"})
+    command = MlflowServer(s).command()
+    assert command[command.index("--backend-store-uri") + 1] == f"sqlite:///{tmp_path / 'registry' / 'mlflow.db'}"
+    assert command[command.index("--default-artifact-root") + 1] == str(tmp_path / "registry" / "artifacts")
+    assert (command[command.index("--host") + 1], command[command.index("--port") + 1]) == ("127.0.0.1", "25123")
+    assert s.mlflow_url == "http://127.0.0.1:25123"

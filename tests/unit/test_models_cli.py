@@ -30,10 +30,15 @@ def test_train_quick_then_manage_and_bench(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "held-out evaluation" in out and all(f"{kind} model registered as v1" in out for kind in ("text", "scan", "image"))
     assert "OCR for the scan model: 76 pages, 76 read by the engine" in out and any((tmp_path / "cache" / "ocr").iterdir())
-    assert (tmp_path / "reg" / "text" / "v0001" / "model.onnx").exists()
+    from models.registry import Registry
+
+    assert (tmp_path / "reg" / "mlflow.db").exists() and Registry(tmp_path / "reg").champion("text").onnx_path.is_relative_to(tmp_path / "reg" / "artifacts")
 
     assert main(["models", "list"]) == 0
-    assert "text models" in capsys.readouterr().out
+    listed = capsys.readouterr().out
+    assert "text models (mailroom-text)" in listed and "champion" in listed
+    assert main(["models", "migrate"]) == 0
+    assert "nothing to import" in capsys.readouterr().out
     assert main(["models", "show", "text", "1"]) == 0
     assert json.loads(capsys.readouterr().out)["version"] == 1
     assert main(["models", "promote", "text", "1"]) == 0

@@ -6,7 +6,7 @@ import pytest
 
 from models.export import NON_ASCII_PROBES, Parity, check_parity, parity_probes, to_onnx
 from models.modelio import N_CONTEXT, N_IMAGE, onnx_feeds, onnx_session
-from models.registry import Registry
+from models.registry import Registry, database_uri
 from models.generator import generate
 from models.training import Candidate, Dataset, TrainConfig, TrainedModel, TrainingRun, build_dataset, context_vectors, fit, publish
 from models.features import FEATURE_SET_ID, model_text
@@ -100,10 +100,18 @@ def test_a_model_failing_parity_is_not_registered(tmp_path, text_data, monkeypat
     model = TrainedModel("text", fit("text", candidate, train, 0), candidate, [], {"macro_f1": 0.5}, {}, held_out, {}, 0.0)
     run = TrainingRun(TrainConfig(), {"text": model}, [], {}, 0.0)
     monkeypatch.setattr("models.training.check_parity", lambda *a, **k: Parity(ok=False, n=1, max_abs_diff=0.5, label_mismatches=1, ties=0))
+    monkeypatch.setattr("models.training.run_params", lambda model, run: {"candidate": model.candidate.name})  # this model is a sketch
+    monkeypatch.setattr("models.training.run_metrics", lambda model: {"held_out.macro_f1": model.evaluation["macro_f1"]})
     registry = Registry(tmp_path)
     version, parity = publish(model, run, registry)
     assert version is None and not parity.ok
     assert registry.list("text") == []
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(database_uri(tmp_path), database_uri(tmp_path))
+    (failed,) = client.search_runs([client.get_experiment_by_name("mailroom-training").experiment_id])
+    assert failed.info.status == "FAILED" and failed.data.metrics["held_out.macro_f1"] == 0.5
+    assert "ONNX parity failed" in failed.data.tags["mlflow.note.content"]
 
 
 def test_the_shipped_text_candidates_tempered_agree_with_sklearn(text_data):

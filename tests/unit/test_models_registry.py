@@ -9,7 +9,7 @@ from sklearn.metrics import f1_score
 from models.export import to_onnx
 from models.generator import generate
 from models.modelio import input_signature, onnx_feeds, onnx_session
-from models.registry import PromotionRefused, Registry, RegistryError
+from models.registry import PromotionRefused, Registry, RegistryError, database_uri
 from models.training import Candidate, build_dataset, context_vectors, fit
 from models.features import FEATURE_SET_ID
 
@@ -156,12 +156,131 @@ def test_helpful_errors(tmp_path):
         registry.show("text", 7)
 
 
-def test_champion_pointer_is_plain_json(tmp_path, models):
+def test_versions_are_mlflow_model_versions_with_aliases_and_runs(tmp_path, models):
+    from mlflow.tracking import MlflowClient
+
+    registry = Registry(tmp_path)
+    v1, v2 = register(registry, models, "good", "a", 0.5), register(registry, models, "good", "a", 0.6)
+    registry.promote("text", v2)
+    client = MlflowClient(database_uri(tmp_path), database_uri(tmp_path))
+    model = client.get_registered_model("mailroom-text")
+    assert model.aliases == {"champion": 2, "previous": 1} and registry.aliases("text") == {"champion": 2, "previous": 1}
+    version = client.get_model_version("mailroom-text", "2")
+    run = client.get_run(version.run_id)
+    assert run.info.status == "FINISHED" and run.data.params["kind"] == "text" and run.data.metrics["held_out.macro_f1"] == 0.6
+    assert client.get_experiment(run.info.experiment_id).name == "mailroom-training"
+    assert registry.get("text", 2).onnx_path == tmp_path / "artifacts" / version.run_id / "artifacts" / "model" / "model.onnx"
+    assert registry.get("text", 2).onnx_path.as_uri() == run.info.artifact_uri + "/model/model.onnx"  # what the MLflow UI shows
+    assert any(key.endswith(".promote") for key in version.tags)  # the history, on the version the UI shows
+    assert (tmp_path / "mlflow.db").exists() and _journal_mode(tmp_path / "mlflow.db") == "wal"
+
+
+def _journal_mode(path) -> str:
+    import sqlite3
+
+    with sqlite3.connect(path) as connection:
+        return connection.execute("PRAGMA journal_mode").fetchone()[0]
+
+
+def test_versions_are_immutable_and_promotions_live_in_the_history(tmp_path, models):
+    registry = Registry(tmp_path)
+    v1 = register(registry, models, "good", "a", 0.5)
+    card_file = registry.get("text", v1).onnx_path.parent / "card.json"
+    before = {p.name: p.read_bytes() for p in card_file.parent.iterdir()}
+    v2 = register(registry, models, "good", "a", 0.6)
+    registry.promote("text", v2)
+    registry.rollback("text")
+    assert {p.name: p.read_bytes() for p in card_file.parent.iterdir()} == before  # nothing of v1 was rewritten
+    assert [p["reason"] for p in registry.show("text", v1)["promotions"]] == ["first model of its kind"]
+    assert [e["event"] for e in registry.history("text")] == ["register", "promote", "register", "promote", "rollback"]
+    assert registry.get("text", v2).onnx_path.parent != card_file.parent  # each version its own run and files
+
+
+def test_challenger_alias_is_set_and_retired_with_reasons(tmp_path, models):
     registry = Registry(tmp_path)
     register(registry, models, "good", "a", 0.5)
-    state = json.loads((tmp_path / "text" / "champion.json").read_text())
-    assert state["version"] == 1 and state["previous"] == []
-    assert (tmp_path / "text" / "v0001" / "model.onnx").exists() and (tmp_path / "text" / "v0001" / "card.json").exists()
+    v2 = register(registry, models, "good", "a", 0.6)
+    registry.set_challenger("text", v2, "shadow after retraining")
+    assert registry.aliases("text") == {"champion": 1, "challenger": v2}
+    assert registry.retire_challenger("text", "judged: no better") == v2 and "challenger" not in registry.aliases("text")
+    assert registry.retire_challenger("text", "again") is None
+    assert [(e["event"], e.get("reason")) for e in registry.history("text")][-2:] == [
+        ("challenger", "shadow after retraining"), ("retire", "judged: no better")]
+    registry.set_challenger("text", v2, "again, retrained")
+    registry.promote("text", v2)
+    assert registry.aliases("text") == {"champion": v2, "previous": 1}  # a challenger promoted is no longer one
+
+
+def test_a_second_writer_waits_for_the_first(tmp_path, models):
+    import threading
+    import time
+
+    registry = Registry(tmp_path)
+    register(registry, models, "good", "a", 0.5)
+    done = {}
+
+    def second_writer():
+        done["version"] = register(Registry(tmp_path), models, "good", "a", 0.6)
+        done["at"] = time.monotonic()
+
+    with registry._lock():  # the first writer holds the lock for a while
+        writer = threading.Thread(target=second_writer)
+        writer.start()
+        time.sleep(1.0)
+        assert "version" not in done
+        released = time.monotonic()
+    writer.join(60)
+    assert done["version"] == 2 and done["at"] >= released
+
+
+def test_a_copied_registry_is_self_contained(tmp_path, models):
+    import shutil
+
+    register(Registry(tmp_path / "a"), models, "good", "a", 0.5)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    copy = Registry(tmp_path / "b")
+    assert copy.champion("text").onnx_path.is_relative_to(tmp_path / "b")
+    assert register(copy, models, "good", "a", 0.6) == 2 and copy.get("text", 2).onnx_path.is_relative_to(tmp_path / "b")
+    assert [r["version"] for r in Registry(tmp_path / "a").list("text")] == [1]
+
+
+def _legacy_registry(root, models):
+    """A registry in the hand-written layout: v1, v2 (champion after a promotion), its history."""
+    import gzip
+    import hashlib
+
+    text = root / "text"
+    data = models["a"]
+    eval_json = json.dumps({"inputs": {"text": data.inputs["text"], "context": np.asarray(data.inputs["context"], dtype=np.float32).tolist()},
+                            "labels": [str(x) for x in data.labels]}, sort_keys=True, separators=(",", ":")).encode()
+    (text / "evalsets").mkdir(parents=True)
+    (text / "evalsets" / "abc.json.gz").write_bytes(gzip.compress(eval_json))
+    for version, f1 in ((1, 0.5), (2, 0.7)):
+        directory = text / f"v{version:04d}"
+        directory.mkdir()
+        (directory / "model.onnx").write_bytes(models["good"])
+        (directory / "card.json").write_text(json.dumps({**card(f1), "version": version, "created": "2026-01-01T00:00:00+00:00",
+                                                         "eval_set": {"fingerprint": "abc", "n": len(data)}, "promotions": [],
+                                                         "files": {"model.onnx": {"bytes": len(models["good"]), "sha256": hashlib.sha256(models["good"]).hexdigest()}}}))
+    (text / "champion.json").write_text(json.dumps({"version": 2, "previous": [1]}))
+    (text / "history.jsonl").write_text("".join(json.dumps(e) + "\n" for e in (
+        {"at": "t1", "event": "register", "version": 1}, {"at": "t1", "event": "promote", "version": 1, "from_version": None, "reason": "first model of its kind"},
+        {"at": "t2", "event": "register", "version": 2}, {"at": "t3", "event": "promote", "version": 2, "from_version": 1, "reason": "beats champion"})))
+
+
+def test_an_old_registry_is_imported_once_on_first_use(tmp_path, models):
+    _legacy_registry(tmp_path, models)
+    before = {p: p.read_bytes() for p in (tmp_path / "text").rglob("*") if p.is_file()}
+    registry = Registry(tmp_path)
+    assert [(r["version"], r["champion"]) for r in registry.list("text")] == [(1, False), (2, True)]
+    assert registry.aliases("text") == {"champion": 2, "previous": 1}
+    assert registry.get("text", 2).onnx_path.read_bytes() == models["good"] and registry.get("text", 2).onnx_path.is_relative_to(tmp_path / "artifacts")
+    assert [e["event"] for e in registry.history("text")] == ["register", "promote", "register", "promote", "import"]
+    assert registry.show("text", 2)["promotions"][0]["reason"] == "beats champion"
+    assert registry.eval_set("text", "abc")[1] == [str(x) for x in models["a"].labels]
+    assert registry.rollback("text").version == 1
+    assert Registry(tmp_path).migrate() == {} and len(Registry(tmp_path).list("text")) == 2  # once only
+    assert {p: p.read_bytes() for p in (tmp_path / "text").rglob("*") if p.is_file()} == before  # old files left alone
 
 
 def test_attachments_are_stored_beside_the_card_and_listed_in_its_files(tmp_path, models):
@@ -172,3 +291,12 @@ def test_attachments_are_stored_beside_the_card_and_listed_in_its_files(tmp_path
     ref = registry.get("text", version)
     assert (ref.onnx_path.parent / "reliability.png").read_bytes() == b"\x89PNG fake"
     assert set(ref.card["files"]) == {"model.onnx", "reliability.png"} and ref.card["files"]["reliability.png"]["bytes"] == 9
+
+
+def test_importing_the_registry_and_the_scoring_logic_does_not_import_mlflow():
+    """Flink workers import udfs.scoring (-> models.registry) and must not pay for MLflow."""
+    import subprocess
+    import sys
+
+    code = "import sys, models.registry, models.pointers, udfs.scoring, jobs.scoring; print('mlflow' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
