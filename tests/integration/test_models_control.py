@@ -78,7 +78,7 @@ def test_deploy_retire_and_status_through_the_broker(pipeline_settings, tmp_path
                          timeout=120, env={**os.environ, **_settings_env(settings)})
     assert out.returncode == 0, out.stderr
     status = json.loads(out.stdout)
-    assert status["registry"]["champions"] == {"text": "2", "image": "1"}
+    assert status["registry"]["champions"] == {"text": "2", "scan": "1", "image": "1"}
     assert [(r["key"], r["action"], r["version"]) for r in status["control"]] == [
         ("text/champion", "DEPLOY", "2"), ("text/challenger", "RETIRE", None), ("text/previous", "DEPLOY", "1")]
     [subtask] = status["subtasks"]
