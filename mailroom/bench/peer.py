@@ -4,6 +4,7 @@ from the routed topics to the department topics and predictions (`python -m mail
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import faulthandler
 import signal
 import threading
@@ -81,11 +82,15 @@ def peer_main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m mailroom.bench", description=peer_main.__doc__)
     parser.add_argument("--group-id", required=True, help="consumer group (processes of one peer share it)")
+    parser.add_argument("--ocr-max-wait-ms", type=int, help="read scans that waited up to this long since routing (default: the scoring job's)")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     fast_kafka_crc()
     prefix = settings.topic_prefix
-    scorer = PeerScorer(ScoringConfig.from_registry(settings.registry_dir))
+    config = ScoringConfig.from_registry(settings.registry_dir)
+    if args.ocr_max_wait_ms is not None:
+        config = dataclasses.replace(config, ocr=dataclasses.replace(config.ocr, max_wait_ms=args.ocr_max_wait_ms))
+    scorer = PeerScorer(config)
     departments = {dept: topic_name(department_topic_key(label), prefix) for label, dept in DEPARTMENTS.items()}
     predictions = topic_name("predictions", prefix)
     consumer = KafkaConsumer(topic_name("routed_text", prefix), topic_name("routed_scans", prefix), bootstrap_servers=settings.bootstrap_servers,

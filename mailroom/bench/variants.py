@@ -28,7 +28,7 @@ from mailroom.bench.figures import (NO_OCR, OCR_CLI, OCR_READER, SCANS, SHADOW, 
 from mailroom.bench.output import console
 from mailroom.bench.peer import PeerScorer
 from mailroom.bench.sampling import TreeSampler, Usage
-from schemas.units import now_ms
+from schemas.units import DAY_MS, now_ms
 from schemas import codec
 from schemas.labels import DEPARTMENTS
 from schemas.topics import BY_KEY, TOPICS, department_topic_key, topic_name
@@ -463,10 +463,11 @@ def _start(settings: Settings, variant: str, parallelism: int, log: Path) -> lis
 
     group = settings.topic_prefix + "group"  # unique per run, like the topics
     if variant in SCORING_VARIANTS:  # mailroom-shadow: the same job, its challenger comes from the control topic
-        args = ["--parallelism", str(parallelism), "--group-id", group, "--no-ocr-cache"]  # every page read: the reading is measured
+        # every page read (no cache, and no wait bound: the backlog was routed when the corpus was built), so reading is measured
+        args = ["--parallelism", str(parallelism), "--group-id", group, "--no-ocr-cache", "--ocr-max-wait-ms", str(DAY_MS)]
         return [start_job(settings, "jobs.scoring", args + (["--no-ocr"] if variant == NO_OCR else []), log, log_dir=log.with_suffix(""))]
     # the peer: `python -m mailroom.bench` runs peer_main (__main__.py)
-    return [start_job(settings, "mailroom.bench", ["--group-id", group], log) for _ in range(parallelism)]
+    return [start_job(settings, "mailroom.bench", ["--group-id", group, "--ocr-max-wait-ms", str(DAY_MS)], log) for _ in range(parallelism)]
 
 
 def _await(watcher: "OutputWatcher", phase: str, n: int, procs: list[subprocess.Popen], log: Path, desc: str, stall_s: float = 120) -> None:
