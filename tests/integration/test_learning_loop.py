@@ -160,3 +160,22 @@ def test_a_promoted_model_worse_than_the_old_champion_in_probation_is_rolled_bac
 def _events(settings) -> list[dict]:
     return [codec.decode(r.value, expected="model_event").record
             for r in read_topic(settings, topic_name("model_events", settings.topic_prefix), timeout_s=5)]
+
+
+def test_the_loop_closes_on_a_small_drift_scenario(pipeline_settings, tmp_path):
+    from mailroom.retrainer import RetrainConfig
+    from mailroom.scenario import ScenarioConfig, run_drift
+
+    config = ScenarioConfig(rate=10.0, normal_s=45.0, drift_share=0.5, max_s=480.0, window_ms=40_000, slide_ms=20_000, settle_ms=30_000,
+                            min_support=30, judge=replace(JUDGE, min_pairs=100, probation_pairs=100, max_latency_ratio=3.0),
+                            retrain=RetrainConfig(quick=True, generated=1500, real=False, min_examples=50, cooldown_ms=120_000))
+    figures = run_drift(pipeline_settings, config, plot_path=tmp_path / "loop.png")
+    assert figures["outcome"] == "closed", figures
+    assert figures["macro_f1_worst"] < config.min_macro_f1 <= figures["macro_f1_after_promotion"]  # the drop, then the recovery
+    assert figures["promoted"] != figures["champion"] and figures["labelled_examples_trained_on"] >= config.retrain.min_examples
+    assert figures["alert_to_promotion_min"] > 0 and (tmp_path / "loop.png").stat().st_size > 10_000
+    run = replace(pipeline_settings, topic_prefix=f"{pipeline_settings.topic_prefix}{figures['run_id']}.")
+    assert [d["decision"] for d in read_decisions(run)] == ["RETRAINED", "PROMOTE", "KEEP"]
+    now = control.read_control(run)[0]
+    assert now[control.control_key("text", "champion")]["version"] == figures["promoted"]  # served
+    assert now[control.control_key("text", "challenger")]["action"] == "RETIRE"  # probation over
