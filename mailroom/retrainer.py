@@ -35,7 +35,7 @@ from rich.console import Console
 from config.settings import Settings
 from mailroom import control
 from mailroom.decisions import decision, publish_decision
-from models.examples_store import ExampleStore, TrainingRows
+from models.examples_store import ExampleStore
 from models.registry import Registry, RegistryError
 from schemas import codec
 from schemas.topics import topic_name
