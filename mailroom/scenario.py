@@ -73,8 +73,8 @@ class ScenarioConfig:
     slide_ms: int = 20_000
     settle_ms: int = 40_000
     min_support: int = 40
-    min_macro_f1: float = 0.85
-    min_accuracy: float = 0.8
+    min_macro_f1: float = 0.8  # a quick champion scores ~0.88-0.92 on the normal stream, ~0.65-0.75 in the drift
+    min_accuracy: float = 0.75
     feedback: FeedbackProfile = LATE_FEEDBACK
     judge: JudgeConfig = JudgeConfig(min_pairs=200, probation_pairs=200, bootstrap=1000, max_latency_ratio=3.0)
     retrain: RetrainConfig = RetrainConfig(quick=True, generated=1500, real=False, min_examples=50, cooldown_ms=120_000)
