@@ -74,7 +74,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
             from mailroom import scenario
 
-            figures = scenario.run_drift(settings, drift_file=Path(args.drift_file) if args.drift_file else None,
+            config = scenario.ScenarioConfig(**({} if args.seed is None else {"seed": args.seed}))
+            figures = scenario.run_drift(settings, config, drift_file=Path(args.drift_file) if args.drift_file else None,
                                          plot_path=Path(args.plot) if args.plot else None)
             return 0 if figures["outcome"] == "closed" else 1
         report = demo.run(settings, count=args.count, rate=args.rate, scan_share=args.scan_share, drift=args.drift, seed=args.seed)
