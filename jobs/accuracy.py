@@ -7,7 +7,7 @@ version and slot; champion vs challenger on the same documents.
                        |              (key: model name + version + slot) --> windows + last N
                        |              --> metrics (accuracy reports), alerts, retraining requests, Redis
                        +-------------------------+
-    shadow pairs (event time: received_ms) ------+--(key: doc_id)--> shadow join
+    shadow pairs (event time: received_ms) ------+--(key: doc_id)--> shadow join --> labelled-shadow-pairs (the judge's)
                                       (key: kind + champion + challenger) --> windows + last N
                                       --> metrics (shadow reports), Redis
     a record that does not decode, or that makes a join raise --> dead-letters (PROCESSING_ERROR)
@@ -30,7 +30,7 @@ from jobs.connectors import BYTES, read_records, write_bytes
 from jobs.environment import add_run_arguments, make_env, refuse_to_start_on_errors
 from schemas.topics import topic_name
 from schemas.units import DAY_S, MINUTE_MS
-from udfs.adapters.accuracy import (ACCURACY_OUTPUTS, JOB, EventTimeOf, JoinPredictionsWithTruth, JoinShadowsWithTruth, TrackAccuracy,
+from udfs.adapters.accuracy import (ACCURACY_OUTPUTS, JOB, JOIN_OUTPUTS, EventTimeOf, JoinPredictionsWithTruth, JoinShadowsWithTruth, TrackAccuracy,
                                     TrackShadowPairs)
 from udfs.adapters.common import DEAD_LETTERS, DecodeOrDeadLetter
 from udfs.joining import JOIN_VERSION, JoinConfig
@@ -41,7 +41,7 @@ def build(predictions, truths, shadows, join: JoinConfig, metrics: MetricsConfig
           redis_client_factory=None) -> dict:
     """Wire the joins and the metrics over (value, topic, partition, offset) rows of predictions,
     ground truth and shadow pairs. Returns the metrics (accuracy and shadow reports), alerts,
-    retraining requests, labelled examples and dead letters. `redis_client_factory` (None: no
+    retraining requests, labelled examples, labelled shadow pairs and dead letters. `redis_client_factory` (None: no
     Redis) feeds the dashboard hashes."""
 
     def event_time(rows, record_type: str, field: str, uid: str):
@@ -80,9 +80,10 @@ def build(predictions, truths, shadows, join: JoinConfig, metrics: MetricsConfig
     paired, shadow_reports = judged(timed_shadows, JoinShadowsWithTruth(join), TrackShadowPairs(metrics, redis_ttl_s, redis_client_factory),
                                     "join shadow pairs with ground truth", "accuracy-shadow-join",
                                     "champion vs challenger per pair of versions", "accuracy-shadow-metrics")
-    outputs = {key: reports.get_side_output(tag) for key, tag in ACCURACY_OUTPUTS.items() if key != "labelled_examples"}
+    outputs = {key: reports.get_side_output(tag) for key, tag in ACCURACY_OUTPUTS.items() if key not in JOIN_OUTPUTS}
     outputs["metrics"] = outputs["metrics"].union(shadow_reports.get_side_output(ACCURACY_OUTPUTS["metrics"]))
     outputs["labelled_examples"] = joined.get_side_output(ACCURACY_OUTPUTS["labelled_examples"])
+    outputs["labelled_shadow_pairs"] = paired.get_side_output(ACCURACY_OUTPUTS["labelled_shadow_pairs"])
     outputs["dead_letters"] = decoded_predictions.get_side_output(DEAD_LETTERS).union(
         decoded_truths.get_side_output(DEAD_LETTERS), decoded_shadows.get_side_output(DEAD_LETTERS), joined.get_side_output(DEAD_LETTERS),
         paired.get_side_output(DEAD_LETTERS))

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from config.settings import ENV_VARS, ConfigError, Settings
-from mailroom import accuracy, bench, deadletters, demo, feedback, inbox, models_cli, produce
+from mailroom import accuracy, bench, deadletters, demo, feedback, inbox, judge, models_cli, produce, retrainer
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
@@ -69,8 +69,17 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, stop)
     try:
+        if args.scenario == "drift":
+            from pathlib import Path
+
+            from mailroom import scenario
+
+            config = scenario.ScenarioConfig(**({} if args.seed is None else {"seed": args.seed}))
+            figures = scenario.run_drift(settings, config, drift_file=Path(args.drift_file) if args.drift_file else None,
+                                         plot_path=Path(args.plot) if args.plot else None)
+            return 0 if figures["outcome"] == "closed" else 1
         report = demo.run(settings, count=args.count, rate=args.rate, scan_share=args.scan_share, drift=args.drift, seed=args.seed)
-    except (StackError, RuntimeError) as exc:
+    except (StackError, RuntimeError, ValueError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         return 1
     return 0 if report["arrived"] + sum(report["dead_letters"].values()) >= report["documents"] else 1
@@ -130,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--scan-share", type=float, default=0.3, help="share of scanned documents (default %(default)s)")
     run.add_argument("--drift", action="store_true", help="simulate drift: departments now call invoice-like documents offers")
     run.add_argument("--seed", type=int, default=None, help="generator and feedback seed (default: random)")
+    run.add_argument("--scenario", choices=["drift"], help="drift: the learning loop end to end (mailroom/scenario.py): a normal stream, "
+                     "then documents the champion has not learned, late feedback; alert, retraining, shadow, judge, promotion, recovery")
+    run.add_argument("--drift-file", metavar="FILE", help="with --scenario drift: labelled documents (JSONL, the ../shared/data/real "
+                     "text format) as the drift, instead of the generated billing disputes")
+    run.add_argument("--plot", metavar="PNG", help="with --scenario drift: where the macro-F1 plot goes (default: in the run's directory)")
     run.set_defaults(func=cmd_run)
 
     job = sub.add_parser("job", help="run one Flink job (router, scoring, accuracy) embedded or on the session cluster",
@@ -145,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     topics = sub.add_parser("topics", help="list the declared Kafka topics", description="List the topics declared in schemas/topics.py.")
     topics.set_defaults(func=cmd_topics)
 
-    for module in (produce, deadletters, models_cli, feedback, inbox, accuracy, bench):
+    for module in (produce, deadletters, models_cli, feedback, inbox, accuracy, bench, judge, retrainer):
         module.register(sub)
     return parser
 

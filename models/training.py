@@ -61,6 +61,7 @@ from tqdm import tqdm
 from models.calibration import (expected_calibration_error, fit_temperature, label_index, reliability, reliability_png, softmax, temper,
                                 threshold_table)
 from models.datasets import load_real
+from models.examples_store import TrainingRows
 from models.export import TOKEN_EXP, TOKEN_PATTERN, check_parity, parity_probes, to_onnx
 from models.generator import generate
 from models.image_features import image_feature_matrix
@@ -71,6 +72,8 @@ from schemas.labels import LABELS
 from models.features import FEATURE_SET_ID, SenderHistory, model_text
 
 GENERATED_SOURCE = "generated"
+LABELLED_SOURCE = "labelled"  # rows added to a kind's training side (`train(extra=...)`): departments' verdicts on live documents
+VOCABULARY_SOURCES = (GENERATED_SOURCE, LABELLED_SOURCE)  # what a `vocabulary="generated"` TF-IDF takes its terms from
 # words of every kind of document whose frequency says how long and how wordy a text is, not what it is about: their
 # weight made long real prose look like `other` (dropped in the graph, by its StringNormalizer, with `function_words=drop`)
 FUNCTION_WORDS = frozenset("the to of and in that for on is it be by from with as at are an or this these those which there".split())
@@ -195,20 +198,31 @@ def make_features(kind: str, candidate: Candidate) -> ColumnTransformer:
 
 @dataclass
 class Dataset:
-    """One kind's model inputs with labels, sources and document ids, row-aligned."""
+    """One kind's model inputs with labels, sources and document ids, row-aligned; `weights` (None: 1 each)
+    multiply the balanced `sample_weights` of the rows."""
 
     kind: str
     inputs: dict
     labels: np.ndarray
     sources: np.ndarray
     doc_ids: list[str]
+    weights: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def rows(self, rows) -> "Dataset":
         rows = np.asarray(rows, dtype=int)
-        return Dataset(self.kind, take(self.inputs, rows), self.labels[rows], self.sources[rows], [self.doc_ids[i] for i in rows])
+        return Dataset(self.kind, take(self.inputs, rows), self.labels[rows], self.sources[rows], [self.doc_ids[i] for i in rows],
+                       None if self.weights is None else self.weights[rows])
+
+    def plus(self, extra: TrainingRows) -> "Dataset":
+        """These rows (weight 1) and `extra`'s (its weights), the latter as source LABELLED_SOURCE."""
+        mine = np.ones(len(self)) if self.weights is None else self.weights
+        return Dataset(self.kind, {name: _concat(self.inputs[name], extra.inputs[name]) for name in self.inputs},
+                       np.concatenate([self.labels, np.asarray(extra.labels, dtype=object)]),
+                       np.concatenate([self.sources, np.full(len(extra), LABELLED_SOURCE, dtype=object)]),
+                       self.doc_ids + list(extra.doc_ids), np.concatenate([mine, np.asarray(extra.weights, dtype=np.float64)]))
 
     def matrix(self) -> np.ndarray:
         return sklearn_matrix(self.kind, self.inputs)
@@ -408,20 +422,24 @@ def sample_weights(labels: np.ndarray, sources: np.ndarray, other_weight: float 
 
 def fit_features(kind: str, candidate: Candidate, data: Dataset) -> tuple[ColumnTransformer, np.ndarray]:
     """The candidate's preprocessing fitted on `data`, and `data` transformed. With `vocabulary="generated"` the TF-IDF
-    terms are those of the generated documents (all documents when there are none); IDF comes from all of `data`."""
+    terms are those of the generated documents and the labelled rows (`VOCABULARY_SOURCES`: every class in many voices,
+    and the mailbox's own documents; all documents when there are none); IDF comes from all of `data`."""
     features, x = make_features(kind, candidate), data.matrix()
     if dict(candidate.features).get("vocabulary") == "generated":
         tfidf = features.transformers[0][1]
-        generated = data.sources == GENERATED_SOURCE
+        generated = np.isin(data.sources, VOCABULARY_SOURCES)
         texts = x[generated if generated.any() else slice(None), 0]
         tfidf.set_params(vocabulary=sorted(clone(tfidf).fit(texts).vocabulary_))
     return features, features.fit_transform(x)
 
 
 def fit_classifier(candidate: Candidate, z: np.ndarray, data: Dataset, seed: int):
-    """The candidate's classifier fitted on transformed rows `z` of `data`, with `sample_weights`."""
+    """The candidate's classifier fitted on transformed rows `z` of `data`, with `sample_weights` (times `data.weights`)."""
     p = dict(candidate.params)
     weights = sample_weights(data.labels, data.sources, p.get("other_weight", 1.0), p.get("generated_share"))
+    if data.weights is not None:
+        weights = weights * data.weights
+        weights *= len(weights) / weights.sum()
     return make_classifier(candidate, seed).fit(z, data.labels.astype(str), sample_weight=weights)
 
 
@@ -564,8 +582,10 @@ def load_documents(config: TrainConfig) -> list[dict]:
     return docs
 
 
-def train(config: TrainConfig, progress: bool = True) -> TrainingRun:
-    """Train the configured kinds of model; see the module docstring."""
+def train(config: TrainConfig, progress: bool = True, extra: dict[str, TrainingRows] | None = None) -> TrainingRun:
+    """Train the configured kinds of model; see the module docstring. `extra` (kind -> rows, e.g.
+    `ExampleStore.training_rows`) joins that kind's training side only, with its weights, as source
+    LABELLED_SOURCE: never its held-out side nor a leave-one-source-out fold."""
     started = time.perf_counter()
     with tqdm(total=3, desc="data", disable=not progress, leave=False) as bar:
         docs = load_documents(config)
@@ -584,6 +604,8 @@ def train(config: TrainConfig, progress: bool = True) -> TrainingRun:
             continue
         in_train = np.array([doc_id in train_ids for doc_id in data.doc_ids])
         train_part, held_out = data.rows(np.flatnonzero(in_train)), data.rows(np.flatnonzero(~in_train))
+        if extra and kind in extra and len(extra[kind]):
+            train_part = train_part.plus(extra[kind])
         if len(held_out) == 0 or len(set(train_part.labels)) < 2:
             raise ValueError(f"too few {kind} documents to train and evaluate ({len(train_part)} train, {len(held_out)} held out)")
         candidates = {"text": text_candidates, "scan": scan_candidates, "image": image_candidates}[kind](config.quick)

@@ -52,6 +52,8 @@ TOPICS: tuple[Topic, ...] = (
     Topic("model_control", "model-control", 1, -1, "which model version serves in which slot, per kind (key kind/slot)", compacted=True),
     Topic("model_events", "model-events", 1, 30 * DAY_MS, "what each scoring subtask serves, refuses or falls back to"),
     Topic("shadow_predictions", "shadow-predictions", 2, 30 * DAY_MS, "champion and challenger on the same documents, paired"),
+    Topic("labelled_shadow_pairs", "labelled-shadow-pairs", 2, 90 * DAY_MS, "shadow pairs joined with their truth, for the judge"),
+    Topic("model_decisions", "model-decisions", 1, 365 * DAY_MS, "the retrainer's and the judge's decisions, with their figures"),
 )
 BY_KEY = {t.key: t for t in TOPICS}
 

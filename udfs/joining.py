@@ -51,7 +51,9 @@ Shadow pairs (`ShadowJoiner`)
   on one document) in place of predictions: event time received_ms, the same waits, a
   correction retracts, late truth is never matched. Its events name the pair as (kind,
   champion model, champion version, challenger model, challenger version) and carry a
-  `LabelledShadow` instead of a `LabelledPair`; the shadow join writes no labelled examples.
+  `LabelledShadow` instead of a `LabelledPair`. The shadow join writes labelled shadow pairs
+  (`labelled_shadow_pairs`: per document, for the judge; a correction a higher revision), no
+  labelled examples.
 
 >>> joiner = Joiner(JoinConfig())
 >>> truth = {"doc_id": "d1", "label": "invoice", "department": "finance", "sent_ms": 5_000, "kind": "CONFIRM"}
@@ -88,7 +90,7 @@ PREDICTION_FIELDS = ("doc_id", "sender", "content_type", "label", "probabilities
                      "feature_set_id", "received_ms", "features", "slot", "model_text", "image_features", "ocr_status")
 # the shadow_prediction fields a paired comparison needs
 SHADOW_FIELDS = ("doc_id", "kind", "received_ms", "champion_model", "champion_version", "champion_label", "challenger_model",
-                 "challenger_version", "challenger_label")
+                 "challenger_version", "challenger_label", "champion_latency_ms", "challenger_latency_ms")
 CHAMPION = "champion"  # the slot of a prediction that does not say (prediction.v1's default)
 MODEL_NAME_PREFIX = "mailroom-"  # model names are mailroom-<kind> (models.scoring)
 
@@ -206,6 +208,8 @@ class LabelledShadow:
     truth_sent_ms: int
     matched_ms: int  # event time of the match: the later of the pair's and the truth's
     revision: int  # 0 for the first verdict, +1 per correction
+    champion_latency_ms: float = 0.0  # the pair's run times (0: state from before they were kept)
+    challenger_latency_ms: float = 0.0
 
     @property
     def model(self) -> tuple[str, str, str, str, str]:
@@ -466,6 +470,7 @@ class ShadowJoiner(Joiner):
             champion_label=s["champion_label"], challenger_model=s["challenger_model"], challenger_version=s["challenger_version"],
             challenger_label=s["challenger_label"], actual=t.label, truth_kind=t.record["kind"], predicted_ms=state.prediction.at_ms,
             truth_sent_ms=t.record["sent_ms"], matched_ms=max(state.prediction.at_ms, t.at_ms), revision=state.revision,
+            champion_latency_ms=s.get("champion_latency_ms") or 0.0, challenger_latency_ms=s.get("challenger_latency_ms") or 0.0,
         )
 
 
@@ -509,3 +514,21 @@ def labelled_example(pair: LabelledPair) -> Outgoing:
 def labelled_examples(events: list[Event]) -> list[Outgoing]:
     """A labelled example for every Matched pair and every correction's new pair."""
     return [labelled_example(e.pair if isinstance(e, Matched) else e.new) for e in events if isinstance(e, (Matched, Corrected))]
+
+
+def labelled_shadow_pair(pair: LabelledShadow) -> Outgoing:
+    """The labelled_shadow_pair.v1 record of a shadow pair with its truth, for the
+    labelled-shadow-pairs topic (key: doc_id): what the judge's paired tests take."""
+    record = {
+        "doc_id": pair.doc_id, "kind": pair.kind, "champion_model": pair.champion_model, "champion_version": pair.champion_version,
+        "champion_label": pair.champion_label, "challenger_model": pair.challenger_model, "challenger_version": pair.challenger_version,
+        "challenger_label": pair.challenger_label, "true_label": pair.actual, "truth_kind": pair.truth_kind,
+        "champion_latency_ms": float(pair.champion_latency_ms), "challenger_latency_ms": float(pair.challenger_latency_ms),
+        "predicted_ms": pair.predicted_ms, "truth_sent_ms": pair.truth_sent_ms, "matched_ms": pair.matched_ms, "revision": pair.revision,
+    }
+    return Outgoing("labelled_shadow_pairs", pair.doc_id, "labelled_shadow_pair", record)
+
+
+def labelled_shadow_pairs(events: list[Event]) -> list[Outgoing]:
+    """A labelled shadow pair for every Matched shadow pair and every correction's new pair."""
+    return [labelled_shadow_pair(e.pair if isinstance(e, Matched) else e.new) for e in events if isinstance(e, (Matched, Corrected))]

@@ -108,3 +108,9 @@ def test_accuracy_build_reports_each_slot_and_the_shadow_pairs_against_their_tru
     (letter,) = [codec.decode(v, expected="dead_letter").record for v in out["dead_letters"]]
     assert (letter["reason"], letter["source_topic"], letter["source_offset"]) == ("PROCESSING_ERROR", "shadows", 5)
     assert len(out["labelled_examples"]) == len(answered) + 1  # from the predictions only
+    pairs = sorted((codec.decode(v, expected="labelled_shadow_pair").record for v in out["labelled_shadow_pairs"]), key=lambda r: r["doc_id"])
+    assert [p["doc_id"] for p in pairs] == sorted(f"d{i}" for i in labelled)  # one per labelled shadow pair, for the judge
+    for p in pairs:
+        i = int(p["doc_id"][1:])
+        assert (p["true_label"], p["champion_label"], p["challenger_label"]) == (actual[i], champion[i], challenger[i])
+        assert (p["champion_latency_ms"], p["challenger_latency_ms"], p["revision"], p["kind"]) == (2.0, 3.0, 0, "text")

@@ -65,6 +65,14 @@ SAMPLES = {
                           "challenger_model": "mailroom-text", "challenger_version": "4", "challenger_label": "other",
                           "challenger_probabilities": {"invoice": 0.4, "other": 0.6}, "challenger_latency_ms": 1.25},
     "ground_truth": GROUND_TRUTH,
+    "labelled_shadow_pair": {"doc_id": "doc-1", "kind": "text", "champion_model": "mailroom-text", "champion_version": "3",
+                             "champion_label": "invoice", "challenger_model": "mailroom-text", "challenger_version": "4",
+                             "challenger_label": "offer", "true_label": "offer", "truth_kind": "CORRECT", "champion_latency_ms": 1.5,
+                             "challenger_latency_ms": 1.25, "predicted_ms": 1_750_000_000_000, "truth_sent_ms": 1_750_000_600_000,
+                             "matched_ms": 1_750_000_600_000, "revision": 1},
+    "model_decision": {"decision_id": "k-1", "kind": "text", "decision": "REFUSE", "decided_by": "judge", "challenger_version": "4",
+                       "champion_version": "3", "reasons": ["McNemar: p = 0.41 is not below alpha 0.05"],
+                       "figures": "{\"n\": 400, \"b\": 12, \"c\": 13}", "request_id": "r-1", "decided_ms": 1_750_000_000_000},
     "accuracy_report": {"model_name": "tfidf-logreg", "model_version": "3", "slot": "fallback", "window_start_ms": 1_750_000_000_000,
                         "window_end_ms": 1_750_000_060_000, "reported_ms": 1_750_000_061_000, "predictions": 10, "count": 4,
                         "label_coverage": 0.4, "accuracy": 0.75, "macro_f1": 0.7, "labels": ["invoice", "other"],
@@ -110,6 +118,8 @@ FINGERPRINTS = {
     "routed_document.v1": "1ba5f5f936b00f31",
     "routed_document.v2": "0906c0ab53225aaf",
     "department_document.v1": "8d59fb7a5cfd5819",
+    "labelled_shadow_pair.v1": "d1a93cfffebdff9b",
+    "model_decision.v1": "44fc0147dadbc058",
 }
 
 

@@ -13,7 +13,8 @@ import pytest
 from schemas.labels import DEPARTMENTS, LABELS
 from schemas import codec
 from udfs.joining import (Corrected, DuplicatePrediction, DuplicateTruth, JoinConfig, Joiner, LabelledShadow, LateTruth, Matched,
-                          OrphanTruth, PairState, Predicted, ShadowJoiner, StaleTruth, Unmatched, labelled_examples)
+                          OrphanTruth, PairState, Predicted, ShadowJoiner, StaleTruth, Unmatched, labelled_examples,
+                          labelled_shadow_pairs)
 
 T0 = 1_750_000_000_000
 MINUTE = 60_000
@@ -322,6 +323,20 @@ def test_a_correction_retracts_a_shadow_pair_and_late_or_stray_truth_is_never_ma
     assert {e.model for e in h.events} == {PAIR, None}
     h.advance(END_OF_TIME)
     assert h.states == {}
+
+
+def test_labelled_shadow_pairs_carry_both_answers_the_truth_and_a_higher_revision_per_correction():
+    h = Harness(joiner_type=ShadowJoiner)
+    h.prediction({**shadow("d1", "invoice", "offer"), "champion_latency_ms": 2.5, "challenger_latency_ms": 4.0})
+    h.truth(truth("d1", "offer", T0 + MINUTE))
+    h.truth(truth("d1", "invoice", T0 + 2 * MINUTE, "CORRECT"))
+    out = labelled_shadow_pairs(h.events)
+    assert [(o.topic, o.key, o.record_type) for o in out] == [("labelled_shadow_pairs", "d1", "labelled_shadow_pair")] * 2
+    first, second = (o.record for o in out)
+    assert (first["true_label"], first["revision"], second["true_label"], second["revision"]) == ("offer", 0, "invoice", 1)
+    assert (first["champion_label"], first["challenger_label"], first["champion_latency_ms"], first["challenger_latency_ms"]) == (
+        "invoice", "offer", 2.5, 4.0)
+    assert all(codec.decode(o.encode()).record == o.record for o in out)
 
 
 # --- books balance ---------------------------------------------------------------------------

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from models.generator import generate
-from models.training import (GENERATED_SOURCE, Candidate, build_dataset, calibrate, choose, context_vectors, fit_features, folds,
-                             sample_weights, search, text_candidates)
+from models.examples_store import TrainingRows
+from models.training import (GENERATED_SOURCE, LABELLED_SOURCE, Candidate, build_dataset, calibrate, choose, context_vectors,
+                             fit_classifier, fit_features, folds, sample_weights, search, text_candidates)
 
 
 class Bar:
@@ -90,3 +91,20 @@ def test_generated_share_splits_each_label_between_generated_and_real_sources():
     assert w[sources == "enron"].sum() == pytest.approx(w[sources == "tobacco"].sum()) == pytest.approx(0.125 * complaint)
     only_generated = sample_weights(np.array(["a", "b", "b"]), np.array(["generated"] * 3), generated_share=0.75)
     assert only_generated.tolist() == pytest.approx([1.5, 0.75, 0.75])
+
+
+def test_labelled_rows_join_the_training_side_with_their_weights_and_their_words(mixed):
+    _, train, _ = mixed
+    n = 30
+    extra = TrainingRows("text", {"text": [f"zqnew grievance {i % 3}" for i in range(n)], "context": np.zeros((n, train.inputs["context"].shape[1]),
+                                                                                                                np.float32)},
+                         np.array(["complaint"] * n, dtype=object), np.linspace(0.25, 1.0, n), [f"x{i}" for i in range(n)])
+    both = train.plus(extra)
+    assert len(both) == len(train) + n and both.doc_ids[-n:] == extra.doc_ids and set(both.sources[-n:]) == {LABELLED_SOURCE}
+    assert both.weights[:len(train)].tolist() == [1.0] * len(train) and both.weights[-n:].tolist() == extra.weights.tolist()
+    assert both.rows([len(train), len(both) - 1]).weights.tolist() == [0.25, 1.0]
+    candidate = text_candidates(quick=True)[0]
+    features, z = fit_features("text", candidate, both)
+    assert "zqnew" in features.named_transformers_["text"].vocabulary_  # the mailbox's own words, not only the generator's
+    classifier = fit_classifier(candidate, z, both, seed=0)
+    assert classifier.predict(features.transform(both.rows([len(both) - 1]).matrix()))[0] == "complaint"

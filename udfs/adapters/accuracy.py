@@ -12,11 +12,12 @@ from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from udfs.adapters.common import BYTES, FailurePath, now_ms, state_ttl
 from udfs.dashboard import DashboardWriter
-from udfs.joining import JOIN_VERSION, Joiner, ShadowJoiner, labelled_examples
+from udfs.joining import JOIN_VERSION, Joiner, ShadowJoiner, labelled_examples, labelled_shadow_pairs
 from udfs.metrics import AccuracyTracker, ShadowTracker, metrics_key, shadow_metrics_key
 
 JOB = "accuracy"
-ACCURACY_OUTPUTS = {key: OutputTag(key, BYTES) for key in ("metrics", "alerts", "retraining_requests", "labelled_examples")}
+JOIN_OUTPUTS = ("labelled_examples", "labelled_shadow_pairs")  # side outputs of the joins; the others come from the metrics
+ACCURACY_OUTPUTS = {key: OutputTag(key, BYTES) for key in ("metrics", "alerts", "retraining_requests", *JOIN_OUTPUTS)}
 
 
 class EventTimeOf(TimestampAssigner):
@@ -87,12 +88,15 @@ class JoinPredictionsWithTruth(KeyedCoProcessFunction):
 
 class JoinShadowsWithTruth(JoinPredictionsWithTruth):
     """Keyed by doc_id: `ShadowJoiner` over (shadow pair, source) (input 1) and (truth, source)
-    (input 2). Emits the events keyed for the paired metrics; truths that matched no shadow pair
-    are dropped (`shadow_metrics_key`). No labelled examples: the prediction join writes them."""
+    (input 2). Emits labelled shadow pairs (side output, for the judge) and the events keyed for
+    the paired metrics; truths that matched no shadow pair are dropped (`shadow_metrics_key`).
+    No labelled examples: the prediction join writes them."""
 
     joiner_type = ShadowJoiner
 
     def _emit(self, events):
+        for pair in labelled_shadow_pairs(events):
+            yield ACCURACY_OUTPUTS["labelled_shadow_pairs"], pair.encode()
         for event in events:
             key = shadow_metrics_key(event)
             if key is not None:
