@@ -1,9 +1,9 @@
 """The learning loop's decisions as events (model_decision.v1 on the model-decisions topic, key: kind),
 and moving a champion through the control topic with the registry following.
 
-Shared by the retrainer and the judge. The registry has no public method for notes or tags: a
-decision lives in its event; a promotion's or rollback's reason also reaches the registry's own
-history through `Registry.promote(force_reason=...)`.
+Shared by the retrainer and the judge. A decision about a registered version is also noted on
+it in the registry (`Registry.note_decision`: a history event and a version tag in MLflow, with
+the reasons and the figures' summary); the full figures live in the event.
 
 >>> r = decision("text", "REFUSE", "judge", challenger_version="4", champion_version="3", reasons=["p too high"],
 ...              figures={"n": 400}, at_ms=1)
@@ -37,9 +37,15 @@ def decision(kind: str, what: str, decided_by: str, challenger_version: str | No
             "decided_ms": now_ms() if at_ms is None else at_ms}
 
 
-def publish_decision(settings: Settings, record: dict, timeout_s: float = 30) -> None:
-    """Write one decision (validated), acknowledged."""
+def publish_decision(settings: Settings, record: dict, registry: Registry | None = None, timeout_s: float = 30) -> None:
+    """Write one decision (validated), acknowledged; with `registry`, note it on the version it is about
+    (the challenger's, else the champion's)."""
     from mailroom.kafkautil import producer
+
+    version = record["challenger_version"] or record["champion_version"]
+    if registry is not None and version is not None:
+        summary = json.loads(record["figures"]).get("summary", "")
+        registry.note_decision(record["kind"], int(version), record["decision"], record["decided_by"], record["reasons"], str(summary))
 
     kafka = producer(settings, max_block_ms=int(timeout_s * 1000))
     try:

@@ -199,7 +199,7 @@ def _act(settings: Settings, registry: Registry, made: Decision) -> None:
     except Exception as exc:  # a registry error: still recorded, the judge goes on
         error = f"{type(exc).__name__}: {exc}"
     record = record_of(made, done, error)
-    publish_decision(settings, record)
+    publish_decision(settings, record, registry)
     colour = {PROMOTE: "green", REFUSE: "yellow", ROLL_BACK: "red", KEEP: "green"}[made.decision]
     console.print(f"judge: [{colour}]{made.decision}[/{colour}] {made.kind} challenger v{made.challenger} vs champion v{made.champion}: "
                   f"{summarise(made)}" + "".join(f"\n  - {r}" for r in record["reasons"]))

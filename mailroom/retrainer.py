@@ -183,7 +183,7 @@ def retrain_and_deploy(settings: Settings, store: ExampleStore, registry: Regist
             reasons.append(f"registered but not deployed: {exc}")
     record = decision(kind, outcome.decision, DECIDED_BY, challenger_version=outcome.version, champion_version=outcome.champion_version,
                       reasons=reasons, figures=outcome.figures, request_id=request_id)
-    publish_decision(settings, record)
+    publish_decision(settings, record, registry if outcome.version is not None else None)
     return record
 
 
@@ -213,7 +213,7 @@ class Retrainer:
         if why_not is not None:
             record = decision(kind, DEDUPLICATED, DECIDED_BY, champion_version=request["model_version"], reasons=[why_not],
                               figures={"request": request}, request_id=request["request_id"])
-            publish_decision(self.settings, record)
+            publish_decision(self.settings, record, self.registry)
             console.print(describe(record))
             return
         console.print(f"retrainer: retraining {kind} on request {request['request_id']} ({request['message']})")

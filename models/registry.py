@@ -117,7 +117,7 @@ class Registry:
         return {alias: int(version) for alias, version in (model.aliases if model else {}).items()}
 
     def history(self, kind: str) -> list[dict]:
-        """Every event of a kind, oldest first: register, promote, rollback, challenger, retire."""
+        """Every event of a kind, oldest first: register, promote, rollback, challenger, retire, decision."""
         tags = self._model_tags(kind)
         return [json.loads(tags[key]) for key in sorted(k for k in tags if k.startswith("history."))]
 
@@ -255,6 +255,14 @@ class Registry:
                 client.delete_registered_model_alias(model_name(kind), "challenger")
                 self._log(kind, {"event": "retire", "alias": "challenger", "version": version, "reason": reason})
         return version
+
+    def note_decision(self, kind: str, version: int, decision: str, decided_by: str, reasons: list[str], summary: str = "") -> None:
+        """Record a learning-loop decision about `version` (the retrainer's, the judge's) in the history and on the version's
+        tags, where the MLflow UI shows it; the full figures stay in the decision event."""
+        with self._writing(kind):
+            self.get(kind, version)
+            self._log(kind, {"event": "decision", "version": int(version), "decision": decision, "by": decided_by,
+                             "reasons": [str(x)[:500] for x in reasons][:10], "summary": summary[:1000]})
 
     def prepare(self) -> "Registry":
         """Make the database now (WAL mode, MLflow's schema) and import an old layout, if not done yet."""

@@ -179,3 +179,11 @@ def test_the_loop_closes_on_a_small_drift_scenario(pipeline_settings, tmp_path):
     now = control.read_control(run)[0]
     assert now[control.control_key("text", "champion")]["version"] == figures["promoted"]  # served
     assert now[control.control_key("text", "challenger")]["action"] == "RETIRE"  # probation over
+    # MLflow holds what the scenario did: the retrained version, the alias moves, every decision on its version
+    registry = Registry(pipeline_settings.run_dir / "scenarios" / figures["run_id"] / "registry")
+    promoted, old = int(figures["promoted"]), int(figures["champion"])
+    assert registry.aliases("text")["champion"] == promoted and registry.aliases("text")["previous"] == old
+    events = [(e["event"], e.get("version"), e.get("decision")) for e in registry.history("text")]
+    assert ("register", promoted, None) in events and ("promote", promoted, None) in events
+    assert [d for event, version, d in events if event == "decision" and version == promoted] == ["RETRAINED", "PROMOTE"]
+    assert [d for event, version, d in events if event == "decision" and version == old] == ["KEEP"]  # the probation's end

@@ -211,6 +211,20 @@ def test_challenger_alias_is_set_and_retired_with_reasons(tmp_path, models):
     assert registry.aliases("text") == {"champion": v2, "previous": 1}  # a challenger promoted is no longer one
 
 
+def test_a_decision_is_noted_in_the_history_and_on_its_version(tmp_path, models):
+    registry = Registry(tmp_path)
+    register(registry, models, "good", "a", 0.5)
+    v2 = register(registry, models, "good", "a", 0.6)
+    registry.note_decision("text", v2, "REFUSE", "judge", ["McNemar p 0.4 >= 0.05", "x" * 900], "n 400, macro-F1 0.91 -> 0.90")
+    noted = registry.history("text")[-1]
+    assert (noted["event"], noted["version"], noted["decision"], noted["by"]) == ("decision", v2, "REFUSE", "judge")
+    assert noted["reasons"][0] == "McNemar p 0.4 >= 0.05" and len(noted["reasons"][1]) == 500  # bounded: MLflow caps tag values
+    tags = registry._client.get_model_version("mailroom-text", str(v2)).tags
+    assert any(key.endswith(".decision") and "REFUSE" in value for key, value in tags.items())  # shown in the UI on the version
+    with pytest.raises(RegistryError):
+        registry.note_decision("text", 99, "KEEP", "judge", [])
+
+
 def test_a_second_writer_waits_for_the_first(tmp_path, models):
     import threading
     import time
