@@ -164,7 +164,7 @@ def test_versions_are_mlflow_model_versions_with_aliases_and_runs(tmp_path, mode
     registry.promote("text", v2)
     client = MlflowClient(database_uri(tmp_path), database_uri(tmp_path))
     model = client.get_registered_model("mailroom-text")
-    assert model.aliases == {"champion": 2, "previous": 1} and registry.aliases("text") == {"champion": 2, "previous": 1}
+    assert model.aliases == {"champion": v2, "previous": v1} and registry.aliases("text") == {"champion": v2, "previous": v1}
     version = client.get_model_version("mailroom-text", "2")
     run = client.get_run(version.run_id)
     assert run.info.status == "FINISHED" and run.data.params["kind"] == "text" and run.data.metrics["held_out.macro_f1"] == 0.6
