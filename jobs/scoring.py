@@ -47,14 +47,20 @@ def build(documents: DataStream, own_predictions: DataStream, control: DataStrea
                                output_type=Types.PICKLED_BYTE_ARRAY()).name("decode routed documents").uid("scoring-decode-documents")
     texts = routed.filter(lambda item: item[2] == "TEXT").name("text documents").uid("scoring-texts")
     scans = routed.filter(lambda item: item[2] == "IMAGE").name("scans").uid("scoring-scans")
-    read = scans.process(ReadScans(config), output_type=Types.PICKLED_BYTE_ARRAY()).name("read scans (layout features + tesseract)").uid(
+    readers = scans.process(ReadScans(config), output_type=Types.PICKLED_BYTE_ARRAY()).name("read scans (layout features + tesseract)").uid(
         "scoring-read-scans")
+    read = readers
     if ocr_parallelism:
-        read = read.set_parallelism(ocr_parallelism)
+        readers.set_parallelism(ocr_parallelism)
+        # PyFlink's key_by forwards into its own key-adding operator at the job's parallelism, whatever partitioning is set
+        # before it: the readers' output is rebalanced into an operator of the job's parallelism first
+        read = readers.rebalance().map(lambda item: item, output_type=Types.PICKLED_BYTE_ARRAY()).name("scans read, to the scorers").uid(
+            "scoring-scans-read")
+    documents_read = texts.union(read)
     decided = own_predictions.process(DecodeOrDeadLetter("prediction", JOB, SCORING_VERSION, budget, project=sender_label_and_source),
                                       output_type=Types.PICKLED_BYTE_ARRAY()).name("decode own predictions").uid("scoring-decode-predictions")
     pending = (
-        texts.union(read).connect(decided)
+        documents_read.connect(decided)
         .key_by(lambda item: item[0], lambda item: item[0], key_type=Types.STRING())
         .process(ComputeSenderFeatures(config, redis_client_factory), output_type=Types.PICKLED_BYTE_ARRAY())
         .name("sender features")
@@ -76,7 +82,7 @@ def build(documents: DataStream, own_predictions: DataStream, control: DataStrea
     outputs["model_events"] = predictions.get_side_output(MODEL_EVENTS)
     outputs["shadow_predictions"] = predictions.get_side_output(SHADOW_PREDICTIONS)
     outputs["dead_letters"] = routed.get_side_output(DEAD_LETTERS).union(
-        read.get_side_output(DEAD_LETTERS), decided.get_side_output(DEAD_LETTERS), deployments.get_side_output(DEAD_LETTERS), pending.get_side_output(DEAD_LETTERS),
+        readers.get_side_output(DEAD_LETTERS), decided.get_side_output(DEAD_LETTERS), deployments.get_side_output(DEAD_LETTERS), pending.get_side_output(DEAD_LETTERS),
         predictions.get_side_output(DEAD_LETTERS))
     return outputs
 

@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="the whole pipeline end to end on the embedded default (what `make run` does)",
                          description=demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--count", type=int, default=600, help="generated documents to send (default %(default)s)")
-    run.add_argument("--rate", type=float, default=60.0, help="documents per second offered (default %(default)s)")
+    run.add_argument("--rate", type=float, default=30.0, help="documents per second offered (default %(default)s)")
     run.add_argument("--scan-share", type=float, default=0.3, help="share of scanned documents (default %(default)s)")
     run.add_argument("--drift", action="store_true", help="simulate drift: departments now call invoice-like documents offers")
     run.add_argument("--seed", type=int, default=None, help="generator and feedback seed (default: random)")

@@ -68,7 +68,7 @@ def topics(stack, test_settings):
 
 @pytest.fixture(scope="session")
 def registry(test_settings):
-    """A registry with text and image champions, trained (quick) for this test session."""
+    """A registry with text, scan and image champions, trained (quick) for this test session."""
     import shutil
     import subprocess
 

@@ -31,7 +31,8 @@ def _documents(n: int, seed: int) -> list[dict]:
     return docs
 
 
-def _run(settings, registry, routed: list[bytes], batch_size: int = 8, control: list[bytes] = ()) -> dict[str, list[bytes]]:
+def _run(settings, registry, routed: list[bytes], batch_size: int = 8, control: list[bytes] = (), ocr_parallelism: int | None = None
+         ) -> dict[str, list[bytes]]:
     env = make_env(settings, "scoring", parallelism=1)
     config = ScoringConfig.from_registry(registry, batch_size=batch_size)
     previous = [codec.encode("prediction", {  # one of the job's own earlier decisions, read back
@@ -40,7 +41,8 @@ def _run(settings, registry, routed: list[bytes], batch_size: int = 8, control: 
         "department": "finance", "received_ms": 0, "scored_ms": 0, "latency_ms": 0, "features": {}})]
     control = list(control) or [codec.encode("model_control", {  # retiring an empty challenger slot changes nothing
         "kind": "text", "slot": "CHALLENGER", "action": "RETIRE", "model_name": "mailroom-text", "published_ms": 0})]
-    outputs = build(kafka_rows(env, routed, "routed"), kafka_rows(env, previous, "predictions"), kafka_rows(env, control, "control"), config)
+    outputs = build(kafka_rows(env, routed, "routed"), kafka_rows(env, previous, "predictions"), kafka_rows(env, control, "control"), config,
+                    ocr_parallelism=ocr_parallelism)
     return collect(outputs)
 
 
@@ -59,6 +61,15 @@ def test_scoring_build_scores_every_document_into_one_department(test_settings, 
     for dept, ids in delivered.items():
         assert all(predictions[doc_id]["department"] == dept for doc_id in ids)
     assert out["dead_letters"] == []
+
+
+def test_scans_read_by_more_readers_than_scorers_are_each_scored_once(test_settings, registry):
+    docs = _documents(24, seed=29)
+    out = _run(test_settings, registry, routed_values(docs), ocr_parallelism=2)
+    predictions = _by_doc(out["predictions"], "prediction")
+    assert sorted(predictions) == sorted(d["doc_id"] for d in docs) and len(out["predictions"]) == len(docs)
+    scans = [p for p in predictions.values() if p["content_type"] == "IMAGE"]
+    assert scans and all(p["ocr_status"] is not None for p in scans)  # each went through a reader
 
 
 def test_a_scan_whose_features_raise_is_dead_lettered_and_the_rest_scored(test_settings, registry):
