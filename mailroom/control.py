@@ -256,7 +256,7 @@ def retire(settings: Settings, registry: Registry, kind: str, slot: str, note: s
         before = read_control(settings)[0].get(publication.key)
         publish(settings, [publication])
     if slot == "challenger":
-        registry.retire_challenger(kind, f"retired by an operator: {note or 'no note given'}")
+        registry.retire_challenger(kind, f"retired: {note or 'no note given'}")
     return publication, before
 
 

@@ -132,12 +132,12 @@ def carry_out(settings: Settings, registry: Registry, made: Decision) -> list[st
         done += [p.describe() for p in control.deploy(settings, registry, kind, int(made.champion), "challenger", sample=1.0,
                                                      note=f"probation: the old champion in reverse shadow of v{made.challenger}").published]
     elif made.decision == REFUSE:
-        done = [control.retire(settings, kind, "challenger", note=f"judge: REFUSE: {'; '.join(made.reasons)}")[0].describe()]
+        done = [control.retire(settings, registry, kind, "challenger", note=f"judge: REFUSE: {'; '.join(made.reasons)}")[0].describe()]
     elif made.decision == ROLL_BACK:
         done = move_champion(settings, registry, kind, made.challenger, f"judge: ROLL_BACK from v{made.champion} ({summary})", rollback=True)
-        done.append(control.retire(settings, kind, "challenger", note=f"judge: v{made.challenger} is champion again")[0].describe())
+        done.append(control.retire(settings, registry, kind, "challenger", note=f"judge: v{made.challenger} is champion again")[0].describe())
     elif made.decision == KEEP:
-        done = [control.retire(settings, kind, "challenger", note=f"judge: KEEP v{made.champion}, probation over")[0].describe()]
+        done = [control.retire(settings, registry, kind, "challenger", note=f"judge: KEEP v{made.champion}, probation over")[0].describe()]
     else:
         raise ValueError(f"not a decision the judge carries out: {made.decision}")
     return done
