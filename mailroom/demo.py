@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mailroom.accuracy import class_table, latest_by_model, read_metrics, summary_table
+from mailroom.control import registry_champions
 from config.flinkconf import embedded_ui_port
 from mailroom.feedback import FeedbackProfile, send_feedback, simulate_feedback, with_predictions
 from mailroom.kafkautil import MAX_MESSAGE_BYTES, producer, read_topic
@@ -38,8 +39,7 @@ from mailroom.submit import job_log_dir, run_job, start_job, stop_job, wait_unti
 from schemas.labels import DEPARTMENTS
 from schemas.topics import department_topic_key, topic_name
 from models.generator import generate
-from models.modelio import KINDS
-from models.registry import Registry, RegistryError
+from models.registry import Registry
 from schemas import codec
 
 console = Console(width=160)
@@ -118,13 +118,7 @@ def delivered(record: dict) -> dict:
 
 def ensure_champions(settings: Settings) -> list[str]:
     """Train (and register) models when the registry has no champion; return what was trained."""
-    registry = Registry(settings.registry_dir)
-    missing = []
-    for kind in KINDS:
-        try:
-            registry.champion(kind)
-        except RegistryError:
-            missing.append(kind)
+    missing = [kind for kind, version in registry_champions(Registry(settings.registry_dir)).items() if version is None]
     if missing:
         console.print(f"[bold]No champion {' and '.join(missing)} model in {settings.registry_dir}: training first.[/bold]")
         try:

@@ -490,7 +490,7 @@ def register(sub) -> None:
                                          "batch), then publish it to the model-control topic (key <kind>/<slot>) and wait for the ack. "
                                          "--slot champion first keeps the current champion as PREVIOUS and moves the registry's champion "
                                          "alias too; --slot challenger moves its `challenger` alias. A refused version publishes nothing (exit 2).")
-    dep.add_argument("kind", choices=["text", "image"])
+    dep.add_argument("kind", choices=TRAINED_KINDS)
     dep.add_argument("version", type=int)
     dep.add_argument("--slot", choices=["challenger", "champion", "previous"], required=True,
                      help="challenger: scores a sample in shadow; champion: decides every document; previous: the deadline fallback")
@@ -503,7 +503,7 @@ def register(sub) -> None:
                              description="Publish a RETIRE record for a slot to the model-control topic; a challenger loses the "
                                          "registry's `challenger` alias too (the `previous` alias stays: it is what rollback returns to). "
                                          "The champion slot cannot be emptied: deploy another champion instead.")
-    ret.add_argument("kind", choices=["text", "image"])
+    ret.add_argument("kind", choices=TRAINED_KINDS)
     ret.add_argument("--slot", choices=["challenger", "previous", "champion"], required=True, help="the slot to empty (not champion)")
     ret.add_argument("--note", metavar="TEXT", help="who retires it and why (recorded in the registry for a challenger)")
     _add_registry(ret)

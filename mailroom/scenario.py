@@ -35,6 +35,7 @@ from rich.console import Console
 
 from config.settings import Settings
 from mailroom import judge as judge_service
+from mailroom.control import registry_champions
 from mailroom.drift import billing_disputes, from_jsonl
 from mailroom.feedback import FeedbackProfile, send_feedback, simulate_feedback, with_predictions
 from mailroom.kafkautil import producer
@@ -46,8 +47,7 @@ from mailroom.submit import start_job, stop_job, wait_until_running
 from models.examples_store import ExampleStore
 from models.generator import generate
 from models.judging import JudgeConfig
-from models.modelio import KINDS
-from models.registry import Registry, RegistryError
+from models.registry import Registry
 from schemas import codec
 from schemas.topics import topic_name
 from schemas.units import now_ms
@@ -268,13 +268,7 @@ def feedback(settings: Settings, traffic: Traffic, profile: FeedbackProfile, sto
 
 def ensure_quick_champions(settings: Settings, config: ScenarioConfig) -> None:
     """Quick champions (generated documents only) for the kinds the registry has none of."""
-    registry = Registry(settings.registry_dir)
-    missing = []
-    for kind in KINDS:
-        try:
-            registry.champion(kind)
-        except RegistryError:
-            missing.append(kind)
+    missing = [kind for kind, version in registry_champions(Registry(settings.registry_dir)).items() if version is None]
     if missing:
         console.print(f"no {', '.join(missing)} champion in {settings.registry_dir}: training quick ones first")
         train_models(train_config(quick=True, kinds=tuple(missing), n=config.champion_docs, real=False,
