@@ -36,6 +36,9 @@ ENV_VARS = {
     "redis_password": "MAILROOM_REDIS_PASSWORD",
     "flink_rest_port": "MAILROOM_FLINK_REST_PORT",
     "mlflow_port": "MAILROOM_MLFLOW_PORT",
+    "prometheus_port": "MAILROOM_PROMETHEUS_PORT",
+    "metrics_port": "MAILROOM_METRICS_PORT",
+    "dashboard_port": "MAILROOM_DASHBOARD_PORT",
     "flink_conf_file": "MAILROOM_FLINK_CONF",
     "topic_prefix": "MAILROOM_TOPIC_PREFIX",
     "python_executable": "MAILROOM_PYTHON",
@@ -59,6 +62,11 @@ class Settings:
     redis_password: str = ""  # MAILROOM_REDIS_PASSWORD: default generated once into run_dir
     flink_rest_port: int = 28081  # MAILROOM_FLINK_REST_PORT: session cluster REST API and web UI
     mlflow_port: int = 25000  # MAILROOM_MLFLOW_PORT: the MLflow server (UI + REST API) over the model registry
+    prometheus_port: int = 29090  # MAILROOM_PROMETHEUS_PORT: the Prometheus server (UI + HTTP API)
+    # MAILROOM_METRICS_PORT: the first of the ports (this + 0..29) where Flink's Prometheus reporters and the
+    # project's own services expose metrics to Prometheus (`config.monitoring.METRICS_PORT_OFFSETS`)
+    metrics_port: int = 29250
+    dashboard_port: int = 28000  # MAILROOM_DASHBOARD_PORT: the dashboard page (`mailroom dashboard`)
     flink_conf_file: Path = PROJECT_DIR / "flink-conf" / "config.yaml"  # MAILROOM_FLINK_CONF
     topic_prefix: str = "mailroom."  # MAILROOM_TOPIC_PREFIX: namespaces every topic name
     python_executable: str = sys.executable  # MAILROOM_PYTHON: the interpreter Flink workers run
@@ -101,6 +109,14 @@ class Settings:
     @property
     def mlflow_url(self) -> str:
         return f"http://{self.host}:{self.mlflow_port}"
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://{self.host}:{self.prometheus_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://{self.host}:{self.dashboard_port}"
 
     @property
     def jar_dir(self) -> Path:

@@ -34,6 +34,9 @@ def test_settings() -> Settings:
         redis_port=26479 + offset,
         flink_rest_port=28181 + offset,
         mlflow_port=25100 + offset,
+        prometheus_port=29190 + offset,
+        metrics_port=29350 + offset,
+        dashboard_port=28100 + offset,
     )
 
 
