@@ -98,6 +98,10 @@ class Settings:
             settings = replace(settings, redis_password=_stored_password(settings.run_dir))
         return settings
 
+    def as_env(self) -> dict[str, str]:
+        """These settings as the environment variables a child process reads them from."""
+        return {ENV_VARS[f.name]: str(getattr(self, f.name)) for f in fields(self)}
+
     @property
     def bootstrap_servers(self) -> str:
         return f"{self.host}:{self.kafka_port}"

@@ -28,6 +28,7 @@ from rich.table import Table
 
 from mailroom.accuracy import class_table, latest_by_model, read_metrics, summary_table
 from mailroom.control import registry_champions
+from mailroom.dashboard.service import DashboardService
 from config.flinkconf import embedded_ui_port
 from mailroom.feedback import FeedbackProfile, send_feedback, simulate_feedback, with_predictions
 from mailroom.kafkautil import MAX_MESSAGE_BYTES, producer, read_topic
@@ -131,7 +132,7 @@ def ensure_champions(settings: Settings) -> list[str]:
     return missing
 
 
-def _unreadable(rng: random.Random, n: int) -> list[bytes]:
+def unreadable_messages(rng: random.Random, n: int) -> list[bytes]:
     """Messages an upstream system might send by mistake: garbage, truncated, empty."""
     samples = []
     for i in range(n):
@@ -148,7 +149,7 @@ def _unreadable(rng: random.Random, n: int) -> list[bytes]:
     return samples
 
 
-def _produce(settings: Settings, docs: list[dict], bad: list[bytes], rate: float) -> set[tuple[int, int]]:
+def produce_at_rate(settings: Settings, docs: list[dict], bad: list[bytes], rate: float) -> set[tuple[int, int]]:
     """Send documents at `rate` per second, stamping receipt times; return (partition, offset) of all."""
     topic = topic_name("documents", settings.topic_prefix)
     prod = producer(settings, batch_size=2**20)
@@ -169,7 +170,7 @@ def _produce(settings: Settings, docs: list[dict], bad: list[bytes], rate: float
     return {(f.get().partition, f.get().offset) for f in futures}
 
 
-def _documents(run_id: str, count: int, seed: int, scan_share: float) -> list[dict]:
+def documents_for_run(run_id: str, count: int, seed: int, scan_share: float) -> list[dict]:
     docs = list(generate(count, seed, scan_share=scan_share))
     for doc in docs:
         doc["doc_id"] = f"{run_id}-{doc['doc_id']}"
@@ -185,9 +186,11 @@ def run(settings: Settings, count: int = 600, rate: float = 30.0, scan_share: fl
     stack = Stack(settings).up()
     console.print(f"stack: started {', '.join(stack['started']) or 'nothing (already running)'}; topics created: {len(stack['topics_created'])}")
     ensure_champions(settings)
+    DashboardService(settings).start()
+    console.print(f"dashboard: {settings.dashboard_url} (live while the jobs run; stays up until `mailroom stack down`)")
 
-    docs = _documents(run_id, count, seed, scan_share)
-    bad = _unreadable(random.Random(seed), max(3, count // 50))
+    docs = documents_for_run(run_id, count, seed, scan_share)
+    bad = unreadable_messages(random.Random(seed), max(3, count // 50))
     jobs = {}
     clock = ArrivalClock(settings, run_id)
     try:
@@ -202,7 +205,7 @@ def run(settings: Settings, count: int = 600, rate: float = 30.0, scan_share: fl
         console.print(f"[bold]{run_id}[/bold]: sending {len(docs)} documents ({sum(d['content_type'].upper() == 'IMAGE' for d in docs)} scans) "
                       f"and {len(bad)} unreadable messages at {rate:g}/s (seed {seed}); Flink UIs: router "
                       f"http://{settings.host}:{embedded_ui_port(settings, 'router')}, scoring http://{settings.host}:{embedded_ui_port(settings, 'scoring')}")
-        sent = _produce(settings, docs, bad, rate)
+        sent = produce_at_rate(settings, docs, bad, rate)
         dead = _wait_for_results(settings, clock, sent, len(docs), jobs, timeout_s)
     finally:
         clock.stop()
@@ -210,6 +213,8 @@ def run(settings: Settings, count: int = 600, rate: float = 30.0, scan_share: fl
             stop_job(job)
     report = _report(settings, docs, clock, dead, len(sent))
     report["accuracy"] = _accuracy(settings, docs, list(clock.predictions.values()), seed, drift, started_ms, run_id)
+    console.print(f"[bold]watch it:[/bold] dashboard {settings.dashboard_url} | Prometheus {settings.prometheus_url} | "
+                  f"MLflow {settings.mlflow_url} | `mailroom stack down` stops them")
     return report
 
 

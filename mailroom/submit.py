@@ -35,7 +35,7 @@ def job_log_dir(settings: Settings, module: str) -> Path:
 def job_command(settings: Settings, module: str, args: list[str], cluster: bool = False, detached: bool = False,
                 log_dir: Path | None = None) -> tuple[list[str], dict]:
     """The command line and environment that run `module` (e.g. 'jobs.router') with `args`."""
-    env = {**os.environ, **_settings_env(settings)}
+    env = {**os.environ, **settings.as_env()}
     if not cluster:
         env["FLINK_LOG_DIR"] = str(log_dir or job_log_dir(settings, module))
         return [settings.python_executable, "-m", module, *args], env
@@ -66,15 +66,6 @@ def start_job(settings: Settings, module: str, args: list[str], log_path, cluste
     cmd, env = job_command(settings, module, args, cluster, log_dir=log_dir)
     log = open(log_path, "ab")
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-
-
-def _settings_env(settings: Settings) -> dict[str, str]:
-    """Settings as the environment variables a child process reads them from."""
-    from dataclasses import fields
-
-    from config.settings import ENV_VARS
-
-    return {ENV_VARS[f.name]: str(getattr(settings, f.name)) for f in fields(settings)}
 
 
 def stop_job(job: subprocess.Popen, timeout: float = 60) -> None:

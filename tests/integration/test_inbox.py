@@ -17,7 +17,7 @@ import pytest
 
 from mailroom import cli
 from mailroom.kafkautil import admin, producer, read_topic
-from mailroom.submit import _settings_env, run_job
+from mailroom.submit import run_job
 from schemas import codec
 from schemas.labels import DEPARTMENTS
 from schemas.topics import topic_name
@@ -73,7 +73,7 @@ def _inbox(settings, capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def _env(settings) -> dict[str, str]:
-    return {**os.environ, **_settings_env(settings), "PYTHONIOENCODING": "utf-8", "PYTHONPATH": os.getcwd()}
+    return {**os.environ, **settings.as_env(), "PYTHONIOENCODING": "utf-8", "PYTHONPATH": os.getcwd()}
 
 
 def _prediction(document: dict) -> dict:

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import psutil
 
-from mailroom.submit import _settings_env, wait_until_running
+from mailroom.submit import wait_until_running
 from tests.unit.test_submit import _running
 
 
 def test_sigterm_stops_the_embedded_job_and_its_jvm(pipeline_settings, tmp_path):
-    env = {**os.environ, **_settings_env(pipeline_settings)}
+    env = {**os.environ, **pipeline_settings.as_env()}
     log = tmp_path / "mailroom-job.out"
     with open(log, "wb") as out:
         mailroom = subprocess.Popen([str(Path(sys.executable).with_name("mailroom")), "job", "router", "--", "--group-id",

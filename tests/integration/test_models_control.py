@@ -14,7 +14,7 @@ import pytest
 from mailroom.cli import main
 from mailroom.control import DeployRefused, deploy
 from mailroom.kafkautil import producer, read_topic
-from mailroom.submit import _settings_env
+
 from schemas import codec
 from schemas.topics import topic_name
 from tests.unit.test_models_control_cli import copy_with_second_version
@@ -37,7 +37,7 @@ def _send(settings, key: str, record_type: str, records: list[dict]) -> None:
 def test_deploy_retire_and_status_through_the_broker(pipeline_settings, tmp_path, monkeypatch, capsys):
     registry = copy_with_second_version(pipeline_settings.registry_dir, tmp_path / "registry")  # text v1 champion, v2 not
     settings = replace(pipeline_settings, registry_dir=registry.root)
-    for name, value in _settings_env(settings).items():  # the command line in-process: Settings.from_env reads these
+    for name, value in settings.as_env().items():  # the command line in-process: Settings.from_env reads these
         monkeypatch.setenv(name, value)
 
     assert main(["models", "deploy", "text", "2", "--slot", "challenger", "--sample", "0.25", "--note", "shadow it first"]) == 0
@@ -75,7 +75,7 @@ def test_deploy_retire_and_status_through_the_broker(pipeline_settings, tmp_path
          "challenger_version": "2", "challenger_label": "invoice" if i else "other", "challenger_probabilities": {"invoice": 0.8},
          "challenger_latency_ms": 4.0} for i in range(4)])
     out = subprocess.run([settings.python_executable, "-m", "mailroom.cli", "models", "status", "--json"], capture_output=True, text=True,
-                         timeout=120, env={**os.environ, **_settings_env(settings)})
+                         timeout=120, env={**os.environ, **settings.as_env()})
     assert out.returncode == 0, out.stderr
     status = json.loads(out.stdout)
     assert status["registry"]["champions"] == {"text": "2", "scan": "1", "image": "1"}
