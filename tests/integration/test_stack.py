@@ -79,7 +79,7 @@ def test_redis_requires_the_password(stack, test_settings):
 
 
 def test_services_listen_on_loopback_only(stack, test_settings):
-    ports = {test_settings.kafka_port, test_settings.kafka_controller_port, test_settings.redis_port}
+    ports = {test_settings.kafka_port, test_settings.kafka_controller_port, test_settings.redis_port, test_settings.prometheus_port}
     listening = {c.laddr.port: c.laddr.ip for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port in ports}
     assert set(listening) == ports
     assert all(ipaddress.ip_address(ip).is_loopback for ip in listening.values()), listening
