@@ -99,3 +99,7 @@ def register_target(settings: Settings, name: str, ports: int | list[int], label
 def unregister_target(settings: Settings, name: str) -> None:
     """Stop scraping `name` (it stopped on purpose: a target left behind by a crash stays, so its `up` alerts)."""
     (targets_dir(settings) / f"{name}.json").unlink(missing_ok=True)
+
+
+if __name__ == "__main__":  # used by docker-compose.yml's prometheus service: python -m config.monitoring
+    print(write_prometheus_config(Settings.from_env(), prometheus_dir(Settings.from_env())))
