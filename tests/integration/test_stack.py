@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 
 import psutil
@@ -17,8 +18,10 @@ from schemas.topics import TOPICS
 @pytest.fixture
 def own_stack(tmp_path):
     """A second, private stack (own ports, own run dir) that a test may break."""
-    settings = Settings.from_env({}, run_dir=tmp_path / "run", kafka_port=29292, kafka_controller_port=29293, redis_port=26579, flink_rest_port=28281,
-                                 mlflow_port=25200, prometheus_port=29290, metrics_port=29450)
+    offset = int(os.environ.get("MAILROOM_TEST_PORT_OFFSET", "0"))  # as the test stack's (tests/conftest.py)
+    settings = Settings.from_env({}, run_dir=tmp_path / "run", kafka_port=29292 + offset, kafka_controller_port=29293 + offset,
+                                 redis_port=26579 + offset, flink_rest_port=28281 + offset, mlflow_port=25200 + offset,
+                                 prometheus_port=29290 + offset, metrics_port=29450 + offset)
     stack = Stack(settings)
     yield stack
     stack.down()
