@@ -17,6 +17,8 @@ system:
 	@$(call need,java,openjdk-17-jre-headless)
 	@$(call need,mvn,maven)
 	@$(call need,redis-server,redis-server)
+	@$(call need,prometheus,prometheus)
+	@$(call need,chromium,chromium chromium-driver)
 	@$(call need,tesseract,tesseract-ocr tesseract-ocr-eng tesseract-ocr-deu tesseract-ocr-fra)
 	@test -f /usr/share/tesseract-ocr/5/tessdata/deu.traineddata -a -f /usr/share/tesseract-ocr/5/tessdata/fra.traineddata || \
 		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq tesseract-ocr-eng tesseract-ocr-deu tesseract-ocr-fra >/dev/null; }

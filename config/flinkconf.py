@@ -15,7 +15,17 @@ from pathlib import Path
 
 import yaml
 
+from config.monitoring import MAX_TASKMANAGERS, metrics_port
 from config.settings import PROJECT_DIR, Settings
+
+# Flink's Prometheus reporter (the plugin in pyflink/plugins/metrics-prometheus/). It has no host option:
+# it binds every interface (InetSocketAddress(port) in PrometheusReporter), so its ports carry only metrics.
+PROMETHEUS_REPORTER = {
+    "metrics.reporter.prom.factory.class": "org.apache.flink.metrics.prometheus.PrometheusReporterFactory",
+    # labels that change on every restart: each would start new series
+    "metrics.reporter.prom.scope.variables.excludes": "task_attempt_id;task_attempt_num;tm_id;job_id",
+}
+REPORTER_PORT = "metrics.reporter.prom.port"
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, str]:
@@ -49,6 +59,7 @@ def job_config(settings: Settings) -> dict[str, str]:
         "rest.address": settings.host,
         "jobmanager.bind-host": settings.host,  # also the BLOB server's, which binds 0.0.0.0 otherwise
         "taskmanager.bind-host": settings.host,
+        **PROMETHEUS_REPORTER,
     }
 
 
@@ -65,9 +76,27 @@ def flink_home() -> Path:
     return Path(importlib.util.find_spec("pyflink").origin).parent
 
 
+def taskmanager_metrics_ports(settings: Settings) -> str:
+    """The session TaskManagers' reporter port range: each TaskManager takes the first free port of it."""
+    first = metrics_port(settings, "taskmanager")
+    return f"{first}-{first + MAX_TASKMANAGERS - 1}"
+
+
+def jobmanager_dynamic_properties(settings: Settings) -> list[str]:
+    """`jobmanager.sh start` arguments that give the JobManager its own reporter port (outside the TaskManagers' range)."""
+    return ["-D", f"{REPORTER_PORT}={metrics_port(settings, 'jobmanager')}"]
+
+
+def prometheus_reporter_jar() -> Path:
+    """The reporter plugin's jar. The session cluster loads it from plugins/; an embedded MiniCluster
+    ignores plugins/ ("factory ... could not be found"), so make_env adds it to the job's class path."""
+    return next((flink_home() / "plugins" / "metrics-prometheus").glob("flink-metrics-prometheus-*.jar"))
+
+
 def cluster_config(settings: Settings) -> dict[str, str]:
     """The session cluster's config.yaml: the distribution's defaults (JVM flags for Java 17),
-    then the shared file, then loopback-only addresses, fixed ports and modest memory."""
+    then the shared file, then loopback-only addresses, fixed ports and modest memory. The reporter
+    port is the TaskManagers' range; the JobManager overrides it (jobmanager_dynamic_properties)."""
     host = settings.host
     with open(flink_home() / "conf" / "config.yaml") as fh:
         distribution = _flatten(yaml.safe_load(fh) or {})
@@ -80,6 +109,7 @@ def cluster_config(settings: Settings) -> dict[str, str]:
         "taskmanager.bind-host": host,
         "taskmanager.host": host,
         "rest.port": str(settings.flink_rest_port),
+        REPORTER_PORT: taskmanager_metrics_ports(settings),
         "jobmanager.memory.process.size": "1024m",
         "taskmanager.memory.process.size": "2048m",
     }

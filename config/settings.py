@@ -63,9 +63,9 @@ class Settings:
     flink_rest_port: int = 28081  # MAILROOM_FLINK_REST_PORT: session cluster REST API and web UI
     mlflow_port: int = 25000  # MAILROOM_MLFLOW_PORT: the MLflow server (UI + REST API) over the model registry
     prometheus_port: int = 29090  # MAILROOM_PROMETHEUS_PORT: the Prometheus server (UI + HTTP API)
-    # MAILROOM_METRICS_PORT: the first of the ports (this + 0..29) where Flink's Prometheus reporters and the
-    # project's own services expose metrics to Prometheus (`config.monitoring.METRICS_PORT_OFFSETS`)
-    metrics_port: int = 29250
+    # the first of the ports (this + 0..29) where Flink's Prometheus reporters and the project's own services
+    # expose metrics to Prometheus (`config.monitoring.METRICS_PORT_OFFSETS`)
+    metrics_port: int = 29250  # MAILROOM_METRICS_PORT
     dashboard_port: int = 28000  # MAILROOM_DASHBOARD_PORT: the dashboard page (`mailroom dashboard`)
     flink_conf_file: Path = PROJECT_DIR / "flink-conf" / "config.yaml"  # MAILROOM_FLINK_CONF
     topic_prefix: str = "mailroom."  # MAILROOM_TOPIC_PREFIX: namespaces every topic name

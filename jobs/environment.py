@@ -12,7 +12,8 @@ from pathlib import Path
 from pyflink.common import Configuration
 from pyflink.datastream import StreamExecutionEnvironment
 
-from config.flinkconf import embedded_ui_port, job_config
+from config.flinkconf import REPORTER_PORT, embedded_ui_port, job_config, prometheus_reporter_jar
+from config.monitoring import metrics_port
 from config.settings import ConfigError, Settings
 from models.registry import RegistryError
 from models.scoring import FeatureSetMismatch
@@ -50,7 +51,8 @@ def make_env(settings: Settings, job: str, parallelism: int | None = None, resto
     """An environment with the project's Flink config and the Kafka connector jar.
 
     Run as a plain Python program this starts a local MiniCluster; under `flink run -py` the
-    same call picks up the session cluster the program was submitted to. Checkpoints go to
+    same call picks up the session cluster the program was submitted to. An embedded job's Prometheus
+    reporter listens on `metrics_port(settings, job)`. Checkpoints go to
     <run_dir>/checkpoints/<job>/; `restore_from` resumes from a checkpoint or savepoint path.
     """
     config = Configuration()
@@ -59,10 +61,13 @@ def make_env(settings: Settings, job: str, parallelism: int | None = None, resto
     config.set_string("execution.checkpointing.dir", checkpoint_root(settings, job).as_uri())
     if embedded():
         config.set_string("rest.port", str(embedded_ui_port(settings, job)))  # the MiniCluster's web UI
+        config.set_string(REPORTER_PORT, str(metrics_port(settings, job)))  # its Prometheus reporter
     if restore_from:
         config.set_string("execution.state-recovery.path", restore_from)
     env = StreamExecutionEnvironment.get_execution_environment(config)
     env.add_jars(settings.connector_jar.resolve().as_uri())
+    if embedded():
+        env.add_jars(prometheus_reporter_jar().as_uri())
     if parallelism:
         env.set_parallelism(parallelism)
     return env

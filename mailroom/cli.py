@@ -52,7 +52,7 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
             state = "[green]up[/green]" if s.running else "[red]down[/red]"
             table.add_row(s.name, state, s.detail, str(s.pid or "-"), str(s.rss_mb or "-"), str(s.log or "-"))
         console.print(table)
-    # `status` exits 0 only if Kafka, Redis and the MLflow server run (handy in scripts)
+    # `status` exits 0 only if Kafka, Redis, the MLflow server and Prometheus run (handy in scripts)
     if args.action == "status":
         return 0 if all(s.running for s in statuses if s.name != "flink") else 3
     return 0
@@ -123,12 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    stack = sub.add_parser("stack", help="start, stop or inspect Kafka, Redis, the MLflow server and the Flink session cluster",
+    stack = sub.add_parser("stack", help="start, stop or inspect Kafka, Redis, the MLflow server, Prometheus and the Flink session cluster",
                            description="Run the local stack: a KRaft Kafka broker and Redis on 127.0.0.1 (password required), "
-                           "the MLflow server (UI + REST) over the model registry, optionally a standalone Flink session cluster. `up` is idempotent; `down` stops only what `up` started.",
+                           "the MLflow server (UI + REST) over the model registry, the Prometheus server (metrics and alert rules), optionally a standalone Flink session cluster. `up` is idempotent; `down` stops only what `up` started.",
                            epilog=_settings_help())
     stack.add_argument("action", choices=["up", "down", "status"], help="up: start what is missing and create topics; "
-                       "down: stop what up started; status: check each service for real (exit 3 if Kafka, Redis or MLflow is down)")
+                       "down: stop what up started; status: check each service for real (exit 3 if Kafka, Redis, MLflow or Prometheus is down)")
     stack.add_argument("--flink", action="store_true", help="with up: also start the Flink session cluster (REST + web UI)")
     stack.add_argument("--json", action="store_true", help="print the status as JSON")
     stack.set_defaults(func=cmd_stack)

@@ -28,14 +28,18 @@ import signal
 import threading
 from dataclasses import dataclass, field
 
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from rich.console import Console
 
 from config.settings import Settings
 from mailroom import control
 from mailroom.decisions import decision, move_champion, publish_decision, read_decisions
+from mailroom.retrainer import KINDS
+from mailroom.service_metrics import exported
 from models.judging import KEEP, PROMOTE, REFUSE, ROLL_BACK, WAIT, JudgeConfig, JudgedPair, judge, rollback_check
 from models.registry import Registry
 from schemas import codec
+from schemas.metric_names import JUDGE_DECISIONS, JUDGE_PAIRS
 from schemas.topics import topic_name
 
 console = Console(width=160)
@@ -160,8 +164,33 @@ def record_of(made: Decision, done: list[str], error: str | None) -> dict:
                     reasons=reasons, figures={**made.figures, "summary": summarise(made), "done": done})
 
 
+class JudgeMetrics:
+    """What the judge exports: decisions made, by kind and decision; labelled pairs gathered per kind for the trial under way."""
+
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self.decisions = Counter(JUDGE_DECISIONS, "decisions carried out, by kind and decision", ["kind", "decision"], registry=self.registry)
+        self.pairs = Gauge(JUDGE_PAIRS, "labelled shadow pairs gathered for the challenger on trial (or probation)", ["kind"],
+                           registry=self.registry)
+
+    def gathered(self, policy: JudgePolicy) -> None:
+        """The pairs gauge from the policy's open collections; a kind without one shows 0."""
+        per_kind = dict.fromkeys(KINDS, 0)
+        for collection in policy.progress():
+            per_kind[collection["kind"]] = per_kind.get(collection["kind"], 0) + collection["pairs"]
+        for kind, pairs in per_kind.items():
+            self.pairs.labels(kind).set(pairs)
+
+
 def serve(settings: Settings, registry: Registry, config: JudgeConfig, stop: threading.Event) -> None:
-    """The Kafka loop: decisions so far restored, then every labelled shadow pair from the beginning, until `stop`."""
+    """The Kafka loop: decisions so far restored, then every labelled shadow pair from the beginning, until `stop`;
+    metrics exported meanwhile."""
+    metrics = JudgeMetrics()
+    with exported(settings, "judge", metrics.registry):
+        _consume(settings, registry, config, stop, metrics)
+
+
+def _consume(settings: Settings, registry: Registry, config: JudgeConfig, stop: threading.Event, metrics: JudgeMetrics) -> None:
     from kafka import KafkaConsumer, TopicPartition
 
     policy = JudgePolicy(config)
@@ -186,6 +215,8 @@ def serve(settings: Settings, registry: Registry, config: JudgeConfig, stop: thr
                     made = policy.on_pair(record)
                     if made is not None:
                         _act(settings, registry, made)
+                        metrics.decisions.labels(made.kind, made.decision).inc()
+            metrics.gathered(policy)
     finally:
         consumer.close()
 

@@ -30,14 +30,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from prometheus_client import CollectorRegistry, Counter
 from rich.console import Console
 
 from config.settings import Settings
 from mailroom import control
 from mailroom.decisions import decision, publish_decision
+from mailroom.service_metrics import exported
 from models.examples_store import ExampleStore
 from models.registry import Registry, RegistryError
 from schemas import codec
+from schemas.metric_names import RETRAINER_EXAMPLES, RETRAINER_RUNS
 from schemas.topics import topic_name
 from schemas.units import MINUTE_MS, now_ms
 
@@ -203,6 +206,10 @@ class Retrainer:
         self.settings, self.registry, self.store, self.config = settings, registry, store, config
         self.gate = RequestGate(config.cooldown_ms)
         self.workers: list[threading.Thread] = []
+        self.metrics = CollectorRegistry()
+        self.examples = Counter(RETRAINER_EXAMPLES, "labelled examples stored", registry=self.metrics)
+        self.runs = Counter(RETRAINER_RUNS, "retraining requests by kind and outcome (the decision)", ["kind", "outcome"],
+                            registry=self.metrics)
 
     def on_request(self, request: dict) -> None:
         kind = kind_of(request["model_name"])
@@ -214,6 +221,7 @@ class Retrainer:
             record = decision(kind, DEDUPLICATED, DECIDED_BY, champion_version=request["model_version"], reasons=[why_not],
                               figures={"request": request}, request_id=request["request_id"])
             publish_decision(self.settings, record, self.registry)
+            self.runs.labels(kind, DEDUPLICATED).inc()
             console.print(describe(record))
             return
         console.print(f"retrainer: retraining {kind} on request {request['request_id']} ({request['message']})")
@@ -223,22 +231,27 @@ class Retrainer:
 
     def _work(self, kind: str, request_id: str | None) -> None:
         try:
-            console.print(describe(retrain_and_deploy(self.settings, self.store, self.registry, self.config, kind, request_id)))
+            record = retrain_and_deploy(self.settings, self.store, self.registry, self.config, kind, request_id)
         except Exception as exc:  # a failed retraining is an event, not the end of the service
             log.exception("the %s retraining failed", kind)
             record = decision(kind, OFFLINE_REFUSED, DECIDED_BY, reasons=[f"training failed: {type(exc).__name__}: {exc}"],
                               request_id=request_id)
             publish_decision(self.settings, record)
-            console.print(describe(record))
         finally:
             self.gate.done(kind, now_ms())
+        self.runs.labels(kind, record["decision"]).inc()
+        console.print(describe(record))
 
     def _challenger(self, kind: str) -> str | None:
         record = control.read_control(self.settings)[0].get(control.control_key(kind, "challenger"))
         return record["version"] if record is not None and record["action"] == "DEPLOY" else None
 
     def serve(self, stop: threading.Event, group_id: str = "mailroom-retrainer") -> None:
-        """Consume until `stop`: examples appended per poll, offsets committed after they are stored."""
+        """Consume until `stop`: examples appended per poll, offsets committed after they are stored; metrics exported meanwhile."""
+        with exported(self.settings, "retrainer", self.metrics):
+            self._consume(stop, group_id)
+
+    def _consume(self, stop: threading.Event, group_id: str) -> None:
         from kafka import KafkaConsumer
 
         examples, requests = (topic_name(key, self.settings.topic_prefix) for key in ("labelled_examples", "retraining_requests"))
@@ -261,6 +274,7 @@ class Retrainer:
                         elif partition.topic == requests and decoded.record_type == "retraining_request":
                             pending.append(decoded.record)
                 self.store.append(batch)
+                self.examples.inc(len(batch))
                 for request in pending:
                     self.on_request(request)
                 if polled:

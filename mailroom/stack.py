@@ -1,4 +1,5 @@
-"""The local stack: a KRaft Kafka broker, Redis, the MLflow server over the model registry and (optionally) a Flink session cluster.
+"""The local stack: a KRaft Kafka broker, Redis, the MLflow server over the model registry, the Prometheus server
+and (optionally) a Flink session cluster.
 
 `up` starts what is not running, waits until each service answers a real request and creates
 missing topics; a second `up` changes nothing. `down` stops only what `up` started (tracked by
@@ -23,7 +24,8 @@ from pathlib import Path
 
 import psutil
 
-from config.flinkconf import flink_home, write_cluster_conf
+from config.flinkconf import flink_home, jobmanager_dynamic_properties, write_cluster_conf
+from config.monitoring import MAX_TASKMANAGERS, metrics_port, register_target, unregister_target, write_prometheus_config
 from config.settings import Settings
 from schemas.topics import TOPICS
 
@@ -423,6 +425,48 @@ class MlflowServer(TrackedService):
         return f"UI + REST {self.s.mlflow_url} (registry {self.s.registry_dir})"
 
 
+# --- Prometheus ------------------------------------------------------------------------------
+
+
+class Prometheus(TrackedService):
+    """Debian's Prometheus server on loopback: scrapes the targets registered under <run_dir>/prometheus/targets/
+    and evaluates config/prometheus/alerts.yml; a week (at most 512 MB) of history."""
+
+    name = "prometheus"
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings, "prometheus.log")
+
+    def command(self, binary: str) -> list[str]:
+        return [binary, f"--config.file={self.dir / 'prometheus.yml'}", f"--storage.tsdb.path={self.dir / 'data'}",
+                "--storage.tsdb.retention.time=7d", "--storage.tsdb.retention.size=512MB",
+                f"--web.listen-address={self.s.host}:{self.s.prometheus_port}"]
+
+    def start(self) -> None:
+        if proc := self.process():
+            _wait(self._answers, proc, 60, "Prometheus", self.log)
+            return
+        binary = shutil.which("prometheus")
+        if not binary:
+            raise StackError("The prometheus binary is missing: install Debian's prometheus: `make setup`.")
+        _require_free(self.s.host, self.s.prometheus_port, "Prometheus", "MAILROOM_PROMETHEUS_PORT")
+        write_prometheus_config(self.s, self.dir)
+        with open(self.log, "ab") as log:
+            popen = subprocess.Popen(self.command(binary), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+        _record(self.pidfile, popen.pid)
+        _wait(self._answers, psutil.Process(popen.pid), 60, "Prometheus", self.log)
+
+    def _answers(self) -> bool:
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.s.prometheus_url}/-/ready", timeout=3) as resp:
+            return resp.status == 200
+
+    def where(self) -> str:
+        return f"UI + HTTP API {self.s.prometheus_url} (targets {self.dir / 'targets'})"
+
+
 # --- Flink session cluster -------------------------------------------------------------------
 
 
@@ -469,12 +513,20 @@ class FlinkCluster:
         for jar in (home / "opt").glob("flink-python-*.jar"):
             if not (home / "lib" / jar.name).exists():
                 shutil.copy(jar, home / "lib" / jar.name)
-        for script in ("jobmanager.sh", "taskmanager.sh"):
-            out = subprocess.run(["bash", str(home / "bin" / script), "start"], env=self.env, capture_output=True, text=True)
+        # the TaskManagers' reporters take the first free port of the range in config.yaml; the JobManager has its own
+        for script, extra in (("jobmanager.sh", jobmanager_dynamic_properties(self.s)), ("taskmanager.sh", [])):
+            out = subprocess.run(["bash", str(home / "bin" / script), "start", *extra], env=self.env, capture_output=True, text=True)
             if out.returncode != 0:
                 raise StackError(f"{script} start failed:\n{out.stdout}\n{out.stderr}")
         jm = self._daemon_pids("standalonesession")
         _wait(self._answers, psutil.Process(jm[0]) if jm else None, 120, "Flink", self.log_dir)
+        self.register_metrics()
+
+    def register_metrics(self) -> None:
+        """Prometheus targets: the JobManager's reporter and one port per running TaskManager (the first of the range)."""
+        register_target(self.s, "jobmanager", metrics_port(self.s, "jobmanager"))
+        taskmanagers = min(len(self._daemon_pids("taskexecutor")), MAX_TASKMANAGERS)
+        register_target(self.s, "taskmanager", [metrics_port(self.s, "taskmanager") + i for i in range(taskmanagers)])
 
     def _answers(self) -> bool:
         import urllib.request
@@ -503,6 +555,8 @@ class FlinkCluster:
         for proc in procs:
             if proc.is_running():
                 _stop(proc)
+        for target in ("taskmanager", "jobmanager"):
+            unregister_target(self.s, target)
         return bool(procs)
 
 
@@ -510,19 +564,20 @@ class FlinkCluster:
 
 
 class Stack:
-    """Kafka, Redis and the MLflow server always; the Flink session cluster on request."""
+    """Kafka, Redis, the MLflow server and Prometheus always; the Flink session cluster on request."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self.kafka = Kafka(settings)
         self.redis = Redis(settings)
         self.mlflow = MlflowServer(settings)
+        self.prometheus = Prometheus(settings)
         self.flink = FlinkCluster(settings)
 
     def up(self, with_flink: bool = False) -> dict:
         """Start what is missing; return what was started and which topics were created."""
         started = []
-        for service in (self.redis, self.kafka, self.mlflow) + ((self.flink,) if with_flink else ()):
+        for service in (self.redis, self.kafka, self.mlflow, self.prometheus) + ((self.flink,) if with_flink else ()):
             if not service.status().running:
                 service.start()
                 started.append(service.name)
@@ -530,7 +585,7 @@ class Stack:
         return {"started": started, "topics_created": created}
 
     def down(self) -> list[str]:
-        return [s.name for s in (self.flink, self.mlflow, self.kafka, self.redis) if s.stop()]
+        return [s.name for s in (self.flink, self.prometheus, self.mlflow, self.kafka, self.redis) if s.stop()]
 
     def status(self) -> list[ServiceStatus]:
-        return [self.kafka.status(), self.redis.status(), self.mlflow.status(), self.flink.status()]
+        return [self.kafka.status(), self.redis.status(), self.mlflow.status(), self.prometheus.status(), self.flink.status()]

@@ -4,6 +4,9 @@ Embedded: `python -m jobs.<name> ...` in a child process (the MiniCluster lives 
 it). Cluster: `flink run -py jobs/<name>.py ...` from the pip package's own bin/flink. A job
 started in the background or in the foreground gets a session (process group) of its own, which
 stop_job ends as a whole: the job's Python process and its JVM.
+
+An embedded job's Flink reporter is registered as a Prometheus target when it starts and unregistered when
+it ends cleanly or is stopped; a job that crashed stays registered, so its `up` series turns 0 and alerts.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from pathlib import Path
 import psutil
 
 from config.settings import Settings
-from config.flinkconf import embedded_ui_port, flink_home
+from config.flinkconf import EMBEDDED_UI_OFFSETS, embedded_ui_port, flink_home
+from config.monitoring import metrics_port, register_target, unregister_target
 from mailroom.stack import FlinkCluster
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_scraped: dict[int, tuple[Settings, str]] = {}  # pid of a background embedded job -> what stop_job unregisters
 
 
 def job_log_dir(settings: Settings, module: str) -> Path:
@@ -54,23 +59,53 @@ def job_command(settings: Settings, module: str, args: list[str], cluster: bool 
     return cmd, env
 
 
+def scrape_target(module: str, cluster: bool) -> str | None:
+    """The Prometheus target of a job module run embedded (jobs.router -> router); None on the session cluster,
+    whose JobManager and TaskManagers are targets of their own."""
+    name = module.rsplit(".", 1)[-1]
+    return name if not cluster and name in EMBEDDED_UI_OFFSETS else None
+
+
+def _register(settings: Settings, target: str | None) -> None:
+    if target:
+        register_target(settings, target, metrics_port(settings, target))
+
+
+def _unregister(settings: Settings, target: str | None) -> None:
+    if target:
+        unregister_target(settings, target)
+
+
 def run_job(settings: Settings, module: str, args: list[str], cluster: bool = False, detached: bool = False, timeout: float | None = None,
             log_dir: Path | None = None) -> subprocess.CompletedProcess:
     """Run a job to completion (or, detached, until the cluster accepted it)."""
     cmd, env = job_command(settings, module, args, cluster, detached, log_dir)
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    target = scrape_target(module, cluster)
+    _register(settings, target)
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if result.returncode == 0:
+        _unregister(settings, target)
+    return result
 
 
 def start_job(settings: Settings, module: str, args: list[str], log_path, cluster: bool = False, log_dir: Path | None = None) -> subprocess.Popen:
     """Start a (long-running) job in the background, its output going to `log_path`."""
     cmd, env = job_command(settings, module, args, cluster, log_dir=log_dir)
     log = open(log_path, "ab")
-    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    target = scrape_target(module, cluster)
+    _register(settings, target)
+    job = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    if target:
+        _scraped[job.pid] = (settings, target)
+    return job
 
 
 def stop_job(job: subprocess.Popen, timeout: float = 60) -> None:
     """Stop a job started by start_job or run_in_foreground and its MiniCluster JVM: SIGTERM to its whole process group,
-    SIGKILL to what is left of the group after `timeout` s. Returns when every process of the group has ended."""
+    SIGKILL to what is left of the group after `timeout` s. Returns when every process of the group has ended.
+    A stop on purpose: the job's Prometheus target goes too."""
+    if job.pid in _scraped:
+        _unregister(*_scraped.pop(job.pid))
     for sig in (signal.SIGTERM, signal.SIGKILL):
         if not _group(job.pid):
             break
@@ -105,14 +140,19 @@ def run_in_foreground(settings: Settings, module: str, args: list[str], cluster:
     previous = {sig: signal.signal(sig, lambda signum, _frame: received.append(signum)) for sig in STOP_SIGNALS}
     try:
         cmd, env = job_command(settings, module, args, cluster, detached)
+        target = scrape_target(module, cluster)
+        _register(settings, target)
         job = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
         while not received:
             try:
                 code = job.wait(0.5)
             except subprocess.TimeoutExpired:
                 continue
+            if code == 0:
+                _unregister(settings, target)
             return 128 - code if code < 0 else code  # killed by a signal: the shell's convention
         stop_job(job)
+        _unregister(settings, target)
         return 128 + received[0]
     finally:
         for sig, handler in previous.items():

@@ -23,7 +23,8 @@ def own_stack(test_settings, tmp_path):
     env = {**os.environ, "MAILROOM_RUN_DIR": str(tmp_path / "run"), "MAILROOM_REDIS_PASSWORD": "test",
            "MAILROOM_KAFKA_PORT": str(s.kafka_port + OWN_PORTS), "MAILROOM_KAFKA_CONTROLLER_PORT": str(s.kafka_controller_port + OWN_PORTS),
            "MAILROOM_REDIS_PORT": str(s.redis_port + OWN_PORTS), "MAILROOM_FLINK_REST_PORT": str(s.flink_rest_port + OWN_PORTS),
-           "MAILROOM_MLFLOW_PORT": str(s.mlflow_port + OWN_PORTS)}
+           "MAILROOM_MLFLOW_PORT": str(s.mlflow_port + OWN_PORTS), "MAILROOM_PROMETHEUS_PORT": str(s.prometheus_port + OWN_PORTS),
+           "MAILROOM_METRICS_PORT": str(s.metrics_port + OWN_PORTS)}
     env.pop("MAILROOM_REGISTRY_DIR", None)
     yield env, f"http://{s.host}:{s.mlflow_port + OWN_PORTS}"
     mailroom(env, "stack", "down")

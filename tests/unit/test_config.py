@@ -83,7 +83,7 @@ def _compose() -> dict:
 def test_compose_has_the_stack_on_the_projects_loopback_ports():
     compose, s = _compose(), Settings.from_env({"MAILROOM_REDIS_PASSWORD": "x"})
     services = compose["services"]
-    assert set(services) == {"kafka", "redis", "jobmanager", "taskmanager", "mlflow"}
+    assert set(services) == {"kafka", "redis", "jobmanager", "taskmanager", "mlflow", "prometheus"}
     assert all(svc.get("network_mode") == "host" and "ports" not in svc for svc in services.values())
 
     kafka = services["kafka"]["environment"]
@@ -129,7 +129,18 @@ def test_compose_flink_runs_python_jobs_with_the_projects_config():
         assert "./flink-conf/config.yaml:/opt/mailroom/flink-conf/config.yaml:ro" in svc["volumes"]
         assert "python -m config.flinkconf" in svc["command"][-1]
         assert f"{'jobmanager' if name == 'jobmanager' else 'taskmanager'}.sh start-foreground" in svc["command"][-1]
-    assert set(_compose()["volumes"]) == {"kafka-data", "flink-state"}
+    assert set(_compose()["volumes"]) == {"kafka-data", "flink-state", "prometheus-data"}
+
+
+def test_compose_prometheus_reads_the_generated_config_and_the_rules_on_loopback():
+    from config.monitoring import ALERT_RULES, prometheus_config
+
+    svc, s = _compose()["services"]["prometheus"], Settings.from_env({"MAILROOM_REDIS_PASSWORD": "x"})
+    assert svc["image"] == "prom/prometheus:v2.42.0"  # Debian bookworm's version, which `mailroom stack up` runs
+    assert f"--web.listen-address={s.host}:{s.prometheus_port}" in svc["command"]
+    assert "--config.file=${PWD}/.run/prometheus/prometheus.yml" in svc["command"]
+    assert {"./.run/prometheus:${PWD}/.run/prometheus:ro", "./config/prometheus:${PWD}/config/prometheus:ro"} <= set(svc["volumes"])
+    assert prometheus_config(s)["rule_files"] == [str(ALERT_RULES)] and ALERT_RULES.parent == PROJECT_DIR / "config" / "prometheus"
 
 
 def test_the_mlflow_server_serves_the_registry_database_on_loopback(tmp_path):
