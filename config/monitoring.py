@@ -39,7 +39,7 @@ def metrics_port(settings: Settings, name: str) -> int:
     return settings.metrics_port + METRICS_PORT_OFFSETS[name]
 
 FLINK_TARGETS = ("router", "scoring", "accuracy", "smoke", "jobmanager", "taskmanager")  # scraped as job "flink"
-SERVICE_TARGETS = ("retrainer", "judge")  # scraped as job "services"
+SERVICE_TARGETS = ("retrainer", "judge", "dashboard")  # scraped as job "services" (the dashboard on its own port)
 ALERT_RULES = PROJECT_DIR / "config" / "prometheus" / "alerts.yml"
 SCRAPE_INTERVAL = "5s"
 

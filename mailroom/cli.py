@@ -54,7 +54,7 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
         console.print(table)
     # `status` exits 0 only if Kafka, Redis, the MLflow server and Prometheus run (handy in scripts)
     if args.action == "status":
-        return 0 if all(s.running for s in statuses if s.name != "flink") else 3
+        return 0 if all(s.running for s in statuses if s.name not in ("flink", "dashboard")) else 3
     return 0
 
 

@@ -28,7 +28,7 @@ from rich.table import Table
 
 from mailroom.accuracy import class_table, latest_by_model, read_metrics, summary_table
 from mailroom.control import registry_champions
-from mailroom.dashboard.service import DashboardService
+from mailroom.stack import DashboardService
 from config.flinkconf import embedded_ui_port
 from mailroom.feedback import FeedbackProfile, send_feedback, simulate_feedback, with_predictions
 from mailroom.kafkautil import MAX_MESSAGE_BYTES, producer, read_topic

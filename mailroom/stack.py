@@ -467,6 +467,42 @@ class Prometheus(TrackedService):
         return f"UI + HTTP API {self.s.prometheus_url} (targets {self.dir / 'targets'})"
 
 
+class DashboardService(TrackedService):
+    """The dashboard page (`mailroom dashboard`) in the background, scraped by Prometheus on its own port;
+    started by `mailroom run` (or `mailroom dashboard --background`), stopped by `stack down`."""
+
+    name = "dashboard"
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings, "dashboard.log")
+
+    def start(self) -> None:
+        if proc := self.process():
+            _wait(self._answers, proc, 30, "the dashboard", self.log)
+            return
+        _require_free(self.s.host, self.s.dashboard_port, "the dashboard", "MAILROOM_DASHBOARD_PORT")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as log:
+            popen = subprocess.Popen([sys.executable, "-m", "mailroom.cli", "dashboard"], stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True, env={**os.environ, **self.s.as_env()})
+        _record(self.pidfile, popen.pid)
+        _wait(self._answers, psutil.Process(popen.pid), 60, "the dashboard", self.log)
+        register_target(self.s, "dashboard", self.s.dashboard_port)
+
+    def stop(self) -> bool:
+        unregister_target(self.s, "dashboard")
+        return super().stop()
+
+    def _answers(self) -> bool:
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.s.dashboard_url}/healthz", timeout=3) as resp:
+            return resp.status == 200
+
+    def where(self) -> str:
+        return f"page {self.s.dashboard_url}"
+
+
 # --- Flink session cluster -------------------------------------------------------------------
 
 
@@ -573,6 +609,7 @@ class Stack:
         self.mlflow = MlflowServer(settings)
         self.prometheus = Prometheus(settings)
         self.flink = FlinkCluster(settings)
+        self.dashboard = DashboardService(settings)  # started by `mailroom run`, not by `up`
 
     def up(self, with_flink: bool = False) -> dict:
         """Start what is missing; return what was started and which topics were created."""
@@ -585,7 +622,8 @@ class Stack:
         return {"started": started, "topics_created": created}
 
     def down(self) -> list[str]:
-        return [s.name for s in (self.flink, self.prometheus, self.mlflow, self.kafka, self.redis) if s.stop()]
+        return [s.name for s in (self.dashboard, self.flink, self.prometheus, self.mlflow, self.kafka, self.redis) if s.stop()]
 
     def status(self) -> list[ServiceStatus]:
-        return [self.kafka.status(), self.redis.status(), self.mlflow.status(), self.prometheus.status(), self.flink.status()]
+        return [self.kafka.status(), self.redis.status(), self.mlflow.status(), self.prometheus.status(), self.dashboard.status(),
+                self.flink.status()]

@@ -85,7 +85,7 @@ def serve(settings: Settings) -> None:
 
 
 def cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
-    from mailroom.dashboard.service import DashboardService
+    from mailroom.stack import DashboardService
 
     if args.background:
         service = DashboardService(settings)

@@ -16,7 +16,7 @@ from collections import Counter
 import pytest
 
 from mailroom.control import deploy
-from mailroom.dashboard.service import DashboardService
+from mailroom.stack import DashboardService
 from mailroom.dashboard.prometheus_api import PrometheusApi
 from mailroom.demo import ALERT_THRESHOLDS, ArrivalClock, documents_for_run, produce_at_rate, unreadable_messages
 from mailroom.feedback import send_feedback, simulate_feedback, with_predictions
