@@ -6,12 +6,13 @@ increment through Flink is a JNI call; this keeps them to one per metric and pus
 
 >>> counts = MetricCounts()
 >>> counts.add(DEAD_LETTERS, "UNDECODABLE"); counts.add(DEAD_LETTERS, "UNDECODABLE", n=2)
->>> counts.counts
-{(OperatorMetric(name='dead_letters', ...), ('UNDECODABLE',)): 3}
+>>> [(metric.name, values, n) for (metric, values), n in counts.take()[0].items()]
+[('dead_letters', ('UNDECODABLE',), 3)]
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable
 
@@ -100,13 +101,13 @@ class FlushPolicy:
 
 
 def quantiles(values: list[int]) -> dict[str, int]:
-    """Nearest-rank p50/p95/p99 of `values` (not empty).
+    """Nearest-rank p50/p95/p99 of `values` (none: {}).
 
     >>> quantiles(list(range(1, 101)))
     {'p50': 50, 'p95': 95, 'p99': 99}
     """
     ordered = sorted(values)
-    return {name: int(ordered[max(0, -(-len(ordered) * q // 1) - 1)]) for name, q in QUANTILES.items()} if ordered else {}
+    return {name: int(ordered[max(0, math.ceil(len(ordered) * q) - 1)]) for name, q in QUANTILES.items()} if ordered else {}
 
 
 def route_counts(counts: MetricCounts, result: RoutingResult) -> None:
