@@ -153,7 +153,7 @@ class TrackAccuracy(KeyedProcessFunction):
         self.panes = MapStateView(runtime_context.get_map_state(MapStateDescriptor("panes", Types.LONG(), Types.PICKLED_BYTE_ARRAY())))
         self.tracker = self.tracker_type(self.config)
         self.redis = None if self.redis_client_factory is None else DashboardWriter(self.redis_client_factory(), self.redis_ttl_s)
-        self.metrics, self.alerts = OperatorMetrics(runtime_context), AlertStates()
+        self.operator_metrics, self.alerts = OperatorMetrics(runtime_context), AlertStates()
 
     def process_element(self, item, ctx: KeyedProcessFunction.Context):
         state = self.tracker.apply(self.metrics.value(), self.panes, item[1])
@@ -168,7 +168,7 @@ class TrackAccuracy(KeyedProcessFunction):
         self._store(state, ctx)
         self._show(state)
         if isinstance(state, ModelMetrics) and state.model_name:  # not the orphans' key, not a shadow pair
-            self.metrics.push(self.alerts.counts(state.model_name, state.model_version, state.slot, state.alerting))
+            self.operator_metrics.push(self.alerts.counts(state.model_name, state.model_version, state.slot, state.alerting))
         for record in outgoing:
             yield ACCURACY_OUTPUTS[record.topic], record.encode()
 
