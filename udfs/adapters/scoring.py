@@ -188,7 +188,7 @@ class ScoreMicroBatches(KeyedCoProcessFunction):
     state (so a restored job serves what the control topic said), and reports to `MODEL_EVENTS`.
 
     Metrics (`udfs.operator_metrics.batch_counts`) are pushed once per batch; MODEL_VERSION at
-    the first record and on every control record.
+    open and on every control record.
     """
 
     def __init__(self, config):
@@ -208,6 +208,7 @@ class ScoreMicroBatches(KeyedCoProcessFunction):
         self.onnx_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
         self.scorer = self.onnx_thread.submit(BatchScorer, self.config).result()  # the registry's champions, once per operator
         self.unreported = self.scorer.slots.at_start()  # reported with the first record: open() has no output
+        self.metrics.push(version_counts(self.scorer.slots.versions()))
         self.restored = False  # the control state (what the control topic said) is applied at the first record
 
     def process_element1(self, item, ctx: KeyedCoProcessFunction.Context):
@@ -241,7 +242,6 @@ class ScoreMicroBatches(KeyedCoProcessFunction):
     def _catch_up(self):
         """Once per subtask: report what it serves, then apply the restored control state."""
         if self.unreported:
-            self.metrics.push(version_counts(self.scorer.slots.versions()))
             for change in self.unreported:
                 yield MODEL_EVENTS, codec.encode("model_event", change.record(JOB, self.subtask, now_ms()))
             self.unreported = []
