@@ -66,6 +66,7 @@ from models.export import TOKEN_EXP, TOKEN_PATTERN, check_parity, parity_probes,
 from models.generator import generate
 from models.image_features import image_feature_matrix
 from models.modelio import INPUT_NAMES, KINDS, N_CONTEXT, N_IMAGE, input_signature, sklearn_matrix, take
+from models.population import monitored, reference
 from models.ocr import READ, OcrCache, OcrConfig, OcrUnavailable, PageReader
 from models.segregation import split
 from schemas.labels import LABELS
@@ -234,6 +235,20 @@ class Dataset:
         return digest.hexdigest()[:16]
 
 
+def population(data: Dataset, content_types: dict[str, str]) -> dict[str, dict[str, float]]:
+    """The card's `population`: reference shares (`models.population.reference`) of the monitored
+    inputs over the training rows: text length (models that read text), sender features, the
+    true label, and the content type (TEXT | IMAGE) of rows that are documents of this run."""
+    texts = data.inputs.get("text")
+    rows = []
+    for i, (doc_id, label) in enumerate(zip(data.doc_ids, data.labels)):
+        row = {**monitored(None if texts is None else texts[i], data.inputs["context"][i]), "label": str(label)}
+        if doc_id in content_types:
+            row["content_type"] = content_types[doc_id]
+        rows.append(row)
+    return reference(rows)
+
+
 def context_vectors(docs: list[dict]) -> np.ndarray:
     """Sender context for every document, by replaying all of them in receipt order through
     SenderHistory and recording each true label (serving records the decided label instead)."""
@@ -385,6 +400,7 @@ class TrainedModel:
     generated_only: dict = field(default_factory=dict)
     calibration: dict = field(default_factory=dict)
     train_inputs: dict | None = None
+    population: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -595,6 +611,7 @@ def train(config: TrainConfig, progress: bool = True, extra: dict[str, TrainingR
         parts = split(docs, config.strategy, config.ratio, seed=config.seed, group_by=config.group_by, expected_labels=LABELS)
         bar.update(1)
     train_ids = {d["doc_id"] for d in parts.train}
+    content_types = {d["doc_id"]: d["content_type"].upper() for d in docs}
     ocr_texts, ocr = read_scans(docs, config, progress) if "scan" in config.kinds else ({}, None)
     models = {}
     for kind in config.kinds:
@@ -620,7 +637,8 @@ def train(config: TrainConfig, progress: bool = True, extra: dict[str, TrainingR
                 kind, pipeline, best, results, evaluate(held_out.labels, predicted, pipeline.classes_),
                 per_source(held_out, predicted, pipeline.classes_), held_out,
                 {"fingerprint": train_part.fingerprint(), "n": len(train_part), "labels": dict(sorted(Counter(train_part.labels).items())),
-                 "sources": dict(sorted(Counter(train_part.sources).items()))}, 0.0, calibration=calibration, train_inputs=train_part.inputs)
+                 "sources": dict(sorted(Counter(train_part.sources).items()))}, 0.0, calibration=calibration, train_inputs=train_part.inputs,
+                population=population(train_part, content_types))
             for source in real_sources:
                 model.source_holdout.update(per_source(scored[source].data, scored[source].predicted, scored[source].classes))
             if GENERATED_SOURCE in set(data.sources) and len(real_sources) > 1:  # with one real source it equals the above
@@ -755,6 +773,7 @@ def model_card(model: TrainedModel, run: TrainingRun, parity) -> dict:
         "evaluation_per_source": model.per_source,
         "source_holdout": model.source_holdout,
         "calibration": model.calibration,
+        "population": model.population,
         "generated_only_on_real": model.generated_only,
         "split_warnings": run.split_warnings,
         "parity": parity.as_dict(),

@@ -41,9 +41,9 @@ DEAD_LETTERS = OperatorMetric("dead_letters", ("reason",), help="records dead-le
 # scoring
 DELIVERED = OperatorMetric("delivered", ("department",), help="documents handed to a department's topic")
 PREDICTED = OperatorMetric("predicted", ("label",), help="documents by predicted label (the output mix)")
-PREDICTIONS = OperatorMetric("predictions", ("kind", "slot"), help="documents decided, by model kind and slot")
+PREDICTIONS = OperatorMetric("predictions", ("kind", "slot"), help="documents decided, by model kind and slot (champion; fallback, prior: the champion missed its deadline)")
 MODEL_VERSION = OperatorMetric("model_version", ("kind", "slot"), "last",
-                               help="the version number each slot serves (0: none): an info metric, the version is its value")
+                               help="the version number each slot (champion, challenger, previous) serves (0: none): the version is its value")
 BATCHES = OperatorMetric("batches", help="scoring micro-batches")
 BATCH_DOCUMENTS = OperatorMetric("batch_documents", help="documents in scoring micro-batches (with BATCHES: the mean size)")
 BATCH_SIZE = OperatorMetric("batch_size", (), "last", help="documents in the last micro-batch")
@@ -56,10 +56,12 @@ SHADOW_PAIRS = OperatorMetric("shadow_pairs", ("kind",), help="documents the cha
 SHADOW_DISAGREEMENTS = OperatorMetric("shadow_disagreements", ("kind",), help="shadow pairs where challenger and champion disagree")
 REDIS_OUTAGES = OperatorMetric("redis_outages", help="times the feature mirror found Redis down")
 CONTENT = OperatorMetric("content", ("type",), help="documents scored by content type (TEXT, IMAGE): the scan share")
-POPULATION = OperatorMetric("population", ("feature", "bin"),
-                            help="documents per bin of a monitored input (models.population): live side of the drift figures")
+POPULATION = OperatorMetric("population", ("kind", "feature", "bin"),
+                            help="documents per model kind and bin of a monitored input (models.population; feature label: the decided "
+                                 "label): the live side of the drift figures, against the card's `population`")
 # accuracy
-JOIN_OUTCOMES = OperatorMetric("join_outcomes", ("outcome",), help="prediction/truth join events (matched, late, orphan, corrected)")
+JOIN_OUTCOMES = OperatorMetric("join_outcomes", ("outcome",), help="prediction/truth join events (matched, corrected, late, orphan, unmatched, duplicate_truth, "
+                                   "stale_truth, duplicate_prediction: udfs.joining), per join operator")
 ALERT_OPEN = OperatorMetric("alert_open", ("model", "slot"), "last", help="1 while an accuracy alert is open for the model in that slot")
 
 OPERATOR_METRICS = tuple(v for v in dict(globals()).values() if isinstance(v, OperatorMetric))

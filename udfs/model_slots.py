@@ -46,6 +46,7 @@ class ModelSlots:
         self.load = load
         self._scorers: dict[tuple[str, str], object] = {(kind, "CHAMPION"): scorer for kind, scorer in champions.items()}
         self._pointers: dict[tuple[str, str], ModelPointer] = {}
+        self.kinds = tuple(champions)
 
     def serving(self, kind: str, slot: str = "CHAMPION"):
         """The scorer in the slot, or None."""
@@ -53,6 +54,10 @@ class ModelSlots:
 
     def pointer(self, kind: str, slot: str) -> ModelPointer | None:
         return self._pointers.get((kind, slot))
+
+    def versions(self) -> dict[tuple[str, str], int]:
+        """The version number each (kind, slot) serves; 0 for an empty slot (or a version that is no number)."""
+        return {(kind, slot): _number(getattr(self._scorers.get((kind, slot)), "version", None)) for kind in self.kinds for slot in SLOTS}
 
     def at_start(self) -> list[SlotChange]:
         """What this subtask serves now: one SERVING change per filled slot."""
@@ -80,3 +85,7 @@ class ModelSlots:
         self._pointers[(kind, slot)] = pointer
         return SlotChange(kind, slot, "SERVING", name, pointer.version, pointer.version)
 
+
+
+def _number(version) -> int:
+    return int(version) if str(version).isdigit() else 0

@@ -178,19 +178,35 @@ def in_shadow_sample(doc_id: str, share: float) -> bool:
     return zlib.crc32(doc_id.encode()) < share * 2**32
 
 
+@dataclass(frozen=True)
+class Decision:
+    """What was decided for one document, for the operator's metrics (`udfs.operator_metrics.batch_counts`)."""
+
+    doc: PendingDocument
+    kind: str
+    slot: str  # champion | fallback | prior
+    label: str
+    department: str
+
+
 @dataclass
 class ScoredBatch:
     """What scoring a micro-batch gives: (department, department_document, prediction) in batch
-    order, the paired shadow records of the sampled documents, and the documents no model call could score."""
+    order, the paired shadow records of the sampled documents, and the documents no model call
+    could score; for the metrics, the decisions in batch order and the shadow pairs (and
+    disagreements between challenger and champion) by kind."""
 
     predictions: list[tuple[str, bytes, bytes]] = field(default_factory=list)
     shadows: list[bytes] = field(default_factory=list)
     failed: list[tuple[PendingDocument, Exception]] = field(default_factory=list)
-    fallbacks: Counter = field(default_factory=Counter)  # (kind, "fallback" | "prior") -> documents not decided by the champion
+    decisions: list[Decision] = field(default_factory=list)
+    shadow_pairs: Counter = field(default_factory=Counter)
+    shadow_disagreements: Counter = field(default_factory=Counter)
 
     def __add__(self, other: "ScoredBatch") -> "ScoredBatch":
         return ScoredBatch(self.predictions + other.predictions, self.shadows + other.shadows, self.failed + other.failed,
-                           self.fallbacks + other.fallbacks)
+                           self.decisions + other.decisions, self.shadow_pairs + other.shadow_pairs,
+                           self.shadow_disagreements + other.shadow_disagreements)
 
 
 class BatchScorer:
@@ -221,8 +237,8 @@ class BatchScorer:
     def score(self, batch: list[PendingDocument], now_ms: int) -> ScoredBatch:
         """Predictions for every document of the batch, in batch order, and the shadow pairs."""
         out: list[tuple[str, bytes, bytes] | None] = [None] * len(batch)
-        shadows: list[bytes] = []
-        fallbacks: Counter = Counter()
+        decisions: list[Decision | None] = [None] * len(batch)
+        scored = ScoredBatch()
         for kind in ("text", "scan", "image"):
             index = [i for i, doc in enumerate(batch) if doc.kind == kind]
             if not index:
@@ -234,12 +250,17 @@ class BatchScorer:
             except MissedDeadline as missed:
                 decider, slot, labels, probabilities = self._fallback(kind, champion, docs)
                 reason = f"{champion.name} v{champion.version} {missed}"
-                fallbacks[(kind, slot)] += len(docs)
             for i, label, probs in zip(index, labels, probabilities):
                 out[i] = self._decided(batch[i], decider, label, probs, now_ms, slot, reason)
+                decisions[i] = Decision(batch[i], kind, slot, label, out[i][0])
             if slot == "champion":
-                shadows += self._shadow(kind, docs, champion, labels, probabilities, champion_ms, now_ms)
-        return ScoredBatch(out, shadows, fallbacks=fallbacks)
+                shadows, disagreements = self._shadow(kind, docs, champion, labels, probabilities, champion_ms, now_ms)
+                scored.shadows += shadows
+                if shadows:
+                    scored.shadow_pairs[kind] += len(shadows)
+                    scored.shadow_disagreements[kind] += disagreements
+        scored.predictions, scored.decisions = out, decisions
+        return scored
 
     def _fallback(self, kind: str, champion, docs: list[PendingDocument]):
         """(decider, slot, labels, probabilities) when the champion missed its deadline."""
@@ -251,22 +272,24 @@ class BatchScorer:
         label = "other" if "other" in champion.labels else champion.labels[0]
         return champion, "prior", [label] * len(docs), prior
 
-    def _shadow(self, kind: str, docs: list[PendingDocument], champion, labels, probabilities, champion_ms: float, now_ms: int) -> list[bytes]:
-        """The challenger of `kind` on its sample of `docs`, paired with the champion's answers."""
+    def _shadow(self, kind: str, docs: list[PendingDocument], champion, labels, probabilities, champion_ms: float, now_ms: int) -> tuple[list[bytes], int]:
+        """The challenger of `kind` on its sample of `docs`, paired with the champion's answers,
+        and how many of the pairs disagree."""
         challenger, pointer = self.slots.serving(kind, "CHALLENGER"), self.slots.pointer(kind, "CHALLENGER")
         if challenger is None:
-            return []
+            return [], 0
         sampled = [j for j, doc in enumerate(docs) if in_shadow_sample(doc.doc_id, pointer.shadow_sample)]
         if not sampled:
-            return []
+            return [], 0
         their_labels, their_probabilities, challenger_ms = _timed_run(challenger, [docs[j] for j in sampled])
+        disagreements = sum(label != labels[j] for j, label in zip(sampled, their_labels))
         return [codec.encode("shadow_prediction", {
             "doc_id": docs[j].doc_id, "kind": kind, "received_ms": docs[j].received_ms, "scored_ms": now_ms,
             "champion_model": champion.name, "champion_version": champion.version, "champion_label": labels[j],
             "champion_probabilities": _by_label(champion.labels, probabilities[j]), "champion_latency_ms": champion_ms,
             "challenger_model": challenger.name, "challenger_version": challenger.version, "challenger_label": label,
             "challenger_probabilities": _by_label(challenger.labels, probs), "challenger_latency_ms": challenger_ms,
-        }) for j, label, probs in zip(sampled, their_labels, their_probabilities)]
+        }) for j, label, probs in zip(sampled, their_labels, their_probabilities)], disagreements
 
     def _decided(self, doc: PendingDocument, scorer: Scorer, label: str, probs: np.ndarray, now_ms: int, slot: str = "champion",
                  fallback_reason: str | None = None) -> tuple[str, bytes, bytes]:

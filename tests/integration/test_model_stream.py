@@ -148,7 +148,7 @@ def test_a_champion_past_its_deadline_is_replaced_by_the_previous_model(pipeline
     with _scoring(settings, ["--deadline-ms", "300", "--max-batch-delay-ms", "100"], tmp_path / "job.log",
                   lambda e: e["version"] == "5" and e["outcome"] == "SERVING", "the slow champion"):
         predictions = _send_and_score(settings, values)
-        counted = _wait_for(lambda: _metric_sum(settings, "decided_by_fallback"), "the fallback counter", timeout_s=30)
+        counted = _wait_for(lambda: _metric_sum(settings, "kind.text.slot.fallback.predictions"), "the fallback counter", timeout_s=30)
     assert len(predictions) == len(values)
     assert {(p["slot"], p["model_version"]) for p in predictions} == {("fallback", str(normal.version))}
     assert all("v5 missed the 300 ms deadline" in p["fallback_reason"] for p in predictions)

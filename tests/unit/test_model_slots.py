@@ -151,7 +151,7 @@ def test_a_champion_that_misses_its_deadline_is_stopped_and_the_previous_model_d
     assert _time.perf_counter() - started < 2.0
     records = [codec.decode(v).record for _, _, v in prior.predictions]
     assert {(r["slot"], r["department"], r["model_version"]) for r in records} == {("prior", "triage", "9")}
-    assert "missed the 300 ms deadline" in records[0]["fallback_reason"] and prior.fallbacks == {("text", "prior"): len(batch)}
+    assert "missed the 300 ms deadline" in records[0]["fallback_reason"] and {(d.kind, d.slot) for d in prior.decisions} == {("text", "prior")}
 
     scorer.slots.apply(dataclasses.replace(normal, version="1").to_record("PREVIOUS", 0))
     started = _time.perf_counter()
@@ -159,7 +159,7 @@ def test_a_champion_that_misses_its_deadline_is_stopped_and_the_previous_model_d
     assert _time.perf_counter() - started < 2.0
     records = [codec.decode(v).record for _, _, v in fallback.predictions]
     assert {(r["slot"], r["model_version"]) for r in records} == {("fallback", "1")}
-    assert fallback.fallbacks == {("text", "fallback"): len(batch)}
+    assert [(d.kind, d.slot) for d in fallback.decisions] == [("text", "fallback")] * len(batch)
     expected = [codec.decode(v).record["label"] for _, _, v in BatchScorer(ScoringConfig.from_registry(registry)).score(batch, 3).predictions]
     assert [r["label"] for r in records] == expected  # the previous model's own answers
     scorer.deadline.close()

@@ -10,10 +10,11 @@ from pyflink.common.watermark_strategy import TimestampAssigner
 from pyflink.datastream import KeyedCoProcessFunction, KeyedProcessFunction, OutputTag, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
-from udfs.adapters.common import BYTES, FailurePath, now_ms, state_ttl
+from udfs.adapters.common import BYTES, FailurePath, OperatorMetrics, now_ms, state_ttl
 from udfs.dashboard import DashboardWriter
 from udfs.joining import JOIN_VERSION, Joiner, ShadowJoiner, labelled_examples, labelled_shadow_pairs
-from udfs.metrics import AccuracyTracker, ShadowTracker, metrics_key, shadow_metrics_key
+from udfs.metrics import AccuracyTracker, ModelMetrics, ShadowTracker, metrics_key, shadow_metrics_key
+from udfs.operator_metrics import AlertStates, join_counts
 
 JOB = "accuracy"
 JOIN_OUTPUTS = ("labelled_examples", "labelled_shadow_pairs")  # side outputs of the joins; the others come from the metrics
@@ -36,6 +37,7 @@ class JoinPredictionsWithTruth(KeyedCoProcessFunction):
     Emits the join's events (for the metrics) and labelled examples (side output). The pair
     state lives in keyed state; event-time timers end each side's wait. A record the join
     raises on is dead-lettered (`FailurePath`) and the pair's state stays as it was.
+    Counts JOIN_OUTCOMES{outcome}, pushed per `FlushPolicy` (records, timers, close).
     """
 
     def __init__(self, config):
@@ -49,6 +51,7 @@ class JoinPredictionsWithTruth(KeyedCoProcessFunction):
         self.pair = runtime_context.get_state(descriptor)
         self.joiner = self.joiner_type(self.config)
         self.failures = FailurePath(runtime_context, JOB, JOIN_VERSION, self.config.max_failures_per_minute)
+        self.metrics = OperatorMetrics(runtime_context)
 
     def process_element1(self, item, ctx: KeyedCoProcessFunction.Context):
         prediction, source = item
@@ -60,6 +63,10 @@ class JoinPredictionsWithTruth(KeyedCoProcessFunction):
 
     def on_timer(self, timestamp: int, ctx: KeyedCoProcessFunction.OnTimerContext):
         yield from self._settle(ctx, *self.joiner.on_timer(self.pair.value(), timestamp))
+        self.metrics.timer()
+
+    def close(self):
+        self.metrics.push()
 
     def _apply(self, ctx, source, doc_id, step, record):
         try:
@@ -68,8 +75,10 @@ class JoinPredictionsWithTruth(KeyedCoProcessFunction):
             yield self.failures.dead_letter(source, exc, doc_id)
             return
         yield from self._settle(ctx, state, events)
+        self.metrics.record()
 
     def _settle(self, ctx, state, events):
+        join_counts(self.metrics.counts, events)
         if state is None:
             self.pair.clear()
         else:
@@ -131,7 +140,8 @@ class TrackAccuracy(KeyedProcessFunction):
     """Keyed by model name + version + slot: `AccuracyTracker` over the join's events. On
     event-time timers it emits accuracy reports, alerts and retraining requests (side outputs)
     and keeps the dashboard hash in Redis (with a TTL; a Redis outage is logged once and
-    skipped). `redis_client_factory` (None: no dashboard) makes the Redis client."""
+    skipped). `redis_client_factory` (None: no dashboard) makes the Redis client. Sets
+    ALERT_OPEN{model,slot} on every timer (`AlertStates`)."""
 
     tracker_type = AccuracyTracker
 
@@ -143,6 +153,7 @@ class TrackAccuracy(KeyedProcessFunction):
         self.panes = MapStateView(runtime_context.get_map_state(MapStateDescriptor("panes", Types.LONG(), Types.PICKLED_BYTE_ARRAY())))
         self.tracker = self.tracker_type(self.config)
         self.redis = None if self.redis_client_factory is None else DashboardWriter(self.redis_client_factory(), self.redis_ttl_s)
+        self.operator_metrics, self.alerts = OperatorMetrics(runtime_context), AlertStates()
 
     def process_element(self, item, ctx: KeyedProcessFunction.Context):
         state = self.tracker.apply(self.metrics.value(), self.panes, item[1])
@@ -156,6 +167,8 @@ class TrackAccuracy(KeyedProcessFunction):
         outgoing = self.tracker.on_timer(state, self.panes, timestamp, now_ms())
         self._store(state, ctx)
         self._show(state)
+        if isinstance(state, ModelMetrics) and state.model_name:  # not the orphans' key, not a shadow pair
+            self.operator_metrics.push(self.alerts.counts(state.model_name, state.model_version, state.slot, state.alerting))
         for record in outgoing:
             yield ACCURACY_OUTPUTS[record.topic], record.encode()
 

@@ -1,4 +1,5 @@
-"""What every job's adapters share: byte type, state TTL, subtask info, clocks, the failure path."""
+"""What every job's adapters share: byte type, state TTL, subtask info, clocks, the failure
+path, the operator metrics."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from pyflink.datastream import OutputTag, ProcessFunction, RuntimeContext
 from pyflink.datastream.state import StateTtlConfig
 
 from schemas import codec
+from schemas.metric_names import DEAD_LETTERS as DEAD_LETTER_COUNT, GROUP, OperatorMetric
 from schemas.units import now_ms
-from udfs.dead_letters import FailureBudget, SourceRecord, processing_error
+from udfs.dead_letters import FailureBudget, Reason, SourceRecord, processing_error
+from udfs.operator_metrics import FlushPolicy, MetricCounts
 
 BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
 DEAD_LETTERS = OutputTag("dead-letters", BYTES)
@@ -50,19 +53,59 @@ def state_ttl(ms: int) -> StateTtlConfig:
     )
 
 
+class OperatorMetrics:
+    """An operator's metrics (`schemas.metric_names`): `counts` gathers what it counts, `push`
+    hands it to Flink's metric objects in one go (one `inc(n)` or `update(v)` per metric and
+    label values), made the first time under the "mailroom" group with one `add_group(key,
+    value)` per label. Per-record operators call `record()` per record (and `timer()` on their
+    timers): it pushes when `policy` says; and `push()` on close."""
+
+    def __init__(self, runtime_context: RuntimeContext, policy: FlushPolicy | None = None):
+        self.group = runtime_context.get_metrics_group().add_group(GROUP)
+        self.counts, self.policy, self.objects = MetricCounts(), policy or FlushPolicy(), {}
+        self.policy.started(now_ms())
+
+    def record(self) -> None:
+        if self.policy.record(now_ms()):
+            self.push()
+
+    def timer(self) -> None:
+        if self.policy.due(now_ms()):
+            self.push()
+
+    def push(self, counts: MetricCounts | None = None) -> None:
+        """Push `counts` (None: what `counts` gathered, which then starts again)."""
+        increments, last = (self.counts if counts is None else counts).take()
+        for (metric, values), n in increments.items():
+            self._object(metric, values).inc(n)
+        for (metric, values), value in last.items():
+            self._object(metric, values).update(value)
+
+    def _object(self, metric: OperatorMetric, values: tuple[str, ...]):
+        key = (metric, values)
+        if key not in self.objects:
+            group = self.group
+            for label, value in zip(metric.labels, values):
+                group = group.add_group(label, value)
+            self.objects[key] = group.counter(metric.name) if metric.kind == "counter" else group.distribution(metric.name)
+        return self.objects[key]
+
+
 class FailurePath:
     """An operator's way out for one record that made it raise: the PROCESSING_ERROR dead
-    letter, the `processing_errors` metric, and the failure budget (a storm fails the job)."""
+    letter, counted at once in DEAD_LETTERS{reason=PROCESSING_ERROR} (rare: the budget bounds
+    them), and the failure budget (a storm fails the job)."""
 
     def __init__(self, runtime_context: RuntimeContext, job: str, job_version: str, max_per_minute: int):
         self.job, self.job_version = job, job_version
         self.budget = FailureBudget(max_per_minute)
-        self.counter = runtime_context.get_metrics_group().counter("processing_errors")
+        self.metrics = OperatorMetrics(runtime_context)
 
     def dead_letter(self, source: SourceRecord, exc: Exception, doc_id: str | None = None):
         """The (DEAD_LETTERS, dead letter) output for `source`; raises FailureStorm past the budget."""
         now = now_ms()
-        self.counter.inc()
+        self.metrics.counts.add(DEAD_LETTER_COUNT, Reason.PROCESSING_ERROR.value)
+        self.metrics.push()
         self.budget.spend(now, exc)
         return DEAD_LETTERS, processing_error(source, exc, self.job, self.job_version, now, doc_id)
 

@@ -6,7 +6,8 @@ from pyflink.common import Types
 from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext
 from pyflink.datastream.state import ValueStateDescriptor
 
-from udfs.adapters.common import BYTES, DEAD_LETTERS, now_ms, source_of, state_ttl
+from udfs.adapters.common import BYTES, DEAD_LETTERS, OperatorMetrics, now_ms, source_of, state_ttl
+from udfs.operator_metrics import route_counts, routed_counts
 from udfs.routing import Destination, DuplicateWindow, Router
 
 ROUTED_TEXT = OutputTag("routed-text", BYTES)
@@ -18,7 +19,8 @@ class RouteDocuments(ProcessFunction):
 
     Main output: (doc_id, destination, routed bytes, original bytes, topic, partition, offset)
     for the duplicate check; dead letters go to `DEAD_LETTERS`. Unexpected exceptions propagate:
-    the task fails and Flink restarts from the last checkpoint.
+    the task fails and Flink restarts from the last checkpoint. Counts DOCUMENTS_IN and
+    DEAD_LETTERS{reason}, pushed per `FlushPolicy`.
     """
 
     def __init__(self, config):
@@ -27,20 +29,27 @@ class RouteDocuments(ProcessFunction):
 
     def open(self, runtime_context: RuntimeContext):
         self.router = Router(self.config)
+        self.metrics = OperatorMetrics(runtime_context)
 
     def process_element(self, row, ctx: ProcessFunction.Context):
         value, topic, partition, offset = source_of(row)
         result = self.router.route(value, topic, partition, offset, now_ms())
+        route_counts(self.metrics.counts, result)
+        self.metrics.record()
         if result.destination is Destination.DEAD_LETTER:
             yield DEAD_LETTERS, result.value
         else:
             yield result.doc_id, result.destination.value, result.value, value, topic, partition, offset
+
+    def close(self):
+        self.metrics.push()
 
 
 class DropDuplicateIds(KeyedProcessFunction):
     """Keyed by doc_id: the first sighting within the window passes, later ones are dead-lettered.
 
     The first-seen time lives in keyed state whose TTL is the window, so state stays bounded.
+    Counts ROUTED{destination} and DEAD_LETTERS{reason=DUPLICATE_ID}, pushed per `FlushPolicy`.
     """
 
     def __init__(self, config):
@@ -52,12 +61,19 @@ class DropDuplicateIds(KeyedProcessFunction):
         descriptor = ValueStateDescriptor("first_seen_ms", Types.LONG())
         descriptor.enable_time_to_live(state_ttl(self.config.duplicate_window_ms))
         self.first_seen = runtime_context.get_state(descriptor)
+        self.metrics = OperatorMetrics(runtime_context)
 
     def process_element(self, candidate, ctx: KeyedProcessFunction.Context):
         doc_id, destination, routed, original, topic, partition, offset = candidate
         now = now_ms()
-        if self.window.is_duplicate(self.first_seen.value(), now):
+        duplicate = self.window.is_duplicate(self.first_seen.value(), now)
+        routed_counts(self.metrics.counts, None if duplicate else destination)
+        self.metrics.record()
+        if duplicate:
             yield DEAD_LETTERS, self.router.duplicate(original, topic, partition, offset, now, doc_id).value
             return
         self.first_seen.update(now)
         yield (ROUTED_TEXT if destination == Destination.TEXT.value else ROUTED_SCANS), routed
+
+    def close(self):
+        self.metrics.push()

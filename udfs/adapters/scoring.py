@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from pyflink.common import Types
@@ -11,10 +12,12 @@ from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, Va
 
 from schemas import codec
 from schemas.labels import DEPARTMENTS
-from udfs.adapters.common import BYTES, FailurePath, now_ms, state_ttl, subtask_info
+from schemas.metric_names import REDIS_OUTAGES
+from udfs.adapters.common import BYTES, FailurePath, OperatorMetrics, now_ms, state_ttl, subtask_info
 from udfs.batching import MicroBatcher
 from udfs.dead_letters import SourceRecord
 from udfs.feature_cache import FeatureMirror
+from udfs.operator_metrics import batch_counts, reading_counts, version_counts
 from udfs.reading import ReadScan, ScanReader
 from udfs.scoring import SCORING_VERSION, BatchScorer, IdleSenderRule, SenderFeatures
 from udfs.sharding import shard_keys
@@ -39,7 +42,7 @@ class ReadScans(ProcessFunction):
     """(sender, routed scan as read, "IMAGE") -> (sender, the same, ReadScan): layout features
     and OCR (`udfs.reading.ScanReader`), in an operator of its own so that reading can be given
     more parallelism (TaskManagers) than scoring. A scan whose page does not decode is dead-lettered.
-    Counts pages read and scans by reading status (`ocr_<STATUS>`), once per scan."""
+    Counts OCR_PAGES and OCR_SCANS{status}, pushed per `FlushPolicy`."""
 
     def __init__(self, config):
         self.config = config
@@ -49,9 +52,7 @@ class ReadScans(ProcessFunction):
         self.ocr_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tesseract")
         self.reader = self.ocr_thread.submit(ScanReader, self.config.ocr, self.config.read_scans, self.config.ocr_cache_dir).result()
         self.failures = FailurePath(runtime_context, JOB, SCORING_VERSION, self.config.max_failures_per_minute)
-        self.metrics = runtime_context.get_metrics_group()
-        self.pages = self.metrics.counter("ocr_pages_read")
-        self.by_status = {}
+        self.metrics = OperatorMetrics(runtime_context)
 
     def process_element(self, item, ctx: ProcessFunction.Context):
         sender, source, _ = item
@@ -63,14 +64,12 @@ class ReadScans(ProcessFunction):
         except Exception as exc:  # a page that is no image: this record only
             yield self.failures.dead_letter(source, exc, doc_id)
             return
-        self.pages.inc(scan.reading.pages_read)
-        status = scan.reading.status
-        if status not in self.by_status:
-            self.by_status[status] = self.metrics.counter(f"ocr_{status}")
-        self.by_status[status].inc()
+        reading_counts(self.metrics.counts, scan.reading.pages_read, scan.reading.status)
+        self.metrics.record()
         yield sender, source, scan
 
     def close(self):
+        self.metrics.push()
         self.ocr_thread.submit(self.reader.close).result()
         self.ocr_thread.shutdown()
 
@@ -88,6 +87,7 @@ class ComputeSenderFeatures(KeyedCoProcessFunction):
     State: the sender's history (TTL), and an idle timer (`IdleSenderRule`). A record whose
     features raise is dead-lettered (`FailurePath`); the sender's history stays as it was.
     `redis_client_factory` (None: no mirror) makes the Redis client of the feature mirror.
+    Counts REDIS_OUTAGES, pushed per `FlushPolicy` (records, timers, close).
     """
 
     def __init__(self, config, redis_client_factory=None):
@@ -104,7 +104,7 @@ class ComputeSenderFeatures(KeyedCoProcessFunction):
         self.features = SenderFeatures(self.mirror)
         self.idle = IdleSenderRule(self.config.sender_idle_ms)
         self.outages = 0
-        self.outage_counter = runtime_context.get_metrics_group().counter("redis_outages")
+        self.metrics = OperatorMetrics(runtime_context)
         self.failures = FailurePath(runtime_context, JOB, SCORING_VERSION, self.config.max_failures_per_minute)
         subtask, parallelism = subtask_info(runtime_context)
         self.shard = shard_keys(parallelism)[subtask]
@@ -142,6 +142,7 @@ class ComputeSenderFeatures(KeyedCoProcessFunction):
         self.history.update(history)
 
     def on_timer(self, timestamp: int, ctx: KeyedCoProcessFunction.OnTimerContext):
+        self.metrics.timer()
         following = self.idle.on_timer(self.touched.value(), timestamp)
         if following is not None:
             ctx.timer_service().register_processing_time_timer(following)
@@ -150,11 +151,13 @@ class ComputeSenderFeatures(KeyedCoProcessFunction):
         self.touched.clear()
 
     def _count_outages(self):
-        if self.mirror is not None and self.mirror.stats.outages != self.outages:
-            self.outage_counter.inc(self.mirror.stats.outages - self.outages)
+        if self.mirror is not None:
+            self.metrics.counts.add(REDIS_OUTAGES, n=self.mirror.stats.outages - self.outages)
             self.outages = self.mirror.stats.outages
+        self.metrics.record()
 
     def close(self):
+        self.metrics.push()
         if self.mirror is not None:
             self.mirror.close()
 
@@ -183,6 +186,9 @@ class ScoreMicroBatches(KeyedCoProcessFunction):
     Input 2 is the model-control topic, a copy per shard (`CopyToEveryShard`, `ModelSlots`): each
     subtask checks and loads a deployed model between two records, keeps the record in keyed
     state (so a restored job serves what the control topic said), and reports to `MODEL_EVENTS`.
+
+    Metrics (`udfs.operator_metrics.batch_counts`) are pushed once per batch; MODEL_VERSION at
+    open and on every control record.
     """
 
     def __init__(self, config):
@@ -195,13 +201,14 @@ class ScoreMicroBatches(KeyedCoProcessFunction):
         self.batcher = MicroBatcher(self.config.batch_size, self.config.max_batch_delay_ms)
         self.failures = FailurePath(runtime_context, JOB, SCORING_VERSION, self.config.max_failures_per_minute)
         self.subtask = subtask_info(runtime_context)[0]
-        self.metrics, self.fallback_counters = runtime_context.get_metrics_group(), {}
+        self.metrics = OperatorMetrics(runtime_context)
         # onnxruntime (pybind11) deadlocks when imported or called from a thread-mode (pemja) task
         # thread, whose thread state pybind11's GIL handling does not know; a thread Python itself
         # started is fine. So the sessions live on, and every batch runs on, one such thread.
         self.onnx_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
         self.scorer = self.onnx_thread.submit(BatchScorer, self.config).result()  # the registry's champions, once per operator
         self.unreported = self.scorer.slots.at_start()  # reported with the first record: open() has no output
+        self.metrics.push(version_counts(self.scorer.slots.versions()))
         self.restored = False  # the control state (what the control topic said) is applied at the first record
 
     def process_element1(self, item, ctx: KeyedCoProcessFunction.Context):
@@ -247,6 +254,7 @@ class ScoreMicroBatches(KeyedCoProcessFunction):
         change = self.onnx_thread.submit(self.scorer.slots.apply, record).result()
         if change.outcome == "REFUSED":
             log.warning("subtask %d refused %s v%s for %s: %s", self.subtask, change.kind, change.version, change.slot, change.reason)
+        self.metrics.push(version_counts(self.scorer.slots.versions()))
         yield MODEL_EVENTS, codec.encode("model_event", change.record(JOB, self.subtask, now_ms()))
 
     def _flush(self, shard: int, now: int):
@@ -255,7 +263,9 @@ class ScoreMicroBatches(KeyedCoProcessFunction):
         self.batcher.flushed(shard)
         if not batch:
             return
+        started = time.perf_counter()
         scored = self.onnx_thread.submit(self.scorer.score_isolating, batch, int(now)).result()
+        self.metrics.push(batch_counts(scored, len(batch), (time.perf_counter() - started) * 1000, now_ms()))
         for department, delivery, prediction in scored.predictions:
             yield DEPARTMENT_OUTPUTS[department], delivery
             yield prediction
@@ -263,10 +273,6 @@ class ScoreMicroBatches(KeyedCoProcessFunction):
             yield SHADOW_PREDICTIONS, shadow
         for doc, exc in scored.failed:
             yield self.failures.dead_letter(doc.source, exc, doc.doc_id)
-        for (kind, slot), count in scored.fallbacks.items():  # documents the champion missed its deadline on, by who decided
-            if (kind, slot) not in self.fallback_counters:
-                self.fallback_counters[(kind, slot)] = self.metrics.add_group("kind", kind).counter(f"decided_by_{slot}")
-            self.fallback_counters[(kind, slot)].inc(count)
 
     def close(self):
         self.scorer.deadline.close()
