@@ -29,7 +29,7 @@ QUERIES = {
     "predictions": f"sum by (kind, slot) ({m.PREDICTIONS.prometheus})",
     "model_version": f"max by (kind, slot) ({m.MODEL_VERSION.prometheus})",
     "batch_score_ms": f"max ({m.BATCH_SCORE_MS.prometheus})",
-    "population": f"sum by (feature, bin) (increase({m.POPULATION.prometheus}[{DRIFT_WINDOW}]))",
+    "population": f"sum by (kind, feature, bin) (increase({m.POPULATION.prometheus}[{DRIFT_WINDOW}]))",
     "content": f"sum by (type) (increase({m.CONTENT.prometheus}[{DRIFT_WINDOW}]))",
     "predicted": f"sum by (label) (increase({m.PREDICTED.prometheus}[{DRIFT_WINDOW}]))",
     "judge_pairs": f"max by (kind) ({m.JUDGE_PAIRS})",
@@ -224,28 +224,38 @@ def _shares(counts: dict[str, float]) -> dict[str, float]:
     return {k: v / total for k, v in counts.items()} if total else {}
 
 
+def _scan_share_reference(models: dict[str, dict]) -> dict[str, float] | None:
+    """TEXT/IMAGE shares of the mailbox the champions were trained on (the generated corpus's scan share)."""
+    for model in models.values():
+        share = (((model.get("card") or {}).get("training_data") or {}).get("generated") or {}).get("scan_share")
+        if share is not None:
+            return {"IMAGE": share, "TEXT": 1 - share}
+    return None
+
+
 def drift(inputs: Inputs) -> dict:
-    """Population stability index of each monitored input and of the outputs, live (last hour) against
-    the champion's training data (the card's `population`)."""
+    """Population stability index of each monitored input and of the decided labels, per model kind,
+    live (last hour) against that kind's training rows (the card's `population`); the scan share
+    against the training mailbox's."""
     p = inputs.prometheus or {}
-    live: dict[str, dict[str, float]] = {}
+    live: dict[tuple[str, str], dict[str, float]] = {}
     for labels, value in p.get("population") or []:
-        live.setdefault(labels.get("feature", "?"), {})[labels.get("bin", "?")] = value
-    live.setdefault("content_type", {labels.get("type", "?"): value for labels, value in p.get("content") or []})
-    live.setdefault("label", {labels.get("label", "?"): value for labels, value in p.get("predicted") or []})  # decided vs true at training
-    references = {}
-    for kind in ("text", "scan"):
-        references.update({f: r for f, r in ((inputs.models.get(kind) or {}).get("card") or {}).get("population", {}).items()
-                           if f not in references})
+        live.setdefault((labels.get("kind", "?"), labels.get("feature", "?")), {})[labels.get("bin", "?")] = value
+    references = {(kind, feature): shares for kind, model in inputs.models.items()
+                  for feature, shares in ((model.get("card") or {}).get("population") or {}).items()}
+    scan_share = _scan_share_reference(inputs.models)
+    if scan_share is not None:
+        live[("all", "scan share")] = {labels.get("type", "?"): value for labels, value in p.get("content") or []}
+        references[("all", "scan share")] = scan_share
     names, values, texts = [], [], []
-    for feature in sorted(live):
-        counts = live[feature]
-        if sum(counts.values()) and feature in references:
-            names.append(feature)
-            values.append(round(psi(references[feature], counts), 4))
+    for key in sorted(live):
+        counts = live[key]
+        if sum(counts.values()) and key in references:
+            names.append(f"{key[0]}: {key[1]}")
+            values.append(round(psi(references[key], counts), 4))
             texts.append(", ".join(f"{b} {s:.0%}" for b, s in sorted(_shares(counts).items())))
     traces = [{"type": "bar", "x": names, "y": values, "text": [f"{v:.3f}" for v in values], "hovertext": texts, "name": "PSI"}] if names else []
-    empty = _no_prometheus(inputs) or ("the champion's card has no training distributions: retrain with `mailroom train`" if not references
+    empty = _no_prometheus(inputs) or ("the champions' cards have no training distributions: retrain with `mailroom train`" if not references
                                        else "no documents scored in the last hour")
     layout = {"yaxis": {"title": "PSI (0.1 moderate, 0.25 shift)", "rangemode": "tozero"},
               "shapes": [{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": level, "y1": level,

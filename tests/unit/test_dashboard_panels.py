@@ -83,14 +83,17 @@ def test_champion_vs_challenger_bars_from_the_shadow_hashes():
 
 
 def test_drift_is_the_psi_of_live_counts_against_the_card():
-    reference = {"text_length": {"0-100": 0.5, "100-1000": 0.5}, "content_type": {"TEXT": 0.7, "IMAGE": 0.3}}
-    prometheus = {"population": [({"feature": "text_length", "bin": "0-100"}, 90.0), ({"feature": "text_length", "bin": "100-1000"}, 10.0)],
-                  "content": [({"type": "TEXT"}, 70.0), ({"type": "IMAGE"}, 30.0)], "predicted": []}
-    panel = _by_id(Inputs(now_ms=NOW, prometheus=prometheus, models={"text": {"card": {"population": reference}, "history": []}}))["drift"]
+    reference = {"text_length": {"0-100": 0.5, "100-300": 0.5}, "label": {"invoice": 1.0}}
+    prometheus = {"population": [({"kind": "text", "feature": "text_length", "bin": "0-100"}, 90.0),
+                                 ({"kind": "text", "feature": "text_length", "bin": "100-300"}, 10.0),
+                                 ({"kind": "image", "feature": "label", "bin": "invoice"}, 5.0)],  # no image card: not shown
+                  "content": [({"type": "TEXT"}, 70.0), ({"type": "IMAGE"}, 30.0)]}
+    card = {"population": reference, "training_data": {"generated": {"scan_share": 0.3}}}
+    panel = _by_id(Inputs(now_ms=NOW, prometheus=prometheus, models={"text": {"card": card, "history": []}}))["drift"]
     bars = dict(zip(panel["traces"][0]["x"], panel["traces"][0]["y"]))
-    assert set(bars) == {"text_length", "content_type"}
-    assert bars["content_type"] < 0.01 < 0.25 < bars["text_length"]
-    assert abs(bars["text_length"] - psi(reference["text_length"], {"0-100": 90, "100-1000": 10})) < 1e-3
+    assert set(bars) == {"text: text_length", "all: scan share"}
+    assert bars["all: scan share"] < 0.01 < 0.25 < bars["text: text_length"]
+    assert abs(bars["text: text_length"] - psi(reference["text_length"], {"0-100": 90, "100-300": 10})) < 1e-3
     no_card = _by_id(Inputs(now_ms=NOW, prometheus=prometheus))["drift"]
     assert "no training distributions" in no_card["empty"]
 

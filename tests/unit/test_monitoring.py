@@ -37,7 +37,7 @@ def test_prometheus_config_scrapes_flink_and_the_services_through_file_sd(settin
     for job, names in (("flink", FLINK_TARGETS), ("services", SERVICE_TARGETS)):
         (sd,) = jobs[job]["file_sd_configs"]
         assert sd["files"] == [str(targets_dir(settings) / f"{name}.json") for name in names] and sd["refresh_interval"] == "5s"
-    assert set(FLINK_TARGETS + SERVICE_TARGETS) == set(METRICS_PORT_OFFSETS)
+    assert set(FLINK_TARGETS + SERVICE_TARGETS) == set(METRICS_PORT_OFFSETS) | {"dashboard"}  # the dashboard: on its own port
     path = write_prometheus_config(settings, settings.run_dir / "prometheus")
     assert yaml.safe_load(path.read_text()) == config and targets_dir(settings).is_dir()
 
