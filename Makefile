@@ -15,6 +15,7 @@ setup: system venv jars
 
 system:
 	@$(call need,java,openjdk-17-jre-headless)
+	@$(call need,javac,openjdk-17-jdk-headless)
 	@$(call need,mvn,maven)
 	@$(call need,redis-server,redis-server)
 	@$(call need,prometheus,prometheus)

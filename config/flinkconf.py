@@ -6,6 +6,7 @@ so a job behaves the same on either.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -16,12 +17,13 @@ from pathlib import Path
 import yaml
 
 from config.monitoring import MAX_TASKMANAGERS, metrics_port
-from config.settings import PROJECT_DIR, Settings
+from config.settings import ConfigError, PROJECT_DIR, Settings
 
-# Flink's Prometheus reporter (the plugin in pyflink/plugins/metrics-prometheus/). It has no host option:
-# it binds every interface (InetSocketAddress(port) in PrometheusReporter), so its ports carry only metrics.
+# The project's loopback-bound Prometheus reporter (mailroom/jvm/reporter/, built by `make jars`): Flink's
+# PrometheusReporter with a host option, over the plugin in pyflink/plugins/metrics-prometheus/.
+REPORTER_SOURCES = PROJECT_DIR / "mailroom" / "jvm" / "reporter" / "src"
 PROMETHEUS_REPORTER = {
-    "metrics.reporter.prom.factory.class": "org.apache.flink.metrics.prometheus.PrometheusReporterFactory",
+    "metrics.reporter.prom.factory.class": "org.apache.flink.metrics.prometheus.LoopbackPrometheusReporterFactory",
     # labels that change on every restart: each would start new series
     "metrics.reporter.prom.scope.variables.excludes": "task_attempt_id;task_attempt_num;tm_id;job_id",
 }
@@ -60,6 +62,7 @@ def job_config(settings: Settings) -> dict[str, str]:
         "jobmanager.bind-host": settings.host,  # also the BLOB server's, which binds 0.0.0.0 otherwise
         "taskmanager.bind-host": settings.host,
         **PROMETHEUS_REPORTER,
+        "metrics.reporter.prom.host": settings.host,
     }
 
 
@@ -88,9 +91,50 @@ def jobmanager_dynamic_properties(settings: Settings) -> list[str]:
 
 
 def prometheus_reporter_jar() -> Path:
-    """The reporter plugin's jar. The session cluster loads it from plugins/; an embedded MiniCluster
-    ignores plugins/ ("factory ... could not be found"), so make_env adds it to the job's class path."""
+    """Flink's reporter plugin jar, which the loopback reporter extends. An embedded MiniCluster ignores
+    plugins/ ("factory ... could not be found"), so make_env adds both jars to the job's class path;
+    the session cluster loads them from its own plugin folder (write_plugins_dir)."""
     return next((flink_home() / "plugins" / "metrics-prometheus").glob("flink-metrics-prometheus-*.jar"))
+
+
+def reporter_sources_digest() -> str:
+    """A hash of the loopback reporter's sources and of the Flink jar it is compiled against."""
+    digest = hashlib.sha256(prometheus_reporter_jar().name.encode())
+    for path in sorted(p for p in REPORTER_SOURCES.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(REPORTER_SOURCES).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def loopback_reporter_path(settings: Settings) -> Path:
+    """Where `make jars` (mailroom.jars) puts the reporter built from the current sources."""
+    return settings.jar_dir / "reporter" / f"mailroom-prometheus-loopback-{reporter_sources_digest()}.jar"
+
+
+def loopback_reporter_jar(settings: Settings) -> Path:
+    """The loopback reporter's jar, built from the current sources (or a ConfigError that says how)."""
+    jar = loopback_reporter_path(settings)
+    if not jar.exists():
+        raise ConfigError(f"The loopback Prometheus reporter jar {jar.name} is missing under {jar.parent} "
+                          "(or older than its sources). Run `make jars` (or `make setup`).")
+    return jar
+
+
+def reporter_jars(settings: Settings) -> list[Path]:
+    """Flink's Prometheus plugin jar and the loopback reporter: one class loader must hold both
+    (the reporter lives in the plugin's package to reach its package-private registry)."""
+    return [prometheus_reporter_jar(), loopback_reporter_jar(settings)]
+
+
+def write_plugins_dir(settings: Settings, plugins_dir: Path) -> Path:
+    """A FLINK_PLUGINS_DIR for the session cluster: one plugin folder with both reporter jars."""
+    folder = plugins_dir / "metrics-prometheus-loopback"
+    jars = reporter_jars(settings)
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    for jar in jars:
+        shutil.copy(jar, folder / jar.name)
+    return plugins_dir
 
 
 def cluster_config(settings: Settings) -> dict[str, str]:
@@ -129,5 +173,7 @@ def write_cluster_conf(settings: Settings, conf_dir: Path) -> Path:
     return conf_dir
 
 
-if __name__ == "__main__":  # used by docker-compose.yml: python -m config.flinkconf
-    print(write_cluster_conf(Settings.from_env(), Settings.from_env().run_dir / "flink" / "conf"))
+if __name__ == "__main__":  # used by docker-compose.yml: python -m config.flinkconf (FLINK_PLUGINS_DIR: .run/flink/plugins)
+    _settings = Settings.from_env()
+    print(write_cluster_conf(_settings, _settings.run_dir / "flink" / "conf"))
+    print(write_plugins_dir(_settings, _settings.run_dir / "flink" / "plugins"))

@@ -12,7 +12,7 @@ from pathlib import Path
 from pyflink.common import Configuration
 from pyflink.datastream import StreamExecutionEnvironment
 
-from config.flinkconf import REPORTER_PORT, embedded_ui_port, job_config, prometheus_reporter_jar
+from config.flinkconf import REPORTER_PORT, embedded_ui_port, job_config, reporter_jars
 from config.monitoring import metrics_port
 from config.settings import ConfigError, Settings
 from models.registry import RegistryError
@@ -52,7 +52,7 @@ def make_env(settings: Settings, job: str, parallelism: int | None = None, resto
 
     Run as a plain Python program this starts a local MiniCluster; under `flink run -py` the
     same call picks up the session cluster the program was submitted to. An embedded job's Prometheus
-    reporter listens on `metrics_port(settings, job)`. Checkpoints go to
+    reporter listens on `settings.host:metrics_port(settings, job)`. Checkpoints go to
     <run_dir>/checkpoints/<job>/; `restore_from` resumes from a checkpoint or savepoint path.
     """
     config = Configuration()
@@ -66,8 +66,8 @@ def make_env(settings: Settings, job: str, parallelism: int | None = None, resto
         config.set_string("execution.state-recovery.path", restore_from)
     env = StreamExecutionEnvironment.get_execution_environment(config)
     env.add_jars(settings.connector_jar.resolve().as_uri())
-    if embedded():
-        env.add_jars(prometheus_reporter_jar().as_uri())
+    if embedded():  # the MiniCluster ignores plugins/: the reporter comes from the class path (one call: one class loader)
+        env.add_jars(*(jar.as_uri() for jar in reporter_jars(settings)))
     if parallelism:
         env.set_parallelism(parallelism)
     return env

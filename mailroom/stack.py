@@ -24,9 +24,9 @@ from pathlib import Path
 
 import psutil
 
-from config.flinkconf import flink_home, jobmanager_dynamic_properties, write_cluster_conf
+from config.flinkconf import flink_home, jobmanager_dynamic_properties, write_cluster_conf, write_plugins_dir
 from config.monitoring import MAX_TASKMANAGERS, metrics_port, register_target, unregister_target, write_prometheus_config
-from config.settings import Settings
+from config.settings import ConfigError, Settings
 from schemas.topics import TOPICS
 
 
@@ -516,10 +516,12 @@ class FlinkCluster:
         self.dir = settings.run_dir / "flink"
         self.conf_dir = self.dir / "conf"
         self.log_dir = self.dir / "log"
+        self.plugins_dir = self.dir / "plugins"  # the loopback Prometheus reporter only, not the pip package's plugins/
 
     @property
     def env(self) -> dict:
-        return {**os.environ, "FLINK_CONF_DIR": str(self.conf_dir), "FLINK_LOG_DIR": str(self.log_dir), "FLINK_PID_DIR": str(self.dir)}
+        return {**os.environ, "FLINK_CONF_DIR": str(self.conf_dir), "FLINK_LOG_DIR": str(self.log_dir), "FLINK_PID_DIR": str(self.dir),
+                "FLINK_PLUGINS_DIR": str(self.plugins_dir)}
 
     def _daemon_pids(self, kind: str) -> list[int]:
         """PIDs that Flink's daemon scripts wrote (flink-$USER-<kind>.pid; $USER may be unset)."""
@@ -545,6 +547,10 @@ class FlinkCluster:
         home = flink_home()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         write_cluster_conf(self.s, self.conf_dir)
+        try:
+            write_plugins_dir(self.s, self.plugins_dir)
+        except ConfigError as exc:
+            raise StackError(str(exc)) from None
         # thread-mode Python needs flink-python in lib/, or a second job on the TaskManager fails (pemja)
         for jar in (home / "opt").glob("flink-python-*.jar"):
             if not (home / "lib" / jar.name).exists():

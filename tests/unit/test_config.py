@@ -122,7 +122,9 @@ def test_compose_flink_runs_python_jobs_with_the_projects_config():
     for name in ("jobmanager", "taskmanager"):
         svc = services[name]
         dockerfile = svc["build"]["dockerfile_inline"]
-        assert "requirements.lock" in dockerfile and "openjdk-17" in dockerfile
+        assert "requirements.lock" in dockerfile and "openjdk-17-jdk-headless" in dockerfile  # javac: mailroom.jars builds the reporter
+        assert "python -m mailroom.jars" in dockerfile
+        assert svc["environment"]["FLINK_PLUGINS_DIR"] == "/opt/mailroom/.run/flink/plugins"  # what python -m config.flinkconf writes
         assert all(f"tesseract-ocr-{lang}" in dockerfile for lang in ("eng", "deu", "fra"))  # the scan reader's engine and data
         assert "tesserocr==" in lock
         assert "apache-flink==2.2.1" in lock and svc["image"].endswith(":2.2.1")

@@ -13,10 +13,11 @@ import urllib.request
 import pytest
 import yaml
 
-from config.flinkconf import REPORTER_PORT, cluster_config, jobmanager_dynamic_properties, job_config, prometheus_reporter_jar
+from config.flinkconf import (REPORTER_PORT, REPORTER_SOURCES, cluster_config, jobmanager_dynamic_properties, job_config,
+                              loopback_reporter_jar, loopback_reporter_path, prometheus_reporter_jar, reporter_jars, write_plugins_dir)
 from config.monitoring import (ALERT_RULES, FLINK_TARGETS, METRICS_PORT_OFFSETS, SERVICE_TARGETS, metrics_port, prometheus_config,
                                register_target, targets_dir, unregister_target, write_prometheus_config)
-from config.settings import Settings
+from config.settings import ConfigError, Settings
 from schemas import metric_names
 
 # series that Flink or Prometheus make themselves, which the rules may use besides the catalogue's
@@ -25,7 +26,7 @@ BUILT_IN = {"up", "flink_jobmanager_numRunningJobs", "flink_jobmanager_job_uptim
 
 @pytest.fixture
 def settings(tmp_path) -> Settings:
-    return Settings.from_env({}, run_dir=tmp_path / "run", redis_password="pw")
+    return Settings.from_env({}, run_dir=tmp_path / "run", cache_dir=tmp_path / "cache", redis_password="pw")
 
 
 def test_prometheus_config_scrapes_flink_and_the_services_through_file_sd(settings):
@@ -57,11 +58,32 @@ def test_register_and_unregister_a_target(settings):
 
 def test_every_job_reports_to_prometheus_on_its_own_ports(settings):
     job = job_config(settings)
-    assert job["metrics.reporter.prom.factory.class"] == "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
+    assert job["metrics.reporter.prom.factory.class"] == "org.apache.flink.metrics.prometheus.LoopbackPrometheusReporterFactory"
+    assert job["metrics.reporter.prom.host"] == settings.host == "127.0.0.1"
     assert set(job["metrics.reporter.prom.scope.variables.excludes"].split(";")) == {"task_attempt_id", "task_attempt_num", "tm_id", "job_id"}
     assert cluster_config(settings)[REPORTER_PORT] == "29261-29269"  # the TaskManagers' range: each takes the first free one
     assert jobmanager_dynamic_properties(settings) == ["-D", f"{REPORTER_PORT}=29260"]
     assert prometheus_reporter_jar().name.startswith("flink-metrics-prometheus-")
+
+
+def test_the_loopback_reporter_is_found_by_its_factory_name():
+    factory = job_config(Settings.from_env({}, redis_password="pw"))["metrics.reporter.prom.factory.class"]
+    service = REPORTER_SOURCES / "main" / "resources" / "META-INF" / "services" / "org.apache.flink.metrics.reporter.MetricReporterFactory"
+    assert service.read_text().split() == [factory]
+    assert (REPORTER_SOURCES / "main" / "java" / (factory.replace(".", "/") + ".java")).exists()
+
+
+def test_the_reporter_jar_is_named_by_its_sources_and_missing_until_built(settings):
+    jar = loopback_reporter_path(settings)
+    assert jar.parent == settings.jar_dir / "reporter" and jar.name.startswith("mailroom-prometheus-loopback-")
+    assert loopback_reporter_path(settings) == jar  # stable while the sources do not change
+    with pytest.raises(ConfigError, match="make jars"):
+        loopback_reporter_jar(settings)
+    jar.parent.mkdir(parents=True)
+    jar.write_bytes(b"jar")
+    assert reporter_jars(settings) == [prometheus_reporter_jar(), jar]
+    plugins = write_plugins_dir(settings, settings.run_dir / "flink" / "plugins")
+    assert sorted(p.name for p in (plugins / "metrics-prometheus-loopback").iterdir()) == sorted([prometheus_reporter_jar().name, jar.name])
 
 
 def _rules() -> list[dict]:
