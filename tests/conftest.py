@@ -4,6 +4,7 @@ never touch a stack started by `make run`; each test uses uniquely named topics.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -46,6 +47,10 @@ def stack(test_settings):
     from mailroom.stack import Stack
 
     running = Stack(test_settings)
+    if not running.prometheus.status().running:
+        # Prometheus keeps an earlier session's series for its 5-minute look-back (no staleness marks across a
+        # restart): start from an empty database, so that queries see this session's jobs only
+        shutil.rmtree(test_settings.run_dir / "prometheus" / "data", ignore_errors=True)
     running.up()
     yield running
     running.down()

@@ -17,6 +17,7 @@ from schemas import metric_names as m
 RANGE_S = 15 * 60  # the charts over time show the last 15 minutes
 STEP_S = 10
 DRIFT_WINDOW = "1h"  # live distributions over the last hour, against the training data's
+MIN_DRIFT_DOCUMENTS = 50  # fewer live documents in a distribution than this: its PSI is noise, not shown
 
 # name -> PromQL; names ending in _range are range queries over RANGE_S
 QUERIES = {
@@ -24,8 +25,8 @@ QUERIES = {
     "delivered_range": f"sum by (department) (rate({m.DELIVERED.prometheus}[1m]))",
     "latency_range": f"max by (quantile) ({m.LATENCY_MS.prometheus})",
     "fallbacks_range": f'sum by (kind, slot) (increase({m.PREDICTIONS.prometheus}{{slot=~"fallback|prior"}}[1m]))',
-    "dead_letters": f"sum by (reason) ({m.DEAD_LETTERS.prometheus})",
-    "delivered": f"sum by (department) ({m.DELIVERED.prometheus})",
+    # each job's own total (a counter per run of a job; a stopped job's last value stays for the hour)
+    "dead_letters": f"sum by (reason) (max_over_time({m.DEAD_LETTERS.prometheus}[1h]))",
     "predictions": f"sum by (kind, slot) ({m.PREDICTIONS.prometheus})",
     "model_version": f"max by (kind, slot) ({m.MODEL_VERSION.prometheus})",
     "batch_score_ms": f"max ({m.BATCH_SCORE_MS.prometheus})",
@@ -70,9 +71,14 @@ def _lines(series, name_of) -> list[dict]:
     traces = []
     for labels, points in sorted(series or [], key=lambda s: name_of(s[0])):
         if any(v for _, v in points):
-            traces.append({"type": "scatter", "mode": "lines", "name": name_of(labels),
+            traces.append({"type": "scatter", "mode": "lines+markers", "marker": {"size": 4}, "name": name_of(labels),
                            "x": [_iso(t * 1000) for t, _ in points], "y": [round(v, 3) for _, v in points]})
     return traces
+
+
+def _last_minutes(inputs: Inputs) -> dict:
+    """An x axis over the charts' time range, so that a short run is shown in its place in it."""
+    return {"type": "date", "range": [_iso(inputs.now_ms - RANGE_S * 1000), _iso(inputs.now_ms)]}
 
 
 def _no_prometheus(inputs: Inputs) -> str | None:
@@ -84,22 +90,23 @@ def throughput(inputs: Inputs) -> dict:
     p = inputs.prometheus or {}
     traces = _lines(p.get("documents_in_range"), lambda _: "in (router)")
     traces += _lines(p.get("delivered_range"), lambda labels: labels.get("department", "?"))
-    return _chart("throughput", "Documents per second: in, and per department", traces, empty, yaxis={"title": "documents/s"})
+    return _chart("throughput", "Documents per second: in, and per department", traces, empty, yaxis={"title": "documents/s"},
+                  xaxis=_last_minutes(inputs))
 
 
 def latency(inputs: Inputs) -> dict:
     empty = _no_prometheus(inputs) or "no documents scored in the last 15 minutes"
     traces = _lines((inputs.prometheus or {}).get("latency_range"), lambda labels: labels.get("quantile", "?"))
     return _chart("latency", "Latency from receipt to the department topic (ms, per scoring batch)", traces, empty,
-                  yaxis={"title": "ms", "rangemode": "tozero"})
+                  yaxis={"title": "ms", "rangemode": "tozero"}, xaxis=_last_minutes(inputs))
 
 
 def dead_letters(inputs: Inputs) -> dict:
-    empty = _no_prometheus(inputs) or "no dead letters since the jobs started"
+    empty = _no_prometheus(inputs) or "no dead letters in the last hour"
     rows = sorted(((labels.get("reason", "?"), value) for labels, value in (inputs.prometheus or {}).get("dead_letters") or [] if value),
                   key=lambda r: -r[1])
     traces = [{"type": "bar", "x": [r for r, _ in rows], "y": [v for _, v in rows], "name": "dead letters"}] if rows else []
-    return _chart("dead_letters", "Dead letters by reason, since the jobs started", traces, empty, yaxis={"title": "records"})
+    return _chart("dead_letters", "Dead letters by reason, last hour", traces, empty, yaxis={"title": "records"})
 
 
 NO_TRUTH = "no ground truth yet: the accuracy job reports once departments' feedback has arrived (`mailroom feedback`, `mailroom inbox`)"
@@ -216,7 +223,7 @@ def model_events(inputs: Inputs) -> dict:
               for group, items in sorted(points.items())]
     return _chart("events", "Model events: deploys, promotions, refusals, rollbacks, fallbacks", traces,
                   "no model events yet: the registry has no models (`mailroom train`) and no scoring job has reported",
-                  yaxis={"type": "category"})
+                  yaxis={"type": "category", "automargin": True})
 
 
 def _shares(counts: dict[str, float]) -> dict[str, float]:
@@ -250,13 +257,13 @@ def drift(inputs: Inputs) -> dict:
     names, values, texts = [], [], []
     for key in sorted(live):
         counts = live[key]
-        if sum(counts.values()) and key in references:
+        if sum(counts.values()) >= MIN_DRIFT_DOCUMENTS and key in references:
             names.append(f"{key[0]}: {key[1]}")
             values.append(round(psi(references[key], counts), 4))
             texts.append(", ".join(f"{b} {s:.0%}" for b, s in sorted(_shares(counts).items())))
     traces = [{"type": "bar", "x": names, "y": values, "text": [f"{v:.3f}" for v in values], "hovertext": texts, "name": "PSI"}] if names else []
     empty = _no_prometheus(inputs) or ("the champions' cards have no training distributions: retrain with `mailroom train`" if not references
-                                       else "no documents scored in the last hour")
+                                       else f"fewer than {MIN_DRIFT_DOCUMENTS} documents scored by a model in the last hour")
     layout = {"yaxis": {"title": "PSI (0.1 moderate, 0.25 shift)", "rangemode": "tozero"},
               "shapes": [{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": level, "y1": level,
                           "line": {"dash": "dot", "color": color}} for level, color in ((0.1, "orange"), (0.25, "red"))]}

@@ -86,7 +86,8 @@ def test_drift_is_the_psi_of_live_counts_against_the_card():
     reference = {"text_length": {"0-100": 0.5, "100-300": 0.5}, "label": {"invoice": 1.0}}
     prometheus = {"population": [({"kind": "text", "feature": "text_length", "bin": "0-100"}, 90.0),
                                  ({"kind": "text", "feature": "text_length", "bin": "100-300"}, 10.0),
-                                 ({"kind": "image", "feature": "label", "bin": "invoice"}, 5.0)],  # no image card: not shown
+                                 ({"kind": "text", "feature": "label", "bin": "invoice"}, 5.0),  # too few to judge: not shown
+                                 ({"kind": "image", "feature": "label", "bin": "invoice"}, 500.0)],  # no image card: not shown
                   "content": [({"type": "TEXT"}, 70.0), ({"type": "IMAGE"}, 30.0)]}
     card = {"population": reference, "training_data": {"generated": {"scan_share": 0.3}}}
     panel = _by_id(Inputs(now_ms=NOW, prometheus=prometheus, models={"text": {"card": card, "history": []}}))["drift"]

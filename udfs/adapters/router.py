@@ -20,7 +20,8 @@ class RouteDocuments(ProcessFunction):
     Main output: (doc_id, destination, routed bytes, original bytes, topic, partition, offset)
     for the duplicate check; dead letters go to `DEAD_LETTERS`. Unexpected exceptions propagate:
     the task fails and Flink restarts from the last checkpoint. Counts DOCUMENTS_IN and
-    DEAD_LETTERS{reason}, pushed per `FlushPolicy`.
+    DEAD_LETTERS{reason}: pushed with every dead letter (rare), else per `FlushPolicy` (a
+    non-keyed function has no timers: the last second's documents wait for the next record).
     """
 
     def __init__(self, config):
@@ -35,10 +36,11 @@ class RouteDocuments(ProcessFunction):
         value, topic, partition, offset = source_of(row)
         result = self.router.route(value, topic, partition, offset, now_ms())
         route_counts(self.metrics.counts, result)
-        self.metrics.record()
         if result.destination is Destination.DEAD_LETTER:
+            self.metrics.push()
             yield DEAD_LETTERS, result.value
         else:
+            self.metrics.record()
             yield result.doc_id, result.destination.value, result.value, value, topic, partition, offset
 
     def close(self):
@@ -49,7 +51,8 @@ class DropDuplicateIds(KeyedProcessFunction):
     """Keyed by doc_id: the first sighting within the window passes, later ones are dead-lettered.
 
     The first-seen time lives in keyed state whose TTL is the window, so state stays bounded.
-    Counts ROUTED{destination} and DEAD_LETTERS{reason=DUPLICATE_ID}, pushed per `FlushPolicy`.
+    Counts ROUTED{destination} and DEAD_LETTERS{reason=DUPLICATE_ID}: pushed per `FlushPolicy`,
+    and by a processing-time timer a flush interval after the first count still pending.
     """
 
     def __init__(self, config):
@@ -62,6 +65,7 @@ class DropDuplicateIds(KeyedProcessFunction):
         descriptor.enable_time_to_live(state_ttl(self.config.duplicate_window_ms))
         self.first_seen = runtime_context.get_state(descriptor)
         self.metrics = OperatorMetrics(runtime_context)
+        self.flush_timer_set = False
 
     def process_element(self, candidate, ctx: KeyedProcessFunction.Context):
         doc_id, destination, routed, original, topic, partition, offset = candidate
@@ -69,11 +73,18 @@ class DropDuplicateIds(KeyedProcessFunction):
         duplicate = self.window.is_duplicate(self.first_seen.value(), now)
         routed_counts(self.metrics.counts, None if duplicate else destination)
         self.metrics.record()
+        if self.metrics.counts and not self.flush_timer_set:
+            ctx.timer_service().register_processing_time_timer(now + self.metrics.policy.interval_ms)
+            self.flush_timer_set = True
         if duplicate:
             yield DEAD_LETTERS, self.router.duplicate(original, topic, partition, offset, now, doc_id).value
             return
         self.first_seen.update(now)
         yield (ROUTED_TEXT if destination == Destination.TEXT.value else ROUTED_SCANS), routed
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
+        self.flush_timer_set = False
+        self.metrics.push()
 
     def close(self):
         self.metrics.push()
