@@ -73,6 +73,10 @@ class OperatorMetrics:
         if self.policy.due(now_ms()):
             self.push()
 
+    def declare(self, metric: OperatorMetric, *values: str) -> None:
+        """Register a metric before its first count: its series starts at 0, so a rate sees the first increase."""
+        self._object(metric, tuple(str(v) for v in values))
+
     def push(self, counts: MetricCounts | None = None) -> None:
         """Push `counts` (None: what `counts` gathered, which then starts again)."""
         increments, last = (self.counts if counts is None else counts).take()

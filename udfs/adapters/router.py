@@ -7,6 +7,7 @@ from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction,
 from pyflink.datastream.state import ValueStateDescriptor
 
 from udfs.adapters.common import BYTES, DEAD_LETTERS, OperatorMetrics, now_ms, source_of, state_ttl
+from schemas.metric_names import DOCUMENTS_IN, ROUTED
 from udfs.operator_metrics import route_counts, routed_counts
 from udfs.routing import Destination, DuplicateWindow, Router
 
@@ -31,6 +32,7 @@ class RouteDocuments(ProcessFunction):
     def open(self, runtime_context: RuntimeContext):
         self.router = Router(self.config)
         self.metrics = OperatorMetrics(runtime_context)
+        self.metrics.declare(DOCUMENTS_IN)
 
     def process_element(self, row, ctx: ProcessFunction.Context):
         value, topic, partition, offset = source_of(row)
@@ -65,6 +67,8 @@ class DropDuplicateIds(KeyedProcessFunction):
         descriptor.enable_time_to_live(state_ttl(self.config.duplicate_window_ms))
         self.first_seen = runtime_context.get_state(descriptor)
         self.metrics = OperatorMetrics(runtime_context)
+        for destination in (Destination.TEXT, Destination.SCANS):
+            self.metrics.declare(ROUTED, destination.name.lower())
         self.flush_timer_set = False
 
     def process_element(self, candidate, ctx: KeyedProcessFunction.Context):

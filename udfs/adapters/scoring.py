@@ -12,7 +12,7 @@ from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, Va
 
 from schemas import codec
 from schemas.labels import DEPARTMENTS
-from schemas.metric_names import REDIS_OUTAGES
+from schemas.metric_names import DELIVERED, REDIS_OUTAGES
 from udfs.adapters.common import BYTES, FailurePath, OperatorMetrics, now_ms, state_ttl, subtask_info
 from udfs.batching import MicroBatcher
 from udfs.dead_letters import SourceRecord
@@ -202,6 +202,8 @@ class ScoreMicroBatches(KeyedCoProcessFunction):
         self.failures = FailurePath(runtime_context, JOB, SCORING_VERSION, self.config.max_failures_per_minute)
         self.subtask = subtask_info(runtime_context)[0]
         self.metrics = OperatorMetrics(runtime_context)
+        for department in DEPARTMENTS.values():
+            self.metrics.declare(DELIVERED, department)
         # onnxruntime (pybind11) deadlocks when imported or called from a thread-mode (pemja) task
         # thread, whose thread state pybind11's GIL handling does not know; a thread Python itself
         # started is fine. So the sessions live on, and every batch runs on, one such thread.
