@@ -14,9 +14,21 @@ flink_taskmanager_job_task_operator_mailroom_<label keys..._>name, with one seri
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 GROUP = "mailroom"
+_NOT_IN_NAMES = re.compile(r"[^a-zA-Z0-9:_]")
+
+
+def reported_label(value: str) -> str:
+    """A label value as Flink's Prometheus reporter writes it: every character outside [a-zA-Z0-9:_]
+    becomes "_" (a department "customer-care" is queried as "customer_care", a bin "0.25-0.5" as "0_25_0_5").
+
+    >>> reported_label("customer-care"), reported_label("0.25-0.5"), reported_label("10000+")
+    ('customer_care', '0_25_0_5', '10000_')
+    """
+    return _NOT_IN_NAMES.sub("_", str(value))
 OPERATOR_PREFIX = f"flink_taskmanager_job_task_operator_{GROUP}_"
 
 

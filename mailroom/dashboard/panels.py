@@ -17,6 +17,7 @@ from schemas import metric_names as m
 RANGE_S = 15 * 60  # the charts over time show the last 15 minutes
 STEP_S = 10
 DRIFT_WINDOW = "1h"  # live distributions over the last hour, against the training data's
+ACCURACY_HISTORY_MS = 24 * 3_600_000  # accuracy reports shown: those of the last day
 MIN_DRIFT_DOCUMENTS = 50  # fewer live documents in a distribution than this: its PSI is noise, not shown
 
 # name -> PromQL; names ending in _range are range queries over RANGE_S
@@ -98,7 +99,7 @@ def latency(inputs: Inputs) -> dict:
     empty = _no_prometheus(inputs) or "no documents scored in the last 15 minutes"
     traces = _lines((inputs.prometheus or {}).get("latency_range"), lambda labels: labels.get("quantile", "?"))
     return _chart("latency", "Latency from receipt to the department topic (ms, per scoring batch)", traces, empty,
-                  yaxis={"title": "ms", "rangemode": "tozero"}, xaxis=_last_minutes(inputs))
+                  yaxis={"title": "ms (log)", "type": "log"}, xaxis=_last_minutes(inputs))
 
 
 def dead_letters(inputs: Inputs) -> dict:
@@ -118,23 +119,24 @@ def _model_name(entry: dict) -> str:
 
 def accuracy_over_time(inputs: Inputs) -> dict:
     """Accuracy and macro-F1 per model version and slot: each reported window, and the last-N view now."""
-    reports = (inputs.feed or {}).get("accuracy_report", [])
+    reports = [r for r in (inputs.feed or {}).get("accuracy_report", []) if r["reported_ms"] >= inputs.now_ms - ACCURACY_HISTORY_MS]
     by_model: dict[str, list[dict]] = {}
     for report in sorted(reports, key=lambda r: (r["window_end_ms"], r["reported_ms"])):
         if report["count"]:
             by_model.setdefault(_model_name(report), []).append(report)
     traces = []
     for name, series in sorted(by_model.items()):
-        for metric, dash in (("macro_f1", "solid"), ("accuracy", "dot")):
-            traces.append({"type": "scatter", "mode": "lines+markers", "name": f"{name} {metric.replace('_', '-')}",
-                           "line": {"dash": dash}, "x": [_iso(r["window_end_ms"]) for r in series], "y": [r[metric] for r in series]})
+        for metric, dash in (("macro_f1", "solid"), ("accuracy", "dot")):  # one legend entry per model: macro-F1 solid, accuracy dotted
+            traces.append({"type": "scatter", "mode": "lines+markers", "name": name, "legendgroup": name, "showlegend": metric == "macro_f1",
+                           "line": {"dash": dash}, "x": [_iso(r["window_end_ms"]) for r in series], "y": [r[metric] for r in series],
+                           "hovertemplate": f"{name} {metric.replace('_', '-')}: %{{y:.3f}}<extra></extra>"})
     for entry in (inputs.accuracy or {}).values():
         recent = entry.get("recent") or {}
         if entry.get("model_name") and recent.get("count"):
             traces.append({"type": "scatter", "mode": "markers", "marker": {"size": 12, "symbol": "diamond"},
                            "name": f"{_model_name(entry)} macro-F1, last {recent['count']} labelled",
                            "x": [_iso(inputs.now_ms)], "y": [recent["macro_f1"]]})
-    return _chart("accuracy", "Online accuracy and macro-F1 per model version and slot", traces, NO_TRUTH,
+    return _chart("accuracy", "Online macro-F1 (solid) and accuracy (dotted) per model version and slot, last 24 h", traces, NO_TRUTH,
                   yaxis={"range": [0, 1.02]})
 
 
@@ -156,6 +158,23 @@ def per_class(inputs: Inputs) -> dict:
         traces.append({"type": "bar", "name": f"{name} F1", "x": [c["label"] for c in classes], "y": [c["f1"] for c in classes],
                        "customdata": [c["support"] for c in classes], "hovertemplate": "%{x}: F1 %{y:.3f} (%{customdata} labelled)"})
     return _chart("per_class", "F1 per class, latest window", traces, NO_TRUTH, yaxis={"range": [0, 1.02]}, barmode="group")
+
+
+def predicted_vs_actual(inputs: Inputs) -> dict:
+    """The confusion matrix of the latest window of the champion with the most labelled documents."""
+    latest: dict[str, dict] = {}
+    for report in (inputs.feed or {}).get("accuracy_report", []):
+        if report["slot"] == "champion" and report["count"]:
+            name = _model_name(report)
+            if name not in latest or report["window_end_ms"] >= latest[name]["window_end_ms"]:
+                latest[name] = report
+    if not latest:
+        return _chart("confusion", "Predicted vs actual, latest window", [], NO_TRUTH)
+    name, report = max(latest.items(), key=lambda item: (item[1]["count"], item[0]))
+    trace = {"type": "heatmap", "z": report["confusion"], "x": report["labels"], "y": report["labels"], "colorscale": "Blues",
+             "hovertemplate": "actual %{y}, predicted %{x}: %{z}<extra></extra>"}
+    return _chart("confusion", f"Predicted vs actual: {name}, latest window ({report['count']} labelled)", [trace], NO_TRUTH,
+                  xaxis={"title": "predicted"}, yaxis={"title": "actual", "autorange": "reversed", "automargin": True})
 
 
 def champion_vs_challenger(inputs: Inputs) -> dict:
@@ -248,7 +267,7 @@ def drift(inputs: Inputs) -> dict:
     live: dict[tuple[str, str], dict[str, float]] = {}
     for labels, value in p.get("population") or []:
         live.setdefault((labels.get("kind", "?"), labels.get("feature", "?")), {})[labels.get("bin", "?")] = value
-    references = {(kind, feature): shares for kind, model in inputs.models.items()
+    references = {(kind, feature): {m.reported_label(b): share for b, share in shares.items()} for kind, model in inputs.models.items()
                   for feature, shares in ((model.get("card") or {}).get("population") or {}).items()}
     scan_share = _scan_share_reference(inputs.models)
     if scan_share is not None:
@@ -304,8 +323,8 @@ def serving(inputs: Inputs) -> dict:
                                                 "last batch scored in (ms)"], rows, empty)
 
 
-PANELS = (throughput, latency, dead_letters, accuracy_over_time, per_class, champion_vs_challenger, judge_state, model_events, drift,
-          alerts, serving)
+PANELS = (throughput, latency, dead_letters, accuracy_over_time, per_class, predicted_vs_actual, champion_vs_challenger, judge_state,
+          model_events, drift, alerts, serving)
 
 
 def page_state(inputs: Inputs) -> dict:

@@ -28,7 +28,7 @@ from schemas.topics import topic_name
 from tests.unit.test_models_control_cli import copy_with_second_version
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-CHARTS = ("throughput", "latency", "dead_letters", "accuracy", "per_class", "shadow", "events", "drift")
+CHARTS = ("throughput", "latency", "dead_letters", "accuracy", "per_class", "confusion", "shadow", "events", "drift")
 
 
 def _wait_for(condition, what: str, timeout_s: float = 120, every_s: float = 1.0):
@@ -116,7 +116,7 @@ def test_prometheus_and_the_dashboard_show_a_run(pipeline_settings, tmp_path, br
         dead = _wait_for(lambda: (lambda d: d if len(clock.arrivals) + len(d) >= len(sent) else None)(
             clock.dead_letters_of(topic_name("documents", settings.topic_prefix), sent)), "every document delivered or dead-lettered", 300)
         clock.stop()
-        per_department = Counter(p["department"].replace("-", "_") for p in clock.predictions.values())  # Flink's label values: "_" for "-"
+        per_department = Counter(m.reported_label(p["department"]) for p in clock.predictions.values())
         assert sum(per_department.values()) == len(docs) and len(dead) == 6
 
         prometheus = PrometheusApi(settings.prometheus_url)

@@ -16,7 +16,7 @@ def _by_id(inputs: Inputs) -> dict[str, dict]:
 def _report(version: str, end_ms: int, macro_f1: float, slot: str = "champion") -> dict:
     return {"model_name": "mailroom-text", "model_version": version, "slot": slot, "window_start_ms": end_ms - 3_600_000,
             "window_end_ms": end_ms, "reported_ms": end_ms, "count": 40, "predictions": 50, "accuracy": macro_f1 + 0.01,
-            "macro_f1": macro_f1, "label_coverage": 0.8,
+            "macro_f1": macro_f1, "label_coverage": 0.8, "labels": ["invoice", "offer"], "confusion": [[18, 2], [0, 20]],
             "per_class": [{"label": "invoice", "precision": 1.0, "recall": 0.9, "f1": 0.95, "support": 20},
                           {"label": "offer", "precision": 0.8, "recall": 1.0, "f1": 0.89, "support": 20},
                           {"label": "complaint", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}]}
@@ -48,12 +48,14 @@ def test_prometheus_series_become_traces_and_bars():
 def test_accuracy_over_time_and_per_class_come_from_the_reports_then_the_last_n_view():
     feed = {"accuracy_report": [_report("1", NOW - 600_000, 0.9), _report("1", NOW - 300_000, 0.8), _report("2", NOW - 300_000, 0.95, "fallback")]}
     panels = _by_id(Inputs(now_ms=NOW, feed=feed))
-    names = [t["name"] for t in panels["accuracy"]["traces"]]
-    assert names == ["mailroom-text v1 (champion) macro-f1", "mailroom-text v1 (champion) accuracy",
-                     "mailroom-text v2 (fallback) macro-f1", "mailroom-text v2 (fallback) accuracy"]
+    names = [(t["name"], t["showlegend"]) for t in panels["accuracy"]["traces"]]
+    assert names == [("mailroom-text v1 (champion)", True), ("mailroom-text v1 (champion)", False),
+                     ("mailroom-text v2 (fallback)", True), ("mailroom-text v2 (fallback)", False)]
     assert panels["accuracy"]["traces"][0]["y"] == [0.9, 0.8]
     per_class = panels["per_class"]["traces"]
     assert len(per_class) == 1 and per_class[0]["x"] == ["invoice", "offer"]  # the latest champion window; classes without support left out
+    confusion = panels["confusion"]["traces"][0]
+    assert confusion["z"] == [[18, 2], [0, 20]] and confusion["x"] == ["invoice", "offer"] and "v1 (champion)" in panels["confusion"]["title"]
     recent = {k: v for k, v in _report("1", NOW, 0.7).items() if k in ("per_class", "count", "accuracy", "macro_f1")}
     redis = {"mailroom:accuracy:mailroom-text:1": {"model_name": "mailroom-text", "model_version": "1", "slot": "champion",
                                                    "recent": recent, "window": None, "counts": {}, "alerting": "1"}}
@@ -84,8 +86,8 @@ def test_champion_vs_challenger_bars_from_the_shadow_hashes():
 
 def test_drift_is_the_psi_of_live_counts_against_the_card():
     reference = {"text_length": {"0-100": 0.5, "100-300": 0.5}, "label": {"invoice": 1.0}}
-    prometheus = {"population": [({"kind": "text", "feature": "text_length", "bin": "0-100"}, 90.0),
-                                 ({"kind": "text", "feature": "text_length", "bin": "100-300"}, 10.0),
+    prometheus = {"population": [({"kind": "text", "feature": "text_length", "bin": "0_100"}, 90.0),  # bins as Flink reports them
+                                 ({"kind": "text", "feature": "text_length", "bin": "100_300"}, 10.0),
                                  ({"kind": "text", "feature": "label", "bin": "invoice"}, 5.0),  # too few to judge: not shown
                                  ({"kind": "image", "feature": "label", "bin": "invoice"}, 500.0)],  # no image card: not shown
                   "content": [({"type": "TEXT"}, 70.0), ({"type": "IMAGE"}, 30.0)]}
