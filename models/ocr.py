@@ -26,6 +26,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_THREAD_LIMIT", "1")  # before tesserocr loads libtesseract: one core per engine, deliberately
 
 READ, OVER_BUDGET, WAITED_TOO_LONG, FAILED, NO_TEXT, OFF = "READ", "OVER_BUDGET", "WAITED_TOO_LONG", "FAILED", "NO_TEXT", "OFF"
+READING_STATUSES = (READ, OVER_BUDGET, WAITED_TOO_LONG, FAILED, NO_TEXT, OFF)
 PAGE_SEPARATOR = "\f"
 TESSDATA_DIRS = ("/usr/share/tesseract-ocr/5/tessdata", "/usr/share/tesseract-ocr/4.00/tessdata", "/usr/share/tessdata")
 MIN_LEGIBLE_CHARS = 3  # fewer letters or digits than this on every page: nothing was read

@@ -39,6 +39,7 @@ from udfs.reading import ReadScan
 from models.features import FEATURE_SET_ID, SENDER_FEATURES, SenderHistory, model_text
 
 SCORING_VERSION = "1.2.0"  # written into the scoring job's dead letters; bump when its rules change
+DECIDING_SLOTS = ("champion", "fallback", "prior")  # who decides a document: the champion, the previous model past the deadline, the label prior
 
 
 @dataclass(frozen=True)

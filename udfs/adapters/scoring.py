@@ -10,16 +10,18 @@ from pyflink.common import Types
 from pyflink.datastream import KeyedCoProcessFunction, OutputTag, ProcessFunction, RuntimeContext
 from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor
 
+from models.modelio import KINDS
+from models.ocr import READING_STATUSES
 from schemas import codec
 from schemas.labels import DEPARTMENTS
-from schemas.metric_names import DELIVERED, REDIS_OUTAGES
+from schemas.metric_names import DELIVERED, OCR_PAGES, OCR_SCANS, PREDICTIONS, REDIS_OUTAGES
 from udfs.adapters.common import BYTES, FailurePath, OperatorMetrics, now_ms, state_ttl, subtask_info
 from udfs.batching import MicroBatcher
 from udfs.dead_letters import SourceRecord
 from udfs.feature_cache import FeatureMirror
 from udfs.operator_metrics import batch_counts, reading_counts, version_counts
 from udfs.reading import ReadScan, ScanReader
-from udfs.scoring import SCORING_VERSION, BatchScorer, IdleSenderRule, SenderFeatures
+from udfs.scoring import DECIDING_SLOTS, SCORING_VERSION, BatchScorer, IdleSenderRule, SenderFeatures
 from udfs.sharding import shard_keys
 
 JOB = "scoring"
@@ -53,6 +55,9 @@ class ReadScans(ProcessFunction):
         self.reader = self.ocr_thread.submit(ScanReader, self.config.ocr, self.config.read_scans, self.config.ocr_cache_dir).result()
         self.failures = FailurePath(runtime_context, JOB, SCORING_VERSION, self.config.max_failures_per_minute)
         self.metrics = OperatorMetrics(runtime_context)
+        self.metrics.declare(OCR_PAGES)
+        for status in READING_STATUSES:
+            self.metrics.declare(OCR_SCANS, status)
 
     def process_element(self, item, ctx: ProcessFunction.Context):
         sender, source, _ = item
@@ -204,6 +209,9 @@ class ScoreMicroBatches(KeyedCoProcessFunction):
         self.metrics = OperatorMetrics(runtime_context)
         for department in DEPARTMENTS.values():
             self.metrics.declare(DELIVERED, department)
+        for kind in KINDS:
+            for slot in DECIDING_SLOTS:
+                self.metrics.declare(PREDICTIONS, kind, slot)
         # onnxruntime (pybind11) deadlocks when imported or called from a thread-mode (pemja) task
         # thread, whose thread state pybind11's GIL handling does not know; a thread Python itself
         # started is fine. So the sessions live on, and every batch runs on, one such thread.
