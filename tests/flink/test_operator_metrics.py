@@ -12,7 +12,7 @@ from pyflink.common import Configuration, Row, Types, WatermarkStrategy
 from pyflink.datastream import StreamExecutionEnvironment
 from pyflink.datastream.connectors.number_seq import NumberSequenceSource
 
-from config.flinkconf import job_config
+from config.flinkconf import REPORTER_PORT, job_config, reporter_jars
 from config.monitoring import metrics_port
 from jobs.router import build
 from models.generator import generate
@@ -56,11 +56,11 @@ def _documents(n: int, seed: int, scan_share: float = 0.5) -> list[dict]:
 
 def _env_with_reporter(settings, port: int) -> StreamExecutionEnvironment:
     config = Configuration()
-    for key, value in {**job_config(settings), "metrics.reporter.prom.factory.class":
-                       "org.apache.flink.metrics.prometheus.PrometheusReporterFactory", "metrics.reporter.prom.port": str(port)}.items():
+    for key, value in {**job_config(settings), REPORTER_PORT: str(port)}.items():  # the project's loopback reporter, as make_env
         config.set_string(key, value)
     env = StreamExecutionEnvironment.get_execution_environment(config)
     env.add_jars(settings.connector_jar.resolve().as_uri())
+    env.add_jars(*(jar.as_uri() for jar in reporter_jars(settings)))
     env.set_parallelism(1)
     return env
 
