@@ -169,7 +169,8 @@ def test_the_loop_closes_on_a_small_drift_scenario(pipeline_settings, tmp_path):
     from mailroom.scenario import ScenarioConfig, run_drift
 
     config = ScenarioConfig(rate=10.0, normal_s=45.0, drift_share=0.5, max_s=480.0, window_ms=40_000, slide_ms=20_000, settle_ms=30_000,
-                            min_support=30, judge=replace(JUDGE, min_pairs=100, probation_pairs=100, max_latency_ratio=3.0),
+                            # no latency ratio: p99s on a loaded machine are noise here (the guard's unit test: test_judging)
+                            min_support=30, judge=replace(JUDGE, min_pairs=100, probation_pairs=100, max_latency_ratio=None),
                             retrain=RetrainConfig(quick=True, generated=1500, real=False, min_examples=50, cooldown_ms=120_000))
     figures = run_drift(pipeline_settings, config, plot_path=tmp_path / "loop.png")
     assert figures["outcome"] == "closed", figures
