@@ -105,20 +105,26 @@ def read_topic(settings: Settings, topic: str, min_count: int = 0, timeout_s: fl
 
 
 def partitions_of(consumer: KafkaConsumer, topic: str, settings: Settings) -> set[int]:
-    """The partitions of `topic`. None found: the broker is asked about this one topic, and its refusal to describe it
-    to this principal raised (TopicAuthorizationFailedError); a listing of all topics just leaves such topics out."""
+    """The partitions of `topic`; AccessRefused when the broker will not even describe it to this principal (a listing
+    of all topics just leaves such topics out, so kafka-python would see none)."""
     found = consumer.partitions_for_topic(topic)
     if found:
         return found
+    check_topic_access(settings, topic, "Read")
+    return set()
+
+
+def check_topic_access(settings: Settings, topic: str, operation: str) -> None:
+    """AccessRefused if the broker answers TOPIC_AUTHORIZATION_FAILED for `topic` to `settings.principal`."""
     client = admin(settings)
     try:
         for described in client.describe_topics([topic]):
             error = Errors.for_code(described.get("error_code", 0))
             if error is Errors.TopicAuthorizationFailedError:
-                raise error(topic)
+                exc = error(topic)
+                raise AccessRefused(refusal(exc, settings.principal, operation, f"topic {topic}"), exc)
     finally:
         client.close()
-    return set()
 
 
 # --- users and ACLs (schemas/access.py) --------------------------------------------------------
@@ -195,3 +201,29 @@ def refusal(exc: BaseException, principal: str, operation: str, resource: str) -
     if isinstance(exc, REFUSALS) or "AuthorizationFailed" in name:
         return f"principal {principal} may not {operation} {resource}: the broker refused it ({name})"
     return None
+
+
+class AccessRefused(KafkaError):
+    """The broker refused a principal a right; `str()` names the principal and the right, `cause` is the broker's error."""
+
+    def __init__(self, message: str, cause: BaseException):
+        super().__init__(message)
+        self.message, self.cause = message, cause
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def explain(exc: BaseException, settings: Settings, operation: str = "use", resource: str | None = None) -> str:
+    """One line for a tool to print about a Kafka error: who lacked which right, or where Kafka was not answering."""
+    if isinstance(exc, AccessRefused):
+        return exc.message
+    if resource is None and isinstance(exc, Errors.TopicAuthorizationFailedError) and exc.args:
+        resource = f"topic {', '.join(sorted(exc.args[0])) if isinstance(exc.args[0], (set, list, tuple)) else exc.args[0]}"
+    said = refusal(exc, settings.principal, operation, resource or "this resource")
+    if said:
+        return said
+    if isinstance(exc, Errors.KafkaTimeoutError) and "bootstrap" in str(exc):
+        return (f"Kafka at {settings.bootstrap_servers} did not let principal {settings.principal} in ({exc}): is the stack up "
+                "(`mailroom stack up`), and is its password right (MAILROOM_KAFKA_PASSWORDS or the run directory's kafka-passwords.json)?")
+    return f"Kafka at {settings.bootstrap_servers}: {exc!r}. Is the stack up (`mailroom stack up`)?"

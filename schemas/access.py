@@ -39,7 +39,7 @@ PURPOSES = {
     "dashboard": "the dashboard (read only): metrics, alerts, model events, model decisions",
 }
 for _label, _dept in DEPARTMENTS.items():
-    PURPOSES[f"dept-{_dept}"] = f"the {_dept} department (`mailroom inbox {_dept}`, `mailroom feedback`): read its own topic; write ground truth"
+    PURPOSES[f"dept-{_dept}"] = f"the {_dept} department (`mailroom inbox {_dept}`, `mailroom feedback`): read its own topic; read and write ground truth (verdicts)"
 
 READ = ("READ", "DESCRIBE")
 WRITE = ("WRITE", "DESCRIBE")
@@ -94,7 +94,8 @@ def grants(prefix: str) -> dict[str, list[Grant]]:
         "dashboard": _topics(prefix, ["metrics", "alerts", "model_events", "model_decisions"], READ),
     }
     for label, dept in DEPARTMENTS.items():
-        table[department_principal(dept)] = (_topics(prefix, [department_topic_key(label)], READ)
+        # Read on ground truth too: the inbox shows each document's earlier verdict (doc ids and labels, no content)
+        table[department_principal(dept)] = (_topics(prefix, [department_topic_key(label), "ground_truth"], READ)
                                              + _topics(prefix, ["ground_truth"], WRITE) + [IDEMPOTENT])
     return table
 
