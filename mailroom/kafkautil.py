@@ -3,6 +3,7 @@ a safe producer, a read_committed reader, the users and ACLs of schemas/access.p
 
 from __future__ import annotations
 
+import logging
 import time
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
@@ -17,6 +18,9 @@ from schemas.topics import BIG_MESSAGE_BYTES as MAX_MESSAGE_BYTES  # large scans
 
 
 SASL_MECHANISM = "SCRAM-SHA-512"
+# SCRAM never sends the password itself, and the broker listens on loopback only: kafka-python's warning about
+# "credentials in the clear" on every connection says nothing here
+logging.getLogger("kafka.net.sasl.scram").setLevel(logging.ERROR)
 
 
 def client_config(settings: Settings, principal: str | None = None) -> dict:
