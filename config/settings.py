@@ -11,6 +11,8 @@ constructor argument); nothing else reads the environment.
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import secrets
 import sys
@@ -34,6 +36,8 @@ ENV_VARS = {
     "kafka_heap": "MAILROOM_KAFKA_HEAP",
     "redis_port": "MAILROOM_REDIS_PORT",
     "redis_password": "MAILROOM_REDIS_PASSWORD",
+    "kafka_passwords": "MAILROOM_KAFKA_PASSWORDS",
+    "kafka_principal": "MAILROOM_KAFKA_PRINCIPAL",
     "flink_rest_port": "MAILROOM_FLINK_REST_PORT",
     "mlflow_port": "MAILROOM_MLFLOW_PORT",
     "prometheus_port": "MAILROOM_PROMETHEUS_PORT",
@@ -58,6 +62,12 @@ class Settings:
     kafka_port: int = 29092  # MAILROOM_KAFKA_PORT: the broker's client listener
     kafka_controller_port: int = 29093  # MAILROOM_KAFKA_CONTROLLER_PORT: the KRaft controller
     kafka_heap: str = "512m"  # MAILROOM_KAFKA_HEAP: the broker JVM's -Xmx
+    # Kafka's SASL/SCRAM passwords as JSON {"principal": "password"} (principals: schemas/access.py); a principal
+    # not named here gets one generated once into <run_dir>/kafka-passwords.json (mode 0600)
+    kafka_passwords: str = ""  # MAILROOM_KAFKA_PASSWORDS
+    # who this process's Kafka clients authenticate as; empty: its role decides (a job its own name, `mailroom inbox
+    # hr` dept-hr, ...), else the operator
+    kafka_principal: str = ""  # MAILROOM_KAFKA_PRINCIPAL
     redis_port: int = 26379  # MAILROOM_REDIS_PORT
     redis_password: str = ""  # MAILROOM_REDIS_PASSWORD: default generated once into run_dir
     flink_rest_port: int = 28081  # MAILROOM_FLINK_REST_PORT: session cluster REST API and web UI
@@ -133,6 +143,32 @@ class Settings:
             raise ConfigError(f"The Flink Kafka connector jar is missing under {self.jar_dir}/connector. Run `make jars` (or `make setup`).")
         return jars[-1]
 
+    @property
+    def principal(self) -> str:
+        """The Kafka principal this process's clients use (the operator unless set)."""
+        return self.kafka_principal or "operator"
+
+    def as_principal(self, principal: str) -> "Settings":
+        """These settings for a process in the role of `principal`, unless MAILROOM_KAFKA_PRINCIPAL chose one already."""
+        return self if self.kafka_principal else replace(self, kafka_principal=principal)
+
+    def kafka_password(self, principal: str) -> str:
+        """The SCRAM password of a Kafka principal: from MAILROOM_KAFKA_PASSWORDS, else kept in run_dir (generated on first use)."""
+        if self.kafka_passwords:
+            try:
+                given = json.loads(self.kafka_passwords)
+            except ValueError:
+                raise ConfigError("MAILROOM_KAFKA_PASSWORDS is not JSON; give an object like {\"operator\": \"...\"} or unset it.") from None
+            if not isinstance(given, dict):
+                raise ConfigError("MAILROOM_KAFKA_PASSWORDS must be a JSON object {\"principal\": \"password\"}.")
+            if given.get(principal):
+                return str(given[principal])
+        return _stored_kafka_password(self.run_dir, principal)
+
+    @property
+    def kafka_passwords_file(self) -> Path:
+        return self.run_dir / "kafka-passwords.json"
+
     def redis_client(self, **kwargs):
         """A redis-py client for the project's Redis, authenticated."""
         import redis
@@ -151,3 +187,27 @@ def _stored_password(run_dir: Path) -> str:
     with os.fdopen(fd, "w") as fh:
         fh.write(password + "\n")
     return password
+
+
+def _stored_kafka_password(run_dir: Path, principal: str) -> str:
+    """One principal's Kafka password from <run_dir>/kafka-passwords.json (mode 0600), added on first use.
+
+    Processes that start together (a job and a tool) may ask at once: the file is locked while read and extended."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "kafka-passwords.json"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "r+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        text = fh.read()
+        try:
+            stored = json.loads(text) if text.strip() else {}
+        except ValueError:
+            raise ConfigError(f"{path} is not JSON; delete it (and run `mailroom stack up`) to generate new Kafka passwords.") from None
+        if principal not in stored:
+            stored[principal] = secrets.token_urlsafe(24)
+            fh.seek(0)
+            fh.truncate()
+            fh.write(json.dumps(stored, indent=1, sort_keys=True) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        return stored[principal]

@@ -114,7 +114,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 @refuse_to_start_on_errors
 def main(argv: list[str] | None = None) -> None:
-    settings = Settings.from_env()
+    settings = Settings.from_env().as_principal(JOB)  # each job is its own Kafka principal (schemas/access.py)
     args = parse_args(sys.argv[1:] if argv is None else argv)
     join = JoinConfig(truth_wait_ms=args.truth_wait_ms, prediction_wait_ms=args.prediction_wait_ms,
                       max_failures_per_minute=args.max_failures_per_minute)

@@ -115,7 +115,7 @@ def parse_args(argv: list[str], settings: Settings) -> argparse.Namespace:
 
 @refuse_to_start_on_errors
 def main(argv: list[str] | None = None) -> None:
-    settings = Settings.from_env()
+    settings = Settings.from_env().as_principal(JOB)  # each job is its own Kafka principal (schemas/access.py)
     args = parse_args(sys.argv[1:] if argv is None else argv, settings)
     config = ScoringConfig.from_registry(args.registry, batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay_ms,
                                          triage_threshold=args.triage_threshold, max_failures_per_minute=args.max_failures_per_minute,

@@ -80,15 +80,26 @@ def _compose() -> dict:
     return yaml.safe_load((PROJECT_DIR / "docker-compose.yml").read_text())
 
 
-def test_compose_has_the_stack_on_the_projects_loopback_ports():
-    compose, s = _compose(), Settings.from_env({"MAILROOM_REDIS_PASSWORD": "x"})
+def test_compose_has_the_stack_on_the_projects_loopback_ports(tmp_path):
+    compose, s = _compose(), Settings.from_env({"MAILROOM_REDIS_PASSWORD": "x", "MAILROOM_RUN_DIR": str(tmp_path)})
     services = compose["services"]
     assert set(services) == {"kafka", "redis", "jobmanager", "taskmanager", "mlflow", "prometheus"}
     assert all(svc.get("network_mode") == "host" and "ports" not in svc for svc in services.values())
 
     kafka = services["kafka"]["environment"]
     assert kafka["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft, no ZooKeeper
-    assert kafka["KAFKA_LISTENERS"] == f"PLAINTEXT://{s.host}:{s.kafka_port},CONTROLLER://{s.host}:{s.kafka_controller_port}"
+    assert kafka["KAFKA_LISTENERS"] == f"SASL_PLAINTEXT://{s.host}:{s.kafka_port},CONTROLLER://{s.host}:{s.kafka_controller_port}"
+    # the same authentication and authorisation as the broker `mailroom stack up` configures
+    from mailroom.stack import Kafka
+
+    (tmp_path / "kafka").mkdir()
+    props = dict(line.split("=", 1) for line in Kafka(s)._write_config().read_text().splitlines())
+    for key in ("listener.security.protocol.map", "inter.broker.listener.name", "sasl.enabled.mechanisms",
+                "sasl.mechanism.inter.broker.protocol", "sasl.mechanism.controller.protocol", "authorizer.class.name",
+                "allow.everyone.if.no.acl.found", "super.users", "listener.name.controller.sasl.enabled.mechanisms"):
+        env = "KAFKA_" + key.replace("_", "__").replace("-", "___").replace(".", "_").upper()
+        assert str(kafka[env]) == props[key], key
+    assert 'username="operator"' in kafka["KAFKA_LISTENER_NAME_SASL__PLAINTEXT_SCRAM___SHA___512_SASL_JAAS_CONFIG"]
     assert str(kafka["KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"]) == "1"
     assert "kafka-data:/var/lib/kafka/data" in services["kafka"]["volumes"]
     pom = (PROJECT_DIR / "mailroom" / "jvm" / "pom.xml").read_text()
