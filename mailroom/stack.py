@@ -333,7 +333,8 @@ class Kafka(TrackedService):
 
 
 class Redis(TrackedService):
-    """Debian's redis-server on loopback, password required, no persistence (a cache)."""
+    """Debian's redis-server on loopback, one ACL user per writer (`config.settings.REDIS_USERS`, the default user
+    disabled), no persistence (a cache)."""
 
     name = "redis"
 
@@ -350,12 +351,12 @@ class Redis(TrackedService):
         _require_free(self.s.host, self.s.redis_port, "Redis", "MAILROOM_REDIS_PORT")
         self.dir.mkdir(parents=True, exist_ok=True)
         conf = self.dir / "redis.conf"
-        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the password
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the passwords
         with os.fdopen(fd, "w") as fh:
             fh.write(
                 f"bind {self.s.host}\nport {self.s.redis_port}\nprotected-mode yes\n"
-                f"requirepass {self.s.redis_password}\n"
-                f"dir {self.dir}\nlogfile {self.log}\ndaemonize no\n"
+                + "".join("user " + " ".join(rule) + "\n" for rule in self.s.redis_acl())  # the users; default off
+                + f"dir {self.dir}\nlogfile {self.log}\ndaemonize no\n"
                 'save ""\nappendonly no\n'  # a feature cache: Flink state is the source of truth
                 "maxmemory 256mb\nmaxmemory-policy volatile-ttl\n"
             )
@@ -366,14 +367,14 @@ class Redis(TrackedService):
         _wait(self._answers, psutil.Process(popen.pid), 30, "Redis", self.log)
 
     def _answers(self) -> bool:
-        client = self.s.redis_client(socket_timeout=2)
+        client = self.s.redis_client("operator", socket_timeout=2)
         try:
             return bool(client.ping())
         finally:
             client.close()
 
     def where(self) -> str:
-        return f"{self.s.host}:{self.s.redis_port} (password required)"
+        return f"{self.s.host}:{self.s.redis_port} (ACL users {', '.join(user[0] for user in self.s.redis_acl()[1:])}; default user off)"
 
 
 # --- MLflow ----------------------------------------------------------------------------------
