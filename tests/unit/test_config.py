@@ -128,7 +128,8 @@ def test_compose_has_the_stack_on_the_projects_loopback_ports():
     def password_var(user: str) -> str:
         return ENV_VARS["redis_password" if user == "operator" else f"redis_{user}_password"]
 
-    assert [[">PW" if w == f">${{{password_var(u[0])}:?set {password_var(u[0])}}}" else w for w in u] for u in users] == expected
+    assert [[">PW" if u[0] != "default" and w == f">${{{password_var(u[0])}:?set {password_var(u[0])}}}" else w for w in u]
+            for u in users] == expected
     assert expected[0][:2] == ["default", "off"]
 
 
