@@ -501,7 +501,7 @@ class DashboardService(TrackedService):
             return resp.status == 200
 
     def where(self) -> str:
-        return f"page {self.s.dashboard_url}"
+        return f"page {self.s.dashboard_url}/?token=... (token in {self.s.dashboard_token_file} unless MAILROOM_DASHBOARD_TOKEN)"
 
 
 # --- Flink session cluster -------------------------------------------------------------------
