@@ -40,7 +40,7 @@ def test_up_twice_status_kill_down(own_stack):
     second = own_stack.up()  # idempotent: nothing started, nothing created, same processes
     assert second == {"started": [], "topics_created": []}
     assert {s.name: s.pid for s in own_stack.status()} == pids
-    assert _state(own_stack) == {"kafka": True, "redis": True, "mlflow": True, "prometheus": True, "flink": False}
+    assert _state(own_stack) == {"kafka": True, "redis": True, "mlflow": True, "prometheus": True, "flink": False, "dashboard": False}
 
     psutil.Process(pids["kafka"]).kill()  # a broker that died must show as down
     psutil.Process(pids["kafka"]).wait(10)
@@ -48,11 +48,11 @@ def test_up_twice_status_kill_down(own_stack):
     assert _state(own_stack)["redis"] is True
 
     assert own_stack.up()["started"] == ["kafka"]  # up restarts only what is missing
-    assert _state(own_stack) == {"kafka": True, "redis": True, "mlflow": True, "prometheus": True, "flink": False}
+    assert _state(own_stack) == {"kafka": True, "redis": True, "mlflow": True, "prometheus": True, "flink": False, "dashboard": False}
 
     stopped = own_stack.down()
     assert set(stopped) == {"kafka", "redis", "mlflow", "prometheus"}
-    assert _state(own_stack) == {"kafka": False, "redis": False, "mlflow": False, "prometheus": False, "flink": False}
+    assert _state(own_stack) == {"kafka": False, "redis": False, "mlflow": False, "prometheus": False, "flink": False, "dashboard": False}
     assert not psutil.pid_exists(pids["redis"]) or psutil.Process(pids["redis"]).status() == psutil.STATUS_ZOMBIE
 
 
