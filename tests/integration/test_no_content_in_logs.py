@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 from mailroom.demo import ArrivalClock, documents_for_run, produce_at_rate
+from mailroom.produce import to_document
 from mailroom.stack import DashboardService
 from mailroom.submit import start_job, stop_job, wait_until_running
 from schemas import codec
@@ -42,7 +43,7 @@ def _cut_off(docs: list[dict], rng: random.Random) -> list[bytes]:
     """Documents truncated in transit: unreadable, dead-lettered; most of their bytes (the markers) still there."""
     out = []
     for doc in docs:
-        encoded = codec.encode("document", {k: v for k, v in doc.items() if k != "label"})
+        encoded = codec.encode("document", to_document(doc, int(time.time() * 1000)))
         out.append(encoded[: len(encoded) - rng.randint(1, 3)])
     return out
 
