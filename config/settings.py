@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import secrets
 import sys
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -67,12 +67,13 @@ class Settings:
     # Redis users (ACL, `REDIS_USERS`); the default user is disabled. The operator's password (full rights: the
     # tools, the tests) is kept in run_dir/redis.password, the others in run_dir/redis_user_passwords (both mode 0600,
     # generated once unless the variable gives it)
-    redis_password: str = ""  # MAILROOM_REDIS_PASSWORD: the `operator` user's
-    redis_scoring_password: str = ""  # MAILROOM_REDIS_SCORING_PASSWORD: the `scoring` user's (the feature namespace)
-    redis_accuracy_password: str = ""  # MAILROOM_REDIS_ACCURACY_PASSWORD: the `accuracy` user's (accuracy + shadow figures)
-    redis_dashboard_password: str = ""  # MAILROOM_REDIS_DASHBOARD_PASSWORD: the `dashboard` user's (read only)
-    redis_smoke_password: str = ""  # MAILROOM_REDIS_SMOKE_PASSWORD: the `smoke` user's (tests/jobs/smoke.py)
-    # (the operator's password is generated when Settings are made, the other users' when first needed)
+    redis_password: str = field(default="", repr=False)  # MAILROOM_REDIS_PASSWORD: the `operator` user's
+    redis_scoring_password: str = field(default="", repr=False)  # MAILROOM_REDIS_SCORING_PASSWORD: the `scoring` user's (the feature namespace)
+    redis_accuracy_password: str = field(default="", repr=False)  # MAILROOM_REDIS_ACCURACY_PASSWORD: the `accuracy` user's (accuracy + shadow figures)
+    redis_dashboard_password: str = field(default="", repr=False)  # MAILROOM_REDIS_DASHBOARD_PASSWORD: the `dashboard` user's (read only)
+    redis_smoke_password: str = field(default="", repr=False)  # MAILROOM_REDIS_SMOKE_PASSWORD: the `smoke` user's (tests/jobs/smoke.py)
+    # (the operator's password is generated when Settings are made, the other users' when first needed; no secret is
+    # in the repr, so a traceback or a log line that prints Settings shows none)
     flink_rest_port: int = 28081  # MAILROOM_FLINK_REST_PORT: session cluster REST API and web UI
     mlflow_port: int = 25000  # MAILROOM_MLFLOW_PORT: the MLflow server (UI + REST API) over the model registry
     prometheus_port: int = 29090  # MAILROOM_PROMETHEUS_PORT: the Prometheus server (UI + HTTP API)
@@ -80,7 +81,7 @@ class Settings:
     # expose metrics to Prometheus (`config.monitoring.METRICS_PORT_OFFSETS`)
     metrics_port: int = 29250  # MAILROOM_METRICS_PORT
     dashboard_port: int = 28000  # MAILROOM_DASHBOARD_PORT: the dashboard page (`mailroom dashboard`)
-    dashboard_token: str = ""  # MAILROOM_DASHBOARD_TOKEN: the page's access token; default generated into run_dir/dashboard.token
+    dashboard_token: str = field(default="", repr=False)  # MAILROOM_DASHBOARD_TOKEN: the page's access token; default generated into run_dir/dashboard.token
     flink_conf_file: Path = PROJECT_DIR / "flink-conf" / "config.yaml"  # MAILROOM_FLINK_CONF
     topic_prefix: str = "mailroom."  # MAILROOM_TOPIC_PREFIX: namespaces every topic name
     python_executable: str = sys.executable  # MAILROOM_PYTHON: the interpreter Flink workers run

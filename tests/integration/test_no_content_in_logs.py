@@ -1,6 +1,7 @@
 """No document content in any log: the router and scoring jobs (and the dashboard) run over documents whose subjects
 and bodies carry unique markers, some of them cut off in transit (dead letters); then every log of the test run
-directory (the services', the jobs' Flink logs, the dashboard's) and the jobs' own output are searched for the markers.
+directory (the services', the jobs' Flink logs, the dashboard's) and the jobs' own output are searched for the markers
+(and for the Redis passwords and the dashboard token).
 Logs may name documents (doc ids) and reasons, never what they say."""
 
 from __future__ import annotations
@@ -106,3 +107,9 @@ def test_no_document_content_in_any_log(pipeline_settings, tmp_path):
             if pattern.search(line):
                 leaks.append(f"{path}:{number}: {line[:300]!r}")
     assert leaks == [], "document content in logs:\n" + "\n".join(leaks[:20])
+
+    from config.settings import REDIS_USERS
+
+    secrets_ = [settings.redis_password_of(user) for user in REDIS_USERS] + [settings.dashboard_secret()]
+    named = [f"{path}" for path in logs if any(secret.encode() in path.read_bytes() for secret in secrets_)]
+    assert named == [], f"a Redis password or the dashboard token in: {named}"
