@@ -343,6 +343,15 @@ class Redis(TrackedService):
 
     def start(self) -> None:
         if proc := self.process():
+            import redis
+
+            try:
+                self._answers()
+            except redis.exceptions.AuthenticationError:  # started before the ACL users (one password), or other passwords
+                raise StackError(f"Redis (PID {proc.pid}) refuses the operator user: it runs with an older configuration. "
+                                 "Run `mailroom stack down`, then `mailroom stack up`.") from None
+            except redis.exceptions.RedisError:
+                pass  # not answering yet
             _wait(self._answers, proc, 30, "Redis", self.log)
             return
         binary = shutil.which("redis-server")

@@ -116,8 +116,8 @@ def serve(settings: Settings) -> None:
     from mailroom.dashboard.sources import Sources
 
     feed = TopicFeed(settings).start()
-    app = create_app(Sources(settings, feed), settings.dashboard_secret(), settings.dashboard_port, _token_place(settings))
     try:
+        app = create_app(Sources(settings, feed), settings.dashboard_secret(), settings.dashboard_port, _token_place(settings))
         uvicorn.run(app, host=settings.host, port=settings.dashboard_port, log_level="warning",
                     access_log=False)
     finally:
