@@ -16,7 +16,7 @@ import json
 import os
 import secrets
 import sys
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -38,6 +38,11 @@ ENV_VARS = {
     "redis_password": "MAILROOM_REDIS_PASSWORD",
     "kafka_passwords": "MAILROOM_KAFKA_PASSWORDS",
     "kafka_principal": "MAILROOM_KAFKA_PRINCIPAL",
+    "redis_scoring_password": "MAILROOM_REDIS_SCORING_PASSWORD",
+    "redis_accuracy_password": "MAILROOM_REDIS_ACCURACY_PASSWORD",
+    "redis_dashboard_password": "MAILROOM_REDIS_DASHBOARD_PASSWORD",
+    "redis_smoke_password": "MAILROOM_REDIS_SMOKE_PASSWORD",
+    "dashboard_token": "MAILROOM_DASHBOARD_TOKEN",
     "flink_rest_port": "MAILROOM_FLINK_REST_PORT",
     "mlflow_port": "MAILROOM_MLFLOW_PORT",
     "prometheus_port": "MAILROOM_PROMETHEUS_PORT",
@@ -69,7 +74,16 @@ class Settings:
     # hr` dept-hr, ...), else the operator
     kafka_principal: str = ""  # MAILROOM_KAFKA_PRINCIPAL
     redis_port: int = 26379  # MAILROOM_REDIS_PORT
-    redis_password: str = ""  # MAILROOM_REDIS_PASSWORD: default generated once into run_dir
+    # Redis users (ACL, `REDIS_USERS`); the default user is disabled. The operator's password (full rights: the
+    # tools, the tests) is kept in run_dir/redis.password, the others in run_dir/redis_user_passwords (both mode 0600,
+    # generated once unless the variable gives it)
+    redis_password: str = field(default="", repr=False)  # MAILROOM_REDIS_PASSWORD: the `operator` user's
+    redis_scoring_password: str = field(default="", repr=False)  # MAILROOM_REDIS_SCORING_PASSWORD: the `scoring` user's (the feature namespace)
+    redis_accuracy_password: str = field(default="", repr=False)  # MAILROOM_REDIS_ACCURACY_PASSWORD: the `accuracy` user's (accuracy + shadow figures)
+    redis_dashboard_password: str = field(default="", repr=False)  # MAILROOM_REDIS_DASHBOARD_PASSWORD: the `dashboard` user's (read only)
+    redis_smoke_password: str = field(default="", repr=False)  # MAILROOM_REDIS_SMOKE_PASSWORD: the `smoke` user's (tests/jobs/smoke.py)
+    # (the operator's password is generated when Settings are made, the other users' when first needed; no secret is
+    # in the repr, so a traceback or a log line that prints Settings shows none)
     flink_rest_port: int = 28081  # MAILROOM_FLINK_REST_PORT: session cluster REST API and web UI
     mlflow_port: int = 25000  # MAILROOM_MLFLOW_PORT: the MLflow server (UI + REST API) over the model registry
     prometheus_port: int = 29090  # MAILROOM_PROMETHEUS_PORT: the Prometheus server (UI + HTTP API)
@@ -77,6 +91,7 @@ class Settings:
     # expose metrics to Prometheus (`config.monitoring.METRICS_PORT_OFFSETS`)
     metrics_port: int = 29250  # MAILROOM_METRICS_PORT
     dashboard_port: int = 28000  # MAILROOM_DASHBOARD_PORT: the dashboard page (`mailroom dashboard`)
+    dashboard_token: str = field(default="", repr=False)  # MAILROOM_DASHBOARD_TOKEN: the page's access token; default generated into run_dir/dashboard.token
     flink_conf_file: Path = PROJECT_DIR / "flink-conf" / "config.yaml"  # MAILROOM_FLINK_CONF
     topic_prefix: str = "mailroom."  # MAILROOM_TOPIC_PREFIX: namespaces every topic name
     python_executable: str = sys.executable  # MAILROOM_PYTHON: the interpreter Flink workers run
@@ -106,7 +121,7 @@ class Settings:
             settings = replace(settings, registry_dir=settings.run_dir / "registry")
         if not settings.redis_password:
             settings = replace(settings, redis_password=_stored_password(settings.run_dir))
-        return settings
+        return settings  # the other Redis users' passwords and the dashboard token: read (generated) when first used
 
     def as_env(self) -> dict[str, str]:
         """These settings as the environment variables a child process reads them from."""
@@ -169,24 +184,82 @@ class Settings:
     def kafka_passwords_file(self) -> Path:
         return self.run_dir / "kafka-passwords.json"
 
-    def redis_client(self, **kwargs):
-        """A redis-py client for the project's Redis, authenticated."""
+    def redis_password_of(self, user: str) -> str:
+        """The password of the Redis user `user` (a key of REDIS_USERS)."""
+        if user not in REDIS_USERS:
+            raise ValueError(f"{user!r} is not a Redis user: one of {list(REDIS_USERS)}")
+        if user == OPERATOR:
+            return self.redis_password
+        return getattr(self, f"redis_{user}_password") or _stored_passwords(self.run_dir)[user]
+
+    def dashboard_secret(self) -> str:
+        """The token the dashboard requires: MAILROOM_DASHBOARD_TOKEN, else the one kept in run_dir/dashboard.token."""
+        return self.dashboard_token or _stored_secret(self.dashboard_token_file)
+
+    def redis_client(self, user: str = "operator", **kwargs):
+        """A redis-py client for the project's Redis, authenticated as `user` (a key of REDIS_USERS; the
+        operator has every right: the jobs and the dashboard pass their own user)."""
         import redis
 
-        return redis.Redis(host=self.host, port=self.redis_port, password=self.redis_password, **kwargs)
+        return redis.Redis(host=self.host, port=self.redis_port, username=user, password=self.redis_password_of(user), **kwargs)
+
+    def redis_acl(self) -> list[list[str]]:
+        """The `user` directives of redis.conf (or redis-server's `--user` arguments): each Redis user with its
+        password and rules, the default user disabled."""
+        return [["default", "off", "resetpass", "resetkeys", "resetchannels", "-@all"]] + [
+            [user, "on", "resetpass", f">{self.redis_password_of(user)}", *rules] for user, rules in REDIS_USERS.items()]
+
+    @property
+    def dashboard_token_file(self) -> Path:
+        return self.run_dir / "dashboard.token"
+
+    @property
+    def dashboard_login_url(self) -> str:
+        """The dashboard page's URL with its token: what a person opens in a browser."""
+        return f"{self.dashboard_url}/?token={self.dashboard_secret()}"
+
+
+OPERATOR = "operator"
+# Commands every writer needs: read and write its keys, pipelines and MULTI/EXEC, PING/AUTH/HELLO/CLIENT SETINFO;
+# never FLUSHALL, KEYS, CONFIG, DEBUG and the like (@dangerous), nor FUNCTION (no scripts are used).
+_WRITER = ["resetchannels", "-@all", "+@read", "+@write", "+@transaction", "+@connection", "-@dangerous", "-function"]
+REDIS_USERS = {
+    OPERATOR: ["~*", "&*", "+@all"],  # the tools (`mailroom accuracy --source redis`, the stack's checks) and the tests
+    "scoring": ["resetkeys", "~mailroom:features:*", *_WRITER],  # schemas.redis_keys.FEATURES_NAMESPACE
+    "accuracy": ["resetkeys", "~mailroom:accuracy:*", "~mailroom:shadow:*", *_WRITER],  # ACCURACY_ and SHADOW_NAMESPACE
+    # read only (%R~: read permission only on the keys; no write command at all): SCAN, HGETALL, GET, ...
+    "dashboard": ["resetkeys", "%R~mailroom:*", "resetchannels", "-@all", "+@read", "+@connection", "-@dangerous"],
+    "smoke": ["resetkeys", "~mailroom:smoke:*", *_WRITER],  # tests/jobs/smoke.py
+}
+
+
+def _create_private(path: Path, text: str) -> bool:
+    """Create `path` (mode 0600) holding `text` unless it exists; atomic: a concurrent reader never sees half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    try:
+        os.link(partial, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        partial.unlink()
+
+
+def _stored_secret(path: Path) -> str:
+    """A secret kept in `path` (mode 0600), generated on first use."""
+    if not path.exists():
+        _create_private(path, secrets.token_urlsafe(24) + "\n")
+    return path.read_text().strip()
 
 
 def _stored_password(run_dir: Path) -> str:
-    """The Redis password kept in run_dir (mode 0600), generated on first use."""
-    path = run_dir / "redis.password"
-    if path.exists():
-        return path.read_text().strip()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    password = secrets.token_urlsafe(24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(password + "\n")
-    return password
+    """The Redis operator's password kept in run_dir (mode 0600), generated on first use."""
+    return _stored_secret(run_dir / "redis.password")
+
 
 
 def _stored_kafka_password(run_dir: Path, principal: str) -> str:
@@ -211,3 +284,21 @@ def _stored_kafka_password(run_dir: Path, principal: str) -> str:
             fh.flush()
             os.fsync(fh.fileno())
         return stored[principal]
+
+
+def _stored_passwords(run_dir: Path) -> dict[str, str]:
+    """The other Redis users' passwords kept in run_dir/redis_user_passwords (JSON, mode 0600), generated on first use
+    (a user added later gets a password added to the file)."""
+    path = run_dir / "redis_user_passwords"
+    users = [user for user in REDIS_USERS if user != OPERATOR]
+    if not path.exists():
+        _create_private(path, json.dumps({user: secrets.token_urlsafe(24) for user in users}, indent=2) + "\n")
+    stored = json.loads(path.read_text())
+    if any(user not in stored for user in users):
+        stored = {**{user: secrets.token_urlsafe(24) for user in users}, **stored}
+        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(stored, indent=2) + "\n")
+        os.replace(partial, path)
+    return stored

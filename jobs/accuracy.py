@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
                           start_ms=args.from_ms)
     shadows = read_records(env, settings, [topic_name("shadow_predictions", prefix)], f"{args.group_id}-shadow", bounded=args.bounded,
                            start_ms=args.from_ms)
-    redis = functools.partial(settings.redis_client, socket_timeout=2, socket_connect_timeout=2)
+    redis = functools.partial(settings.redis_client, "accuracy", socket_timeout=2, socket_connect_timeout=2)
     outputs = build(predictions, truths, shadows, join, metrics, args.out_of_orderness_ms, args.redis_ttl_s, redis)
     for key, stream in outputs.items():
         topic = topic_name(key, prefix)

@@ -187,7 +187,7 @@ def run(settings: Settings, count: int = 600, rate: float = 30.0, scan_share: fl
     console.print(f"stack: started {', '.join(stack['started']) or 'nothing (already running)'}; topics created: {len(stack['topics_created'])}")
     ensure_champions(settings)
     DashboardService(settings).start()
-    console.print(f"dashboard: {settings.dashboard_url} (live while the jobs run; stays up until `mailroom stack down`)")
+    console.print(f"dashboard: {settings.dashboard_login_url} (live while the jobs run; stays up until `mailroom stack down`)")
 
     docs = documents_for_run(run_id, count, seed, scan_share)
     bad = unreadable_messages(random.Random(seed), max(3, count // 50))
@@ -213,7 +213,7 @@ def run(settings: Settings, count: int = 600, rate: float = 30.0, scan_share: fl
             stop_job(job)
     report = _report(settings, docs, clock, dead, len(sent))
     report["accuracy"] = _accuracy(settings, docs, list(clock.predictions.values()), seed, drift, started_ms, run_id)
-    console.print(f"[bold]watch it:[/bold] dashboard {settings.dashboard_url} | Prometheus {settings.prometheus_url} | "
+    console.print(f"[bold]watch it:[/bold] dashboard {settings.dashboard_login_url} | Prometheus {settings.prometheus_url} | "
                   f"MLflow {settings.mlflow_url} | `mailroom stack down` stops them")
     return report
 

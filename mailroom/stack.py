@@ -392,7 +392,8 @@ class Kafka(TrackedService):
 
 
 class Redis(TrackedService):
-    """Debian's redis-server on loopback, password required, no persistence (a cache)."""
+    """Debian's redis-server on loopback, one ACL user per writer (`config.settings.REDIS_USERS`, the default user
+    disabled), no persistence (a cache)."""
 
     name = "redis"
 
@@ -401,6 +402,15 @@ class Redis(TrackedService):
 
     def start(self) -> None:
         if proc := self.process():
+            import redis
+
+            try:
+                self._answers()
+            except redis.exceptions.AuthenticationError:  # started before the ACL users (one password), or other passwords
+                raise StackError(f"Redis (PID {proc.pid}) refuses the operator user: it runs with an older configuration. "
+                                 "Run `mailroom stack down`, then `mailroom stack up`.") from None
+            except redis.exceptions.RedisError:
+                pass  # not answering yet
             _wait(self._answers, proc, 30, "Redis", self.log)
             return
         binary = shutil.which("redis-server")
@@ -409,12 +419,12 @@ class Redis(TrackedService):
         _require_free(self.s.host, self.s.redis_port, "Redis", "MAILROOM_REDIS_PORT")
         self.dir.mkdir(parents=True, exist_ok=True)
         conf = self.dir / "redis.conf"
-        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the password
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the passwords
         with os.fdopen(fd, "w") as fh:
             fh.write(
                 f"bind {self.s.host}\nport {self.s.redis_port}\nprotected-mode yes\n"
-                f"requirepass {self.s.redis_password}\n"
-                f"dir {self.dir}\nlogfile {self.log}\ndaemonize no\n"
+                + "".join("user " + " ".join(rule) + "\n" for rule in self.s.redis_acl())  # the users; default off
+                + f"dir {self.dir}\nlogfile {self.log}\ndaemonize no\n"
                 'save ""\nappendonly no\n'  # a feature cache: Flink state is the source of truth
                 "maxmemory 256mb\nmaxmemory-policy volatile-ttl\n"
             )
@@ -425,14 +435,14 @@ class Redis(TrackedService):
         _wait(self._answers, psutil.Process(popen.pid), 30, "Redis", self.log)
 
     def _answers(self) -> bool:
-        client = self.s.redis_client(socket_timeout=2)
+        client = self.s.redis_client("operator", socket_timeout=2)
         try:
             return bool(client.ping())
         finally:
             client.close()
 
     def where(self) -> str:
-        return f"{self.s.host}:{self.s.redis_port} (password required)"
+        return f"{self.s.host}:{self.s.redis_port} (ACL users {', '.join(user[0] for user in self.s.redis_acl()[1:])}; default user off)"
 
 
 # --- MLflow ----------------------------------------------------------------------------------
@@ -559,7 +569,7 @@ class DashboardService(TrackedService):
             return resp.status == 200
 
     def where(self) -> str:
-        return f"page {self.s.dashboard_url}"
+        return f"page {self.s.dashboard_url}/?token=... (token in {self.s.dashboard_token_file} unless MAILROOM_DASHBOARD_TOKEN)"
 
 
 # --- Flink session cluster -------------------------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from config.flinkconf import base_config, cluster_config, job_config
-from config.settings import ENV_VARS, PROJECT_DIR, ConfigError, Settings
+from config.settings import ENV_VARS, PROJECT_DIR, REDIS_USERS, ConfigError, Settings
 from mailroom.stack import SERVER_ENV
 from schemas.labels import DEPARTMENTS, LABELS
 from schemas.topics import TOPICS, department_topic_key, topic_name
@@ -36,6 +36,28 @@ def test_generated_redis_password_is_stable_and_private(tmp_path):
     second = Settings.from_env({"MAILROOM_RUN_DIR": str(tmp_path)})
     assert len(first.redis_password) >= 24 and first.redis_password == second.redis_password
     assert (tmp_path / "redis.password").stat().st_mode & 0o077 == 0
+
+
+def test_every_redis_user_has_its_own_stable_private_password(tmp_path):
+    first, second = Settings.from_env({"MAILROOM_RUN_DIR": str(tmp_path)}), Settings.from_env({"MAILROOM_RUN_DIR": str(tmp_path)})
+    passwords = {user: first.redis_password_of(user) for user in REDIS_USERS}
+    assert passwords == {user: second.redis_password_of(user) for user in REDIS_USERS}
+    assert len(set(passwords.values())) == len(REDIS_USERS) and all(len(p) >= 24 for p in passwords.values())
+    assert (tmp_path / "redis_user_passwords").stat().st_mode & 0o077 == 0
+    given = Settings.from_env({"MAILROOM_RUN_DIR": str(tmp_path), "MAILROOM_REDIS_DASHBOARD_PASSWORD": "dpw"})
+    assert given.redis_password_of("dashboard") == "dpw" and given.redis_password_of("scoring") == passwords["scoring"]
+    acl = {rule[0]: rule for rule in first.redis_acl()}
+    assert acl["default"][:2] == ["default", "off"] and set(acl) == {"default", *REDIS_USERS}
+    assert "%R~mailroom:*" in acl["dashboard"] and "+@write" not in acl["dashboard"]
+    assert "~mailroom:features:*" in acl["scoring"] and "~*" not in acl["scoring"]
+
+
+def test_generated_dashboard_token_is_stable_and_private(tmp_path):
+    s = Settings.from_env({"MAILROOM_RUN_DIR": str(tmp_path)})
+    token = s.dashboard_secret()
+    assert len(token) >= 24 and token == Settings.from_env({"MAILROOM_RUN_DIR": str(tmp_path)}).dashboard_secret()
+    assert s.dashboard_token_file.stat().st_mode & 0o077 == 0 and s.dashboard_login_url.endswith(f"/?token={token}")
+    assert Settings.from_env({"MAILROOM_RUN_DIR": str(tmp_path), "MAILROOM_DASHBOARD_TOKEN": "t"}).dashboard_secret() == "t"
 
 
 def test_topics_are_declared_once_and_cover_every_department():
@@ -109,7 +131,17 @@ def test_compose_has_the_stack_on_the_projects_loopback_ports(tmp_path):
     redis_cmd = services["redis"]["command"]
     assert redis_cmd[redis_cmd.index("--bind") + 1] == s.host
     assert redis_cmd[redis_cmd.index("--port") + 1] == str(s.redis_port)
-    assert "--requirepass" in redis_cmd
+    assert "--requirepass" not in redis_cmd
+    starts = [i for i, word in enumerate(redis_cmd) if word == "--user"]  # the ACL users, as redis.conf's `user` lines
+    users = [redis_cmd[i + 1:j] for i, j in zip(starts, starts[1:] + [redis_cmd.index("--save")])]
+    expected = Settings(**{field: "PW" for field in ENV_VARS if field.startswith("redis_") and field.endswith("_password")}).redis_acl()
+
+    def password_var(user: str) -> str:
+        return ENV_VARS["redis_password" if user == "operator" else f"redis_{user}_password"]
+
+    assert [[">PW" if u[0] != "default" and w == f">${{{password_var(u[0])}:?set {password_var(u[0])}}}" else w for w in u]
+            for u in users] == expected
+    assert expected[0][:2] == ["default", "off"]
 
 
 def test_compose_mlflow_serves_the_registry_on_loopback_with_the_locked_mlflow():
