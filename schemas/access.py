@@ -9,7 +9,7 @@ consumer groups and transactional ids (Flink's exactly-once sinks name theirs `<
 prefix: `mailroom-<role>` (the defaults) and `<topic prefix><role>` (what the tests pass as `--group-id`).
 
 >>> sorted(grants("mailroom."))[:3]
-['accuracy', 'dashboard', 'dept-finance']
+['accuracy', 'dashboard', 'dept-customer-care']
 >>> [g for g in grants("mailroom.")["dept-hr"] if g.resource == "TOPIC"][0]
 Grant(resource='TOPIC', name='mailroom.dept.hr', pattern='LITERAL', operations=('READ', 'DESCRIBE'))
 """
