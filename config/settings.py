@@ -11,10 +11,12 @@ constructor argument); nothing else reads the environment.
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import secrets
 import sys
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -34,6 +36,13 @@ ENV_VARS = {
     "kafka_heap": "MAILROOM_KAFKA_HEAP",
     "redis_port": "MAILROOM_REDIS_PORT",
     "redis_password": "MAILROOM_REDIS_PASSWORD",
+    "kafka_passwords": "MAILROOM_KAFKA_PASSWORDS",
+    "kafka_principal": "MAILROOM_KAFKA_PRINCIPAL",
+    "redis_scoring_password": "MAILROOM_REDIS_SCORING_PASSWORD",
+    "redis_accuracy_password": "MAILROOM_REDIS_ACCURACY_PASSWORD",
+    "redis_dashboard_password": "MAILROOM_REDIS_DASHBOARD_PASSWORD",
+    "redis_smoke_password": "MAILROOM_REDIS_SMOKE_PASSWORD",
+    "dashboard_token": "MAILROOM_DASHBOARD_TOKEN",
     "flink_rest_port": "MAILROOM_FLINK_REST_PORT",
     "mlflow_port": "MAILROOM_MLFLOW_PORT",
     "prometheus_port": "MAILROOM_PROMETHEUS_PORT",
@@ -58,8 +67,23 @@ class Settings:
     kafka_port: int = 29092  # MAILROOM_KAFKA_PORT: the broker's client listener
     kafka_controller_port: int = 29093  # MAILROOM_KAFKA_CONTROLLER_PORT: the KRaft controller
     kafka_heap: str = "512m"  # MAILROOM_KAFKA_HEAP: the broker JVM's -Xmx
+    # Kafka's SASL/SCRAM passwords as JSON {"principal": "password"} (principals: schemas/access.py); a principal
+    # not named here gets one generated once into <run_dir>/kafka-passwords.json (mode 0600)
+    kafka_passwords: str = ""  # MAILROOM_KAFKA_PASSWORDS
+    # who this process's Kafka clients authenticate as; empty: its role decides (a job its own name, `mailroom inbox
+    # hr` dept-hr, ...), else the operator
+    kafka_principal: str = ""  # MAILROOM_KAFKA_PRINCIPAL
     redis_port: int = 26379  # MAILROOM_REDIS_PORT
-    redis_password: str = ""  # MAILROOM_REDIS_PASSWORD: default generated once into run_dir
+    # Redis users (ACL, `REDIS_USERS`); the default user is disabled. The operator's password (full rights: the
+    # tools, the tests) is kept in run_dir/redis.password, the others in run_dir/redis_user_passwords (both mode 0600,
+    # generated once unless the variable gives it)
+    redis_password: str = field(default="", repr=False)  # MAILROOM_REDIS_PASSWORD: the `operator` user's
+    redis_scoring_password: str = field(default="", repr=False)  # MAILROOM_REDIS_SCORING_PASSWORD: the `scoring` user's (the feature namespace)
+    redis_accuracy_password: str = field(default="", repr=False)  # MAILROOM_REDIS_ACCURACY_PASSWORD: the `accuracy` user's (accuracy + shadow figures)
+    redis_dashboard_password: str = field(default="", repr=False)  # MAILROOM_REDIS_DASHBOARD_PASSWORD: the `dashboard` user's (read only)
+    redis_smoke_password: str = field(default="", repr=False)  # MAILROOM_REDIS_SMOKE_PASSWORD: the `smoke` user's (tests/jobs/smoke.py)
+    # (the operator's password is generated when Settings are made, the other users' when first needed; no secret is
+    # in the repr, so a traceback or a log line that prints Settings shows none)
     flink_rest_port: int = 28081  # MAILROOM_FLINK_REST_PORT: session cluster REST API and web UI
     mlflow_port: int = 25000  # MAILROOM_MLFLOW_PORT: the MLflow server (UI + REST API) over the model registry
     prometheus_port: int = 29090  # MAILROOM_PROMETHEUS_PORT: the Prometheus server (UI + HTTP API)
@@ -67,6 +91,7 @@ class Settings:
     # expose metrics to Prometheus (`config.monitoring.METRICS_PORT_OFFSETS`)
     metrics_port: int = 29250  # MAILROOM_METRICS_PORT
     dashboard_port: int = 28000  # MAILROOM_DASHBOARD_PORT: the dashboard page (`mailroom dashboard`)
+    dashboard_token: str = field(default="", repr=False)  # MAILROOM_DASHBOARD_TOKEN: the page's access token; default generated into run_dir/dashboard.token
     flink_conf_file: Path = PROJECT_DIR / "flink-conf" / "config.yaml"  # MAILROOM_FLINK_CONF
     topic_prefix: str = "mailroom."  # MAILROOM_TOPIC_PREFIX: namespaces every topic name
     python_executable: str = sys.executable  # MAILROOM_PYTHON: the interpreter Flink workers run
@@ -96,7 +121,7 @@ class Settings:
             settings = replace(settings, registry_dir=settings.run_dir / "registry")
         if not settings.redis_password:
             settings = replace(settings, redis_password=_stored_password(settings.run_dir))
-        return settings
+        return settings  # the other Redis users' passwords and the dashboard token: read (generated) when first used
 
     def as_env(self) -> dict[str, str]:
         """These settings as the environment variables a child process reads them from."""
@@ -133,21 +158,147 @@ class Settings:
             raise ConfigError(f"The Flink Kafka connector jar is missing under {self.jar_dir}/connector. Run `make jars` (or `make setup`).")
         return jars[-1]
 
-    def redis_client(self, **kwargs):
-        """A redis-py client for the project's Redis, authenticated."""
+    @property
+    def principal(self) -> str:
+        """The Kafka principal this process's clients use (the operator unless set)."""
+        return self.kafka_principal or "operator"
+
+    def as_principal(self, principal: str) -> "Settings":
+        """These settings for a process in the role of `principal`, unless MAILROOM_KAFKA_PRINCIPAL chose one already."""
+        return self if self.kafka_principal else replace(self, kafka_principal=principal)
+
+    def kafka_password(self, principal: str) -> str:
+        """The SCRAM password of a Kafka principal: from MAILROOM_KAFKA_PASSWORDS, else kept in run_dir (generated on first use)."""
+        if self.kafka_passwords:
+            try:
+                given = json.loads(self.kafka_passwords)
+            except ValueError:
+                raise ConfigError("MAILROOM_KAFKA_PASSWORDS is not JSON; give an object like {\"operator\": \"...\"} or unset it.") from None
+            if not isinstance(given, dict):
+                raise ConfigError("MAILROOM_KAFKA_PASSWORDS must be a JSON object {\"principal\": \"password\"}.")
+            if given.get(principal):
+                return str(given[principal])
+        return _stored_kafka_password(self.run_dir, principal)
+
+    @property
+    def kafka_passwords_file(self) -> Path:
+        return self.run_dir / "kafka-passwords.json"
+
+    def redis_password_of(self, user: str) -> str:
+        """The password of the Redis user `user` (a key of REDIS_USERS)."""
+        if user not in REDIS_USERS:
+            raise ValueError(f"{user!r} is not a Redis user: one of {list(REDIS_USERS)}")
+        if user == OPERATOR:
+            return self.redis_password
+        return getattr(self, f"redis_{user}_password") or _stored_passwords(self.run_dir)[user]
+
+    def dashboard_secret(self) -> str:
+        """The token the dashboard requires: MAILROOM_DASHBOARD_TOKEN, else the one kept in run_dir/dashboard.token."""
+        return self.dashboard_token or _stored_secret(self.dashboard_token_file)
+
+    def redis_client(self, user: str = "operator", **kwargs):
+        """A redis-py client for the project's Redis, authenticated as `user` (a key of REDIS_USERS; the
+        operator has every right: the jobs and the dashboard pass their own user)."""
         import redis
 
-        return redis.Redis(host=self.host, port=self.redis_port, password=self.redis_password, **kwargs)
+        return redis.Redis(host=self.host, port=self.redis_port, username=user, password=self.redis_password_of(user), **kwargs)
+
+    def redis_acl(self) -> list[list[str]]:
+        """The `user` directives of redis.conf (or redis-server's `--user` arguments): each Redis user with its
+        password and rules, the default user disabled."""
+        return [["default", "off", "resetpass", "resetkeys", "resetchannels", "-@all"]] + [
+            [user, "on", "resetpass", f">{self.redis_password_of(user)}", *rules] for user, rules in REDIS_USERS.items()]
+
+    @property
+    def dashboard_token_file(self) -> Path:
+        return self.run_dir / "dashboard.token"
+
+    @property
+    def dashboard_login_url(self) -> str:
+        """The dashboard page's URL with its token: what a person opens in a browser."""
+        return f"{self.dashboard_url}/?token={self.dashboard_secret()}"
+
+
+OPERATOR = "operator"
+# Commands every writer needs: read and write its keys, pipelines and MULTI/EXEC, PING/AUTH/HELLO/CLIENT SETINFO;
+# never FLUSHALL, KEYS, CONFIG, DEBUG and the like (@dangerous), nor FUNCTION (no scripts are used).
+_WRITER = ["resetchannels", "-@all", "+@read", "+@write", "+@transaction", "+@connection", "-@dangerous", "-function"]
+REDIS_USERS = {
+    OPERATOR: ["~*", "&*", "+@all"],  # the tools (`mailroom accuracy --source redis`, the stack's checks) and the tests
+    "scoring": ["resetkeys", "~mailroom:features:*", *_WRITER],  # schemas.redis_keys.FEATURES_NAMESPACE
+    "accuracy": ["resetkeys", "~mailroom:accuracy:*", "~mailroom:shadow:*", *_WRITER],  # ACCURACY_ and SHADOW_NAMESPACE
+    # read only (%R~: read permission only on the keys; no write command at all): SCAN, HGETALL, GET, ...
+    "dashboard": ["resetkeys", "%R~mailroom:*", "resetchannels", "-@all", "+@read", "+@connection", "-@dangerous"],
+    "smoke": ["resetkeys", "~mailroom:smoke:*", *_WRITER],  # tests/jobs/smoke.py
+}
+
+
+def _create_private(path: Path, text: str) -> bool:
+    """Create `path` (mode 0600) holding `text` unless it exists; atomic: a concurrent reader never sees half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    try:
+        os.link(partial, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        partial.unlink()
+
+
+def _stored_secret(path: Path) -> str:
+    """A secret kept in `path` (mode 0600), generated on first use."""
+    if not path.exists():
+        _create_private(path, secrets.token_urlsafe(24) + "\n")
+    return path.read_text().strip()
 
 
 def _stored_password(run_dir: Path) -> str:
-    """The Redis password kept in run_dir (mode 0600), generated on first use."""
-    path = run_dir / "redis.password"
-    if path.exists():
-        return path.read_text().strip()
+    """The Redis operator's password kept in run_dir (mode 0600), generated on first use."""
+    return _stored_secret(run_dir / "redis.password")
+
+
+
+def _stored_kafka_password(run_dir: Path, principal: str) -> str:
+    """One principal's Kafka password from <run_dir>/kafka-passwords.json (mode 0600), added on first use.
+
+    Processes that start together (a job and a tool) may ask at once: the file is locked while read and extended."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    password = secrets.token_urlsafe(24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(password + "\n")
-    return password
+    path = run_dir / "kafka-passwords.json"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "r+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        text = fh.read()
+        try:
+            stored = json.loads(text) if text.strip() else {}
+        except ValueError:
+            raise ConfigError(f"{path} is not JSON; delete it (and run `mailroom stack up`) to generate new Kafka passwords.") from None
+        if principal not in stored:
+            stored[principal] = secrets.token_urlsafe(24)
+            fh.seek(0)
+            fh.truncate()
+            fh.write(json.dumps(stored, indent=1, sort_keys=True) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        return stored[principal]
+
+
+def _stored_passwords(run_dir: Path) -> dict[str, str]:
+    """The other Redis users' passwords kept in run_dir/redis_user_passwords (JSON, mode 0600), generated on first use
+    (a user added later gets a password added to the file)."""
+    path = run_dir / "redis_user_passwords"
+    users = [user for user in REDIS_USERS if user != OPERATOR]
+    if not path.exists():
+        _create_private(path, json.dumps({user: secrets.token_urlsafe(24) for user in users}, indent=2) + "\n")
+    stored = json.loads(path.read_text())
+    if any(user not in stored for user in users):
+        stored = {**{user: secrets.token_urlsafe(24) for user in users}, **stored}
+        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(stored, indent=2) + "\n")
+        os.replace(partial, path)
+    return stored

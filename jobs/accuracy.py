@@ -114,7 +114,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 @refuse_to_start_on_errors
 def main(argv: list[str] | None = None) -> None:
-    settings = Settings.from_env()
+    settings = Settings.from_env().as_principal(JOB)  # each job is its own Kafka principal (schemas/access.py)
     args = parse_args(sys.argv[1:] if argv is None else argv)
     join = JoinConfig(truth_wait_ms=args.truth_wait_ms, prediction_wait_ms=args.prediction_wait_ms,
                       max_failures_per_minute=args.max_failures_per_minute)
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
                           start_ms=args.from_ms)
     shadows = read_records(env, settings, [topic_name("shadow_predictions", prefix)], f"{args.group_id}-shadow", bounded=args.bounded,
                            start_ms=args.from_ms)
-    redis = functools.partial(settings.redis_client, socket_timeout=2, socket_connect_timeout=2)
+    redis = functools.partial(settings.redis_client, "accuracy", socket_timeout=2, socket_connect_timeout=2)
     outputs = build(predictions, truths, shadows, join, metrics, args.out_of_orderness_ms, args.redis_ttl_s, redis)
     for key, stream in outputs.items():
         topic = topic_name(key, prefix)

@@ -19,6 +19,27 @@ BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
 TRANSACTION_TIMEOUT_MS = "600000"
 
 
+# the connector jar shades the Kafka client: its login module lives under Flink's package
+SCRAM_LOGIN_MODULE = "org.apache.flink.kafka.shaded.org.apache.kafka.common.security.scram.ScramLoginModule"
+
+
+def sasl_properties(settings: Settings) -> dict[str, str]:
+    """The Kafka client properties that authenticate as `settings.principal` (SASL/SCRAM on loopback).
+
+    Kafka's client logs its configuration with passwords `[hidden]`; the JAAS value is a Password type there."""
+    principal = settings.principal
+    password = settings.kafka_password(principal)
+    return {
+        "security.protocol": "SASL_PLAINTEXT",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.jaas.config": f'{SCRAM_LOGIN_MODULE} required username="{principal}" password="{password}";',
+    }
+
+
+def _sql_string(value: str) -> str:
+    return value.replace("'", "''")
+
+
 def write_bytes(settings: Settings, topic: str, transactional_id_prefix: str, exactly_once: bool = True) -> KafkaSink:
     """A transactional (exactly-once) sink of raw `bytes` values into one topic."""
     builder = (
@@ -31,6 +52,8 @@ def write_bytes(settings: Settings, topic: str, transactional_id_prefix: str, ex
         .set_property("max.request.size", str(BIG_MESSAGE_BYTES))  # dead letters carry originals
         .set_property("buffer.memory", str(2 * BIG_MESSAGE_BYTES))  # an upper bound, allocated as needed
     )
+    for key, value in sasl_properties(settings).items():
+        builder = builder.set_property(key, value)
     if exactly_once:
         builder = builder.set_delivery_guarantee(DeliveryGuarantee.EXACTLY_ONCE).set_transactional_id_prefix(transactional_id_prefix)
     else:
@@ -56,6 +79,7 @@ def read_records(
     or after that time instead of the group's offsets.
     """
     t_env = StreamTableEnvironment.create(env)
+    sasl = "".join(f"'properties.{key}' = '{_sql_string(value)}',\n          " for key, value in sasl_properties(settings).items())
     table = "kafka_" + re.sub(r"\W", "_", "_".join(topics))
     if start_ms is None:
         startup = "'scan.startup.mode' = 'group-offsets',"
@@ -76,7 +100,7 @@ def read_records(
           'properties.isolation.level' = 'read_committed',
           'properties.auto.offset.reset' = 'earliest',
           'properties.max.partition.fetch.bytes' = '{BIG_MESSAGE_BYTES}',
-          {startup}
+          {sasl}          {startup}
           {"'scan.bounded.mode' = 'latest-offset'," if bounded else ""}
           'format' = 'raw'
         )"""

@@ -56,7 +56,7 @@ def parse_args(argv: list[str], settings: Settings) -> argparse.Namespace:
 
 @refuse_to_start_on_errors
 def main(argv: list[str] | None = None) -> None:
-    settings = Settings.from_env()
+    settings = Settings.from_env().as_principal(JOB)  # each job is its own Kafka principal (schemas/access.py)
     args = parse_args(sys.argv[1:] if argv is None else argv, settings)
     env = make_env(settings, JOB, args.parallelism, args.restore_from)
     config = RouterConfig(duplicate_window_ms=args.duplicate_window_ms)

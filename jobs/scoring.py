@@ -115,7 +115,7 @@ def parse_args(argv: list[str], settings: Settings) -> argparse.Namespace:
 
 @refuse_to_start_on_errors
 def main(argv: list[str] | None = None) -> None:
-    settings = Settings.from_env()
+    settings = Settings.from_env().as_principal(JOB)  # each job is its own Kafka principal (schemas/access.py)
     args = parse_args(sys.argv[1:] if argv is None else argv, settings)
     config = ScoringConfig.from_registry(args.registry, batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay_ms,
                                          triage_threshold=args.triage_threshold, max_failures_per_minute=args.max_failures_per_minute,
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     documents = read_records(env, settings, routed_topics, args.group_id, bounded=args.bounded)
     own_predictions = read_records(env, settings, [predictions_topic], f"{args.group_id}-feedback", bounded=args.bounded)
     control = read_records(env, settings, [topic_name("model_control", prefix)], f"{args.group_id}-control", bounded=args.bounded)
-    redis = functools.partial(settings.redis_client, socket_timeout=2, socket_connect_timeout=2)
+    redis = functools.partial(settings.redis_client, "scoring", socket_timeout=2, socket_connect_timeout=2)
     outputs = build(documents, own_predictions, control, config, redis, args.ocr_parallelism)
     outputs["predictions"].sink_to(write_bytes(settings, predictions_topic, f"{args.group_id}-predictions")).name(
         f"kafka: {predictions_topic}").uid("scoring-sink-predictions")

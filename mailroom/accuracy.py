@@ -263,7 +263,7 @@ def _involves(pair: Pair, model: str | None) -> bool:
 def _view(args: argparse.Namespace, settings: Settings) -> tuple[Group, str]:
     """The tables to show and a one-line note."""
     if args.source == "redis":
-        client = settings.redis_client()
+        client = settings.redis_client("dashboard")  # read only: SCAN + HGETALL
         try:
             entries = read_dashboard(client, args.namespace)
             pair_entries = read_dashboard(client, args.shadow_namespace, shadow_pattern)

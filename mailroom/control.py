@@ -155,12 +155,14 @@ def retire_record(kind: str, slot: str, note: str | None, at_ms: int) -> Publica
 @contextmanager
 def kafka_errors(settings: Settings) -> Iterator[None]:
     """Kafka's own errors as ControlError, saying what to do."""
-    from kafka.errors import KafkaError
+    from kafka.errors import KafkaError, TopicAuthorizationFailedError
 
     try:
         yield
     except KafkaError as exc:
-        raise ControlError(f"Kafka at {settings.bootstrap_servers}: {exc!r}. Is the stack up (`mailroom stack up`)?") from None
+        from mailroom.kafkautil import explain
+
+        raise ControlError(explain(exc, settings, "Write" if isinstance(exc, TopicAuthorizationFailedError) else "use")) from None
 
 
 def require_topics(settings: Settings, keys: Iterable[str]) -> None:
@@ -177,6 +179,9 @@ def require_topics(settings: Settings, keys: Iterable[str]) -> None:
         client.close()
     missing = [name for name in (topic_name(key, settings.topic_prefix) for key in keys) if name not in existing]
     if missing:
+        from mailroom.kafkautil import check_topic_access
+
+        check_topic_access(settings, missing[0], "Describe")  # not listed: maybe hidden from this principal
         raise ControlError(f"topic {', '.join(missing)} does not exist: `mailroom stack up` creates the declared topics")
 
 
@@ -220,10 +225,16 @@ def publish(settings: Settings, publications: list[Publication], timeout_s: floa
     from mailroom.kafkautil import producer
 
     topic = topic_name("model_control", settings.topic_prefix)
+    from kafka.errors import TopicAuthorizationFailedError
+
+    from mailroom.kafkautil import AccessRefused, refusal
+
     kafka = producer(settings, max_block_ms=int(timeout_s * 1000))
     try:
         return [kafka.send(topic, key=p.key.encode(), value=codec.encode("model_control", p.record, validate=True)).get(timeout=timeout_s)
                 for p in publications]
+    except TopicAuthorizationFailedError as exc:
+        raise AccessRefused(refusal(exc, settings.principal, "Write", f"topic {topic}"), exc) from None
     finally:
         kafka.close()
 

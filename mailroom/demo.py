@@ -31,7 +31,7 @@ from mailroom.control import registry_champions
 from mailroom.stack import DashboardService
 from config.flinkconf import embedded_ui_port
 from mailroom.feedback import FeedbackProfile, send_feedback, simulate_feedback, with_predictions
-from mailroom.kafkautil import MAX_MESSAGE_BYTES, producer, read_topic
+from mailroom.kafkautil import client_config, MAX_MESSAGE_BYTES, producer, read_topic
 from mailroom.models_cli import train_config, train_models
 from mailroom.produce import to_document
 from config.settings import Settings
@@ -72,7 +72,7 @@ class ArrivalClock:
         self._dead_topic = topic_name("dead_letters", prefix)
         consumer = KafkaConsumer(
             self._dead_topic, *(topic_name(department_topic_key(label), prefix) for label in DEPARTMENTS),
-            bootstrap_servers=self.settings.bootstrap_servers, isolation_level="read_committed",
+            **client_config(self.settings), isolation_level="read_committed",
             auto_offset_reset="latest", enable_auto_commit=False, group_id=f"mailroom-demo-{self.run_id}",
             fetch_max_bytes=MAX_MESSAGE_BYTES, max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
         )
@@ -187,7 +187,7 @@ def run(settings: Settings, count: int = 600, rate: float = 30.0, scan_share: fl
     console.print(f"stack: started {', '.join(stack['started']) or 'nothing (already running)'}; topics created: {len(stack['topics_created'])}")
     ensure_champions(settings)
     DashboardService(settings).start()
-    console.print(f"dashboard: {settings.dashboard_url} (live while the jobs run; stays up until `mailroom stack down`)")
+    console.print(f"dashboard: {settings.dashboard_login_url} (live while the jobs run; stays up until `mailroom stack down`)")
 
     docs = documents_for_run(run_id, count, seed, scan_share)
     bad = unreadable_messages(random.Random(seed), max(3, count // 50))
@@ -213,7 +213,7 @@ def run(settings: Settings, count: int = 600, rate: float = 30.0, scan_share: fl
             stop_job(job)
     report = _report(settings, docs, clock, dead, len(sent))
     report["accuracy"] = _accuracy(settings, docs, list(clock.predictions.values()), seed, drift, started_ms, run_id)
-    console.print(f"[bold]watch it:[/bold] dashboard {settings.dashboard_url} | Prometheus {settings.prometheus_url} | "
+    console.print(f"[bold]watch it:[/bold] dashboard {settings.dashboard_login_url} | Prometheus {settings.prometheus_url} | "
                   f"MLflow {settings.mlflow_url} | `mailroom stack down` stops them")
     return report
 
@@ -299,7 +299,7 @@ def _accuracy(settings: Settings, docs: list[dict], predictions: list[dict], see
     job_started_ms = int(time.time() * 1000)
     with console.status("accuracy job: joining predictions with ground truth ..."):
         # this run's predictions and feedback only: a fresh group, from the run's start
-        result = run_job(settings, "jobs.accuracy", ["--bounded", "--from-ms", str(started_ms), "--group-id", f"mailroom-demo-{run_id}",
+        result = run_job(settings, "jobs.accuracy", ["--bounded", "--from-ms", str(started_ms), "--group-id", f"mailroom-accuracy-demo-{run_id}",
                                                      *ALERT_THRESHOLDS], timeout=900)
     if result.returncode != 0:
         raise RuntimeError(f"the accuracy job failed:\n{result.stderr[-3000:]}")

@@ -360,6 +360,10 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
         console.print("dry run: nothing sent")
         return 0
     topic = args.topic or topic_name("ground_truth", settings.topic_prefix)
+    if args.department:  # one verdict from one department: sent as that department's principal
+        from schemas.access import department_principal
+
+        settings = settings.as_principal(department_principal(args.department))
     try:
         kafka = producer(settings)
         try:
@@ -367,7 +371,9 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
         finally:
             kafka.close()
     except KafkaError as exc:
-        err.print(f"[red]error:[/red] Kafka at {settings.bootstrap_servers}: {exc!r}. Is the stack up (`mailroom stack up`)?")
+        from mailroom.kafkautil import explain
+
+        err.print(f"[red]error:[/red] {explain(exc, settings, 'Write', f'topic {topic}')}", highlight=False)
         return 1
     console.print(report.summary())
     for failure in report.failed[:args.show]:

@@ -37,6 +37,7 @@ from rich.table import Table
 from rich.text import Text
 
 from config.settings import Settings
+from mailroom.kafkautil import client_config
 from mailroom.feedback import check_label, ground_truth, send_feedback
 from schemas import codec
 from schemas.labels import DEPARTMENTS, LABELS
@@ -325,7 +326,7 @@ def _consumer(settings: Settings):
 
     from mailroom.kafkautil import MAX_MESSAGE_BYTES
 
-    return KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, isolation_level="read_committed", enable_auto_commit=False,
+    return KafkaConsumer(**client_config(settings), isolation_level="read_committed", enable_auto_commit=False,
                          fetch_max_bytes=MAX_MESSAGE_BYTES, max_partition_fetch_bytes=MAX_MESSAGE_BYTES, consumer_timeout_ms=500)
 
 
@@ -469,7 +470,11 @@ def _verdict(args: argparse.Namespace, settings: Settings, department: str) -> i
 def _cmd(args: argparse.Namespace, settings: Settings) -> int:
     from kafka.errors import KafkaError
 
+    from mailroom.kafkautil import check_topic_access, explain
+    from schemas.access import department_principal
+
     department = args.department
+    settings = settings.as_principal(department_principal(department))  # a department reads its own inbox only
     topic = department_topic(department, settings.topic_prefix)
     if args.follow and (args.show or args.confirm or args.correct):
         err.print("[red]error:[/red] --follow goes with the list, not with --show, --confirm or --correct")
@@ -496,11 +501,16 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         return 2
     except TopicMissing:
+        try:
+            check_topic_access(settings, topic, "Read")  # a topic the broker hides from this principal looks missing
+        except KafkaError as exc:
+            err.print(f"[red]error:[/red] {escape(explain(exc, settings, 'Read', f'topic {topic}'))}", highlight=False)
+            return 1
         err.print(f"[red]error:[/red] topic {topic} does not exist: `mailroom stack up` creates the declared topics", highlight=False)
         return 1
     except KafkaError as exc:
-        err.print(f"[red]error:[/red] Kafka at {settings.bootstrap_servers}: {exc!r}. Is the stack up (`mailroom stack up`)?",
-                  highlight=False)
+        operation, resource = ("Write", f"topic {topic_name('ground_truth', settings.topic_prefix)}") if args.confirm or args.correct else ("Read", f"topic {topic}")
+        err.print(f"[red]error:[/red] {escape(explain(exc, settings, operation, resource))}", highlight=False)
         return 1
 
 

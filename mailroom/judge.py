@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from rich.console import Console
 
 from config.settings import Settings
+from mailroom.kafkautil import client_config
 from mailroom import control
 from mailroom.decisions import decision, move_champion, publish_decision, read_decisions
 from mailroom.retrainer import KINDS
@@ -183,6 +184,7 @@ class JudgeMetrics:
 
 
 def serve(settings: Settings, registry: Registry, config: JudgeConfig, stop: threading.Event) -> None:
+    settings = settings.as_principal("retrainer")  # the judge is part of the learning loop: it moves champions too
     """The Kafka loop: decisions so far restored, then every labelled shadow pair from the beginning, until `stop`;
     metrics exported meanwhile."""
     metrics = JudgeMetrics()
@@ -197,7 +199,7 @@ def _consume(settings: Settings, registry: Registry, config: JudgeConfig, stop: 
     for record in read_decisions(settings):
         policy.restore(record)
     topic = topic_name("labelled_shadow_pairs", settings.topic_prefix)
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, isolation_level="read_committed", enable_auto_commit=False)
+    consumer = KafkaConsumer(**client_config(settings), isolation_level="read_committed", enable_auto_commit=False)
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
         consumer.assign(partitions)
@@ -242,6 +244,7 @@ def config_of(args: argparse.Namespace) -> JudgeConfig:
 
 
 def cmd_judge(args: argparse.Namespace, settings: Settings) -> int:
+    settings = settings.as_principal("retrainer")
     from mailroom.models_cli import registry_dir
 
     stop = threading.Event()

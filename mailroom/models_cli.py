@@ -265,6 +265,7 @@ def _print_versions(kind: str, rows: list[dict]) -> None:
 
 
 def cmd_deploy(args: argparse.Namespace, settings: Settings) -> int:
+    settings = settings.as_principal("retrainer")  # only the learning loop (and the operator) may move models
     from mailroom.control import ControlError, DeployRefused, deploy
     from models.registry import Registry
 
@@ -289,6 +290,7 @@ def cmd_deploy(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_retire(args: argparse.Namespace, settings: Settings) -> int:
+    settings = settings.as_principal("retrainer")  # only the learning loop (and the operator) may move models
     from mailroom.control import ControlError, DeployRefused, retire
     from models.registry import Registry
 

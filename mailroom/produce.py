@@ -276,7 +276,7 @@ class DocumentProducer:
 
         self.topic = topic or topic_name("documents", settings.topic_prefix)
         # documents are tens of KB: kafka-python's default 16 KB batch would hold one (1 MB: +15% docs/s here)
-        self.kafka = kafka if kafka is not None else producer(settings, batch_size=2**20)
+        self.kafka = kafka if kafka is not None else producer(settings.as_principal("producer"), batch_size=2**20)
 
     def send(self, document: dict):
         """Encode one document (validated) and send it; returns kafka-python's future.
@@ -374,7 +374,12 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
         with DocumentProducer(settings, args.topic) as producer:
             report = producer.send_plan(planned, progress=not args.no_progress)
     except KafkaError as exc:
-        err.print(f"[red]error:[/red] Kafka at {settings.bootstrap_servers}: {exc!r}. Is the stack up (`mailroom stack up`) and does the topic exist?")
+        from rich.markup import escape
+
+        from mailroom.kafkautil import explain
+
+        topic = args.topic or topic_name("documents", settings.topic_prefix)
+        err.print(f"[red]error:[/red] {escape(explain(exc, settings.as_principal('producer'), 'Write', f'topic {topic}'))}", highlight=False)
         return 1
     console.print(report.summary())
     for failure in report.failed[:args.show_refused]:

@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry, Counter
 from rich.console import Console
 
 from config.settings import Settings
+from mailroom.kafkautil import client_config
 from mailroom import control
 from mailroom.decisions import decision, publish_decision
 from mailroom.service_metrics import exported
@@ -203,7 +204,7 @@ class Retrainer:
     """The Kafka-facing part: examples into the store, requests through the gate into one worker thread per retraining."""
 
     def __init__(self, settings: Settings, registry: Registry, store: ExampleStore, config: RetrainConfig):
-        self.settings, self.registry, self.store, self.config = settings, registry, store, config
+        self.settings, self.registry, self.store, self.config = settings.as_principal("retrainer"), registry, store, config
         self.gate = RequestGate(config.cooldown_ms)
         self.workers: list[threading.Thread] = []
         self.metrics = CollectorRegistry()
@@ -255,7 +256,7 @@ class Retrainer:
         from kafka import KafkaConsumer
 
         examples, requests = (topic_name(key, self.settings.topic_prefix) for key in ("labelled_examples", "retraining_requests"))
-        consumer = KafkaConsumer(examples, requests, bootstrap_servers=self.settings.bootstrap_servers, group_id=group_id,
+        consumer = KafkaConsumer(examples, requests, **client_config(self.settings), group_id=group_id,
                                  isolation_level="read_committed", enable_auto_commit=False, auto_offset_reset="earliest")
         console.print(f"retrainer: examples from {examples} into {self.store.root}; requests from {requests}")
         try:
@@ -301,6 +302,7 @@ def _parts(args: argparse.Namespace, settings: Settings) -> tuple[Registry, Exam
 
 
 def cmd_retrainer(args: argparse.Namespace, settings: Settings) -> int:
+    settings = settings.as_principal("retrainer")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
@@ -315,6 +317,7 @@ def cmd_retrainer(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
+    settings = settings.as_principal("retrainer")
     registry, store = _parts(args, settings)
     try:
         control.require_topics(settings, ["model_decisions", "model_control"])

@@ -38,7 +38,7 @@ from mailroom import judge as judge_service
 from mailroom.control import registry_champions
 from mailroom.drift import billing_disputes, from_jsonl
 from mailroom.feedback import FeedbackProfile, send_feedback, simulate_feedback, with_predictions
-from mailroom.kafkautil import producer
+from mailroom.kafkautil import client_config, producer
 from mailroom.models_cli import train_config, train_models
 from mailroom.produce import to_document
 from mailroom.retrainer import RetrainConfig, Retrainer
@@ -172,7 +172,7 @@ def _clock(ms: float) -> str:
 
 def follow(settings: Settings, timeline: Timeline, stop: threading.Event) -> None:
     """Feed the timeline from the start of the run's topics until `stop` (read_committed)."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, isolation_level="read_committed", enable_auto_commit=False)
+    consumer = KafkaConsumer(**client_config(settings), isolation_level="read_committed", enable_auto_commit=False)
     try:
         partitions = [TopicPartition(topic_name(key, settings.topic_prefix), p) for key in TIMELINE_TOPICS
                       for p in sorted(consumer.partitions_for_topic(topic_name(key, settings.topic_prefix)) or [])]
@@ -233,7 +233,7 @@ class Traffic:
 
 def feedback(settings: Settings, traffic: Traffic, profile: FeedbackProfile, stop: threading.Event) -> None:
     """The departments' verdicts on every prediction of this run, each sent when it is due (its sent_ms)."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, isolation_level="read_committed", enable_auto_commit=False)
+    consumer = KafkaConsumer(**client_config(settings), isolation_level="read_committed", enable_auto_commit=False)
     topic = topic_name("predictions", settings.topic_prefix)
     partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
     consumer.assign(partitions)

@@ -27,7 +27,11 @@ import psutil
 from config.flinkconf import flink_home, jobmanager_dynamic_properties, write_cluster_conf, write_plugins_dir
 from config.monitoring import MAX_TASKMANAGERS, metrics_port, register_target, unregister_target, write_prometheus_config
 from config.settings import ConfigError, Settings
+from schemas.access import OPERATOR
 from schemas.topics import TOPICS
+
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+CONTROLLER = "controller"  # the KRaft controller listener's one (PLAIN) user: the broker itself
 
 
 class StackError(RuntimeError):
@@ -196,15 +200,34 @@ class Kafka(TrackedService):
 
     def _write_config(self) -> Path:
         s = self.s
+        operator, controller = OPERATOR, CONTROLLER
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule"
+        plain = "org.apache.kafka.common.security.plain.PlainLoginModule"
+        controller_pw = s.kafka_password(controller)
         props = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@{s.host}:{s.kafka_controller_port}",
-            "listeners": f"PLAINTEXT://{s.host}:{s.kafka_port},CONTROLLER://{s.host}:{s.kafka_controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{s.host}:{s.kafka_port}",
+            # clients and the broker itself: SASL/SCRAM on loopback (no TLS: nothing leaves the machine)
+            "listeners": f"SASL_PLAINTEXT://{s.host}:{s.kafka_port},CONTROLLER://{s.host}:{s.kafka_controller_port}",
+            "advertised.listeners": f"SASL_PLAINTEXT://{s.host}:{s.kafka_port}",
             "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": "SASL_PLAINTEXT",
+            "listener.security.protocol.map": "SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT",
+            "sasl.enabled.mechanisms": SCRAM_MECHANISM,
+            "sasl.mechanism.inter.broker.protocol": SCRAM_MECHANISM,
+            f"listener.name.sasl_plaintext.{SCRAM_MECHANISM.lower()}.sasl.jaas.config":
+                f'{scram} required username="{operator}" password="{s.kafka_password(operator)}";',
+            # the KRaft controller cannot use SCRAM (its credentials live in the metadata it serves): PLAIN, one static
+            # user known to the broker only
+            "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+            "sasl.mechanism.controller.protocol": "PLAIN",
+            "listener.name.controller.plain.sasl.jaas.config":
+                f'{plain} required username="{controller}" password="{controller_pw}" user_{controller}="{controller_pw}";',
+            # the standard authorizer: what schemas/access.py does not grant is refused
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "allow.everyone.if.no.acl.found": "false",
+            "super.users": f"User:{operator};User:{controller}",
             "log.dirs": str(self.data),
             # a single broker cannot meet the default replication factor of 3
             "offsets.topic.replication.factor": "1",
@@ -223,7 +246,10 @@ class Kafka(TrackedService):
             "transaction.max.timeout.ms": "900000",
         }
         path = self.dir / "server.properties"
-        path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds passwords
+        os.fchmod(fd, 0o600)  # written without them before
+        with os.fdopen(fd, "w") as fh:
+            fh.write("".join(f"{k}={v}\n" for k, v in props.items()))
         log4j = self.dir / "log4j2.properties"
         log4j.write_text(
             "status = warn\n"
@@ -266,7 +292,9 @@ class Kafka(TrackedService):
         if not (self.data / "meta.properties").exists():  # format storage once
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             out = subprocess.run(
-                self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "--config", str(config)),  # an id may start with "-"
+                # an id may start with "-"; the operator's SCRAM user must exist before the broker can authenticate anyone
+                self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "--config", str(config),
+                           "--add-scram", f"{SCRAM_MECHANISM}=[name={OPERATOR},password={self.s.kafka_password(OPERATOR)}]"),
                 capture_output=True,
                 text=True,
             )
@@ -291,21 +319,52 @@ class Kafka(TrackedService):
 
     def _answers(self) -> bool:
         from kafka import KafkaAdminClient
+        from kafka.errors import SaslAuthenticationFailedError
+
+        from mailroom.kafkautil import client_config
 
         if not accepts(self.s.host, self.s.kafka_port):  # an admin client waits up to 30 s for a broker that is not listening
             return False
-        admin = KafkaAdminClient(bootstrap_servers=self.s.bootstrap_servers, request_timeout_ms=5000)
+        try:
+            admin = KafkaAdminClient(**client_config(self.s, OPERATOR), request_timeout_ms=5000)
+        except SaslAuthenticationFailedError:
+            self._bootstrap_operator()  # storage formatted before authentication (an older run directory)
+            admin = KafkaAdminClient(**client_config(self.s, OPERATOR), request_timeout_ms=5000)
         try:
             return bool(admin.describe_cluster()["brokers"])
         finally:
             admin.close()
 
+    def _bootstrap_operator(self) -> None:
+        """Set the operator's SCRAM credential through the controller listener (as the controller's PLAIN user): for
+        storage formatted without `--add-scram`, whose broker then knows no SCRAM user at all."""
+        conf = self.dir / "controller-admin.properties"
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds a password
+        with os.fdopen(fd, "w") as fh:
+            fh.write("security.protocol=SASL_PLAINTEXT\nsasl.mechanism=PLAIN\n"
+                     "sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required "
+                     f'username="{CONTROLLER}" password="{self.s.kafka_password(CONTROLLER)}";\n')
+        try:
+            out = subprocess.run(
+                self._java("kafka.admin.ConfigCommand", "--bootstrap-controller", f"{self.s.host}:{self.s.kafka_controller_port}",
+                           "--command-config", str(conf), "--alter", "--entity-type", "users", "--entity-name", OPERATOR,
+                           "--add-config", f"{SCRAM_MECHANISM}=[password={self.s.kafka_password(OPERATOR)}]"),
+                capture_output=True, text=True, timeout=120)
+        finally:
+            conf.unlink(missing_ok=True)
+        if out.returncode != 0:
+            raise StackError(f"Could not create the Kafka operator's SCRAM user:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+
     def create_topics(self) -> list[str]:
-        """Create the declared topics that do not exist yet; return their names."""
+        """Create the declared topics that do not exist yet, every principal's user and the ACLs of schemas/access.py
+        for this topic prefix; return the names of the topics created."""
         from kafka import KafkaAdminClient
         from kafka.admin import NewTopic
 
-        admin = KafkaAdminClient(bootstrap_servers=self.s.bootstrap_servers, request_timeout_ms=10000)
+        from mailroom.kafkautil import client_config, ensure_access
+
+        ensure_access(self.s)
+        admin = KafkaAdminClient(**client_config(self.s, OPERATOR), request_timeout_ms=10000)
         try:
             existing = set(admin.list_topics())
             missing = [t for t in TOPICS if t.name(self.s.topic_prefix) not in existing]
@@ -333,7 +392,8 @@ class Kafka(TrackedService):
 
 
 class Redis(TrackedService):
-    """Debian's redis-server on loopback, password required, no persistence (a cache)."""
+    """Debian's redis-server on loopback, one ACL user per writer (`config.settings.REDIS_USERS`, the default user
+    disabled), no persistence (a cache)."""
 
     name = "redis"
 
@@ -342,6 +402,15 @@ class Redis(TrackedService):
 
     def start(self) -> None:
         if proc := self.process():
+            import redis
+
+            try:
+                self._answers()
+            except redis.exceptions.AuthenticationError:  # started before the ACL users (one password), or other passwords
+                raise StackError(f"Redis (PID {proc.pid}) refuses the operator user: it runs with an older configuration. "
+                                 "Run `mailroom stack down`, then `mailroom stack up`.") from None
+            except redis.exceptions.RedisError:
+                pass  # not answering yet
             _wait(self._answers, proc, 30, "Redis", self.log)
             return
         binary = shutil.which("redis-server")
@@ -350,12 +419,12 @@ class Redis(TrackedService):
         _require_free(self.s.host, self.s.redis_port, "Redis", "MAILROOM_REDIS_PORT")
         self.dir.mkdir(parents=True, exist_ok=True)
         conf = self.dir / "redis.conf"
-        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the password
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the passwords
         with os.fdopen(fd, "w") as fh:
             fh.write(
                 f"bind {self.s.host}\nport {self.s.redis_port}\nprotected-mode yes\n"
-                f"requirepass {self.s.redis_password}\n"
-                f"dir {self.dir}\nlogfile {self.log}\ndaemonize no\n"
+                + "".join("user " + " ".join(rule) + "\n" for rule in self.s.redis_acl())  # the users; default off
+                + f"dir {self.dir}\nlogfile {self.log}\ndaemonize no\n"
                 'save ""\nappendonly no\n'  # a feature cache: Flink state is the source of truth
                 "maxmemory 256mb\nmaxmemory-policy volatile-ttl\n"
             )
@@ -366,14 +435,14 @@ class Redis(TrackedService):
         _wait(self._answers, psutil.Process(popen.pid), 30, "Redis", self.log)
 
     def _answers(self) -> bool:
-        client = self.s.redis_client(socket_timeout=2)
+        client = self.s.redis_client("operator", socket_timeout=2)
         try:
             return bool(client.ping())
         finally:
             client.close()
 
     def where(self) -> str:
-        return f"{self.s.host}:{self.s.redis_port} (password required)"
+        return f"{self.s.host}:{self.s.redis_port} (ACL users {', '.join(user[0] for user in self.s.redis_acl()[1:])}; default user off)"
 
 
 # --- MLflow ----------------------------------------------------------------------------------
@@ -500,7 +569,7 @@ class DashboardService(TrackedService):
             return resp.status == 200
 
     def where(self) -> str:
-        return f"page {self.s.dashboard_url}"
+        return f"page {self.s.dashboard_url}/?token=... (token in {self.s.dashboard_token_file} unless MAILROOM_DASHBOARD_TOKEN)"
 
 
 # --- Flink session cluster -------------------------------------------------------------------

@@ -59,13 +59,16 @@ def stack(test_settings):
 @pytest.fixture
 def topics(stack, test_settings):
     """A factory of fresh, uniquely named topics, deleted after the test."""
-    from mailroom.kafkautil import delete_topics, ensure_topics
+    from mailroom.kafkautil import delete_topics, ensure_topics, grant_topics
+    from schemas.access import JOB_PRINCIPALS
 
     made: list[str] = []
 
     def make(name: str, partitions: int = 1) -> str:
         topic = f"test.{name}.{uuid.uuid4().hex[:8]}"
         ensure_topics(test_settings, [topic], partitions)
+        # jobs run on ad-hoc topics as their own principals: grant them these topics (the declared ones have ACLs of their own)
+        grant_topics(test_settings, [topic], list(JOB_PRINCIPALS))
         made.append(topic)
         return topic
 

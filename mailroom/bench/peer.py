@@ -10,6 +10,7 @@ import signal
 import threading
 
 from config.settings import Settings
+from mailroom.kafkautil import client_config
 from schemas.units import now_ms as clock_ms  # the methods below take a `now_ms` argument
 from schemas import codec
 from schemas.labels import DEPARTMENTS
@@ -93,7 +94,7 @@ def peer_main(argv: list[str] | None = None) -> int:
     scorer = PeerScorer(config)
     departments = {dept: topic_name(department_topic_key(label), prefix) for label, dept in DEPARTMENTS.items()}
     predictions = topic_name("predictions", prefix)
-    consumer = KafkaConsumer(topic_name("routed_text", prefix), topic_name("routed_scans", prefix), bootstrap_servers=settings.bootstrap_servers,
+    consumer = KafkaConsumer(topic_name("routed_text", prefix), topic_name("routed_scans", prefix), **client_config(settings),
                              group_id=args.group_id, auto_offset_reset="earliest", enable_auto_commit=True)
     out = producer(settings)
     stopping = threading.Event()

@@ -22,6 +22,7 @@ from typing import Iterator, NamedTuple
 from tqdm import tqdm
 
 from config.settings import Settings
+from mailroom.kafkautil import client_config
 from mailroom.bench.corpus import Corpus, pending_documents
 from mailroom.bench.figures import (NO_OCR, OCR_CLI, OCR_READER, SCANS, SHADOW, DeployFigures, Result, Window, deploy_timing, first_serving, percentiles, shadow_check,
                                     sustained_window)
@@ -212,7 +213,7 @@ def run_router(run: Run, kind: str) -> Result:
             raise BenchError(f"{name}: {len(sent.failed)} documents not acknowledged, {len(sent.refused)} refused")
         log = run.log_dir / f"{name}.log"
         started = time.time()
-        proc = start_job(settings, "jobs.router", ["--bounded", "--parallelism", "1", "--group-id", settings.topic_prefix + "group"], log,
+        proc = start_job(settings, "jobs.router", ["--bounded", "--parallelism", "1", "--group-id", settings.topic_prefix + "router-group"], log,
                          log_dir=log.with_suffix(""))
         timeout_s = 300 + sent.sent / 20
         with TreeSampler([proc.pid]) as sampler, console.status(f"{name}: jobs.router --bounded over {sent.sent:,} documents"):
@@ -461,7 +462,7 @@ def _send_backlog(settings: Settings, corpus: Corpus, name: str) -> None:
 def _start(settings: Settings, variant: str, parallelism: int, log: Path) -> list[subprocess.Popen]:
     from mailroom.submit import start_job
 
-    group = settings.topic_prefix + "group"  # unique per run, like the topics
+    group = settings.topic_prefix + "scoring-group"  # unique per run, like the topics
     if variant in SCORING_VARIANTS:  # mailroom-shadow: the same job, its challenger comes from the control topic
         # every page read (no cache, and no wait bound: the backlog was routed when the corpus was built), so reading is measured
         args = ["--parallelism", str(parallelism), "--group-id", group, "--no-ocr-cache", "--ocr-max-wait-ms", str(DAY_MS)]
@@ -528,7 +529,7 @@ class TopicWatcher:
     def __enter__(self):
         from kafka import KafkaConsumer, TopicPartition
 
-        self.consumer = KafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers, isolation_level="read_committed",
+        self.consumer = KafkaConsumer(**client_config(self.settings), isolation_level="read_committed",
                                       enable_auto_commit=False, fetch_max_wait_ms=20)
         partitions = [TopicPartition(topic_name(k, self.settings.topic_prefix), p) for k in self.keys for p in range(BY_KEY[k].partitions)]
         self.consumer.assign(partitions)

@@ -3,13 +3,21 @@ charts are drawn by plotly.js, served from the plotly wheel (nothing is fetched 
 
     GET /            the page (static/index.html + dashboard.js)
     GET /api/state   every panel as JSON (`panels.page_state`), what the page polls
-    GET /metrics     the dashboard's own metrics, for Prometheus
+    GET /metrics     the dashboard's own metrics, for Prometheus (counters only, no document content: open)
+    GET /healthz     liveness (open)
+
+Every other path needs the dashboard's token (`Settings.dashboard_secret()`: MAILROOM_DASHBOARD_TOKEN or
+<run_dir>/dashboard.token): `/?token=<token>` (the URL `mailroom dashboard` prints) answers with a cookie
+(HttpOnly, SameSite=Strict) and a redirect to `/`, so the page's own requests carry it; tools may send
+`Authorization: Bearer <token>` instead. Without it: 401 and one line saying where the token is.
 """
 
 from __future__ import annotations
 
 import argparse
+import hmac
 import logging
+import sys
 from importlib.resources import files
 from pathlib import Path
 
@@ -17,6 +25,7 @@ from config.settings import Settings
 
 STATIC = Path(str(files("mailroom.dashboard") / "static"))
 REFRESH_S = 5
+OPEN_PATHS = ("/healthz", "/metrics")  # no document content: Prometheus and the stack's liveness check need no token
 log = logging.getLogger("mailroom.dashboard")
 
 
@@ -27,10 +36,16 @@ def plotly_js() -> Path:
     return Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 
 
-def create_app(sources):
-    """The FastAPI app over `sources` (a `sources.Sources`, or anything with `gather()`)."""
-    from fastapi import FastAPI, HTTPException
-    from fastapi.responses import FileResponse, JSONResponse, Response
+def token_cookie(port: int) -> str:
+    """The cookie holding the token (named by port: browsers share cookies across the ports of 127.0.0.1)."""
+    return f"mailroom_dashboard_token_{port}"
+
+
+def create_app(sources, token: str, port: int = 0, where: str = "MAILROOM_DASHBOARD_TOKEN"):
+    """The FastAPI app over `sources` (a `sources.Sources`, or anything with `gather()`), every page behind `token`
+    (`where`: where a person finds it, for the 401 answer)."""
+    from fastapi import FastAPI, HTTPException, Request
+    from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
     from mailroom.dashboard.panels import page_state
@@ -40,6 +55,26 @@ def create_app(sources):
     refreshes = Counter("mailroom_dashboard_refreshes", "page states served", registry=registry)
     unanswered = Counter("mailroom_dashboard_unanswered_sources", "sources that did not answer a refresh", registry=registry)
     assets = {"plotly.min.js": plotly_js(), **{p.name: p for p in STATIC.iterdir() if p.suffix in (".js", ".css")}}
+    if not token:
+        raise ValueError("the dashboard needs a token (Settings.dashboard_secret())")
+    cookie = token_cookie(port)
+
+    def matches(given: str | None) -> bool:
+        return given is not None and hmac.compare_digest(given.encode(), token.encode())
+
+    @app.middleware("http")
+    async def require_token(request: Request, call_next):
+        if request.url.path in OPEN_PATHS:
+            return await call_next(request)
+        bearer = request.headers.get("authorization", "")
+        if matches(request.cookies.get(cookie)) or (bearer.startswith("Bearer ") and matches(bearer[len("Bearer "):])):
+            return await call_next(request)
+        if matches(request.query_params.get("token")):  # the printed URL: keep the token in a cookie, drop it from the address
+            answer = RedirectResponse(request.url.path, status_code=303)
+            answer.set_cookie(cookie, token, httponly=True, samesite="strict", path="/")
+            return answer
+        return PlainTextResponse(f"401: the dashboard needs its token: open the URL `mailroom dashboard` prints, or add ?token=<the token in {where}>\n",
+                                 status_code=401)
 
     @app.get("/")
     def page():
@@ -69,6 +104,10 @@ def create_app(sources):
     return app
 
 
+def _token_place(settings: Settings) -> str:
+    return "MAILROOM_DASHBOARD_TOKEN" if settings.dashboard_token else str(settings.dashboard_token_file)
+
+
 def serve(settings: Settings) -> None:
     """Serve the dashboard on settings.host:dashboard_port until interrupted."""
     import uvicorn
@@ -78,7 +117,8 @@ def serve(settings: Settings) -> None:
 
     feed = TopicFeed(settings).start()
     try:
-        uvicorn.run(create_app(Sources(settings, feed)), host=settings.host, port=settings.dashboard_port, log_level="warning",
+        app = create_app(Sources(settings, feed), settings.dashboard_secret(), settings.dashboard_port, _token_place(settings))
+        uvicorn.run(app, host=settings.host, port=settings.dashboard_port, log_level="warning",
                     access_log=False)
     finally:
         feed.close()
@@ -90,9 +130,11 @@ def cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
     if args.background:
         service = DashboardService(settings)
         service.start()
-        print(f"dashboard: {settings.dashboard_url} (log {service.log}); `mailroom stack down` stops it")
+        print(f"dashboard: {settings.dashboard_login_url} (log {service.log}); `mailroom stack down` stops it")
         return 0
-    print(f"dashboard: {settings.dashboard_url} (Ctrl-C stops it)")
+    # on a terminal the URL with its token; into a log (`--background`: the service's log) the URL and where the token is
+    url = settings.dashboard_login_url if sys.stdout.isatty() else f"{settings.dashboard_url} (token: {_token_place(settings)})"
+    print(f"dashboard: {url} (Ctrl-C stops it)", flush=True)
     serve(settings)
     return 0
 

@@ -8,6 +8,7 @@ import threading
 from collections import deque
 
 from config.settings import Settings
+from mailroom.kafkautil import client_config
 from schemas import codec
 from schemas.topics import BIG_MESSAGE_BYTES as MAX_MESSAGE_BYTES, topic_name
 
@@ -20,7 +21,7 @@ class TopicFeed:
     gives lists by record type (accuracy_report, shadow_report, alert, model_event, model_decision)."""
 
     def __init__(self, settings: Settings, keep: int = 5000):
-        self.settings, self.keep = settings, keep
+        self.settings, self.keep = settings.as_principal("dashboard"), keep
         self.records: dict[str, deque] = {}
         self.unreadable = 0
         self.connected = False
@@ -62,7 +63,7 @@ class TopicFeed:
     def _consume(self) -> None:
         from kafka import KafkaConsumer, TopicPartition
 
-        consumer = KafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers, isolation_level="read_committed",
+        consumer = KafkaConsumer(**client_config(self.settings), isolation_level="read_committed",
                                  enable_auto_commit=False, fetch_max_bytes=MAX_MESSAGE_BYTES, max_partition_fetch_bytes=MAX_MESSAGE_BYTES)
         try:
             names = [topic_name(key, self.settings.topic_prefix) for key in FEED_TOPICS]

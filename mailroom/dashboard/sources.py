@@ -20,7 +20,7 @@ class Sources:
     def __init__(self, settings: Settings, feed: TopicFeed | None = None):
         self.settings = settings
         self.prometheus = PrometheusApi(settings.prometheus_url)
-        self.redis = settings.redis_client(socket_timeout=2, socket_connect_timeout=2)
+        self.redis = settings.redis_client("dashboard", socket_timeout=2, socket_connect_timeout=2)
         self.feed = feed
         self.registry = None  # opened on first use: there may be no registry yet
         self._models: dict = {}

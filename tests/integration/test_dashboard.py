@@ -10,6 +10,7 @@ import random
 import shutil
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 
@@ -97,7 +98,10 @@ def test_prometheus_and_the_dashboard_show_a_run(pipeline_settings, tmp_path, br
     dashboard.start()
     jobs = {}
     try:
-        browser.get(settings.dashboard_url)
+        with pytest.raises(urllib.error.HTTPError) as refused:  # the page needs its token
+            urllib.request.urlopen(f"{settings.dashboard_url}/api/state", timeout=5)
+        assert refused.value.code == 401 and str(settings.dashboard_token_file) in refused.value.read().decode()
+        browser.get(settings.dashboard_login_url)  # the URL `mailroom run` prints: the token becomes a cookie
         before = _wait_for(lambda: _refreshes(browser) and _panel_states(browser), "the first page state", 60)
         assert before["accuracy"]["state"] == "empty" and "no ground truth yet" in before["accuracy"]["text"]
         assert before["shadow"]["state"] == "empty"

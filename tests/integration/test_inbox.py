@@ -143,7 +143,8 @@ def test_list_show_confirm_correct_and_refuse(settings, capsys, tmp_path):
     status, out, _ = _inbox(settings, capsys, "hr")
     assert status == 0 and "nothing has arrived for hr yet" in out and "mailroom run" in out
     status, _, err = _inbox(replace(settings, topic_prefix="no-such-prefix."), capsys, "hr")
-    assert status == 1 and "topic no-such-prefix.dept.hr does not exist: `mailroom stack up` creates" in err
+    # a topic the principal has no right on, existing or not, is refused: the broker does not tell it which
+    assert status == 1 and "principal dept-hr may not Read topic no-such-prefix.dept.hr" in err
 
     # the accuracy job joins the verdicts with the documents' predictions
     _send(settings, "predictions", "prediction", [_prediction(documents[d]) for d in ("fin-1", "fin-2", "fin-3", "sal-1")])

@@ -60,7 +60,7 @@ def test_prometheus_scrapes_an_embedded_job(stack, test_settings, topics, tmp_pa
     status = next(s for s in stack.status() if s.name == "prometheus")
     assert status.running and test_settings.prometheus_url in status.detail and status.rss_mb
     args = ["--input", topics("docs"), "--text-topic", topics("text"), "--scans-topic", topics("scans"),
-            "--dead-letter-topic", topics("dead"), "--group-id", f"{test_settings.topic_prefix}prom"]
+            "--dead-letter-topic", topics("dead"), "--group-id", f"{test_settings.topic_prefix}router-prom"]
     job = start_job(test_settings, "jobs.router", args, tmp_path / "router.log")
     try:
         assert (targets_dir(test_settings) / "router.json").exists()

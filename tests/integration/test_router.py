@@ -51,7 +51,7 @@ def test_every_bad_input_is_dead_lettered_with_reason_and_original(stack, test_s
     _send(test_settings, router_topics["input"], good + [m for b in corpus for m in b.before])
     _send(test_settings, router_topics["input"], [b.value for b in corpus])
 
-    result = run_job(test_settings, "jobs.router", _args(router_topics, f"router-{run}", "--bounded"), timeout=900)
+    result = run_job(test_settings, "jobs.router", _args(router_topics, f"{test_settings.topic_prefix}router-{run}", "--bounded"), timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
 
     dead = [codec.decode(r.value, expected="dead_letter")[2] for r in read_topic(test_settings, router_topics["dead"], min_count=len(corpus))]
@@ -93,7 +93,7 @@ def test_books_balance_over_thousands_of_mixed_documents(stack, test_settings, r
     run = uuid.uuid4().hex[:6]
     values, _ = _mixed_corpus(run, 3000)
     _send(test_settings, router_topics["input"], values)
-    result = run_job(test_settings, "jobs.router", _args(router_topics, f"router-{run}", "--bounded", "--parallelism", "2"), timeout=900)
+    result = run_job(test_settings, "jobs.router", _args(router_topics, f"{test_settings.topic_prefix}router-{run}", "--bounded", "--parallelism", "2"), timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
 
     text = read_topic(test_settings, router_topics["text"])
@@ -112,7 +112,7 @@ def test_books_balance_over_thousands_of_mixed_documents(stack, test_settings, r
 def test_crash_and_restart_from_checkpoint_loses_and_duplicates_nothing(stack, test_settings, router_topics, tmp_path):
     run = uuid.uuid4().hex[:6]
     values = [valid_text_document(f"{run}-{i}", text=f"Document {i} about an invoice.") for i in range(4000)]
-    group = f"router-{run}"
+    group = f"{test_settings.topic_prefix}router-{run}"
     job = start_job(test_settings, "jobs.router", _args(router_topics, group), tmp_path / "first.log")
     try:
         _send(test_settings, router_topics["input"], values[:2000])

@@ -73,12 +73,48 @@ def test_redis_requires_the_password(stack, test_settings):
     anonymous = redis.Redis(host=test_settings.host, port=test_settings.redis_port)
     with pytest.raises(redis.exceptions.AuthenticationError):
         anonymous.set("mailroom:test:anon", "x")
-    wrong = redis.Redis(host=test_settings.host, port=test_settings.redis_port, password="not-the-password")
+    wrong = redis.Redis(host=test_settings.host, port=test_settings.redis_port, username="operator", password="not-the-password")
     with pytest.raises(redis.exceptions.AuthenticationError):
         wrong.ping()
     client = test_settings.redis_client()
     assert client.set("mailroom:test:auth", "ok", ex=60)
     assert client.get("mailroom:test:auth") == b"ok"
+
+
+def test_the_default_user_cannot_log_in(stack, test_settings):
+    for password in (test_settings.redis_password, "", "anything"):  # AUTH <password> is the default user's login
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            redis.Redis(host=test_settings.host, port=test_settings.redis_port, password=password or None).ping()
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        redis.Redis(host=test_settings.host, port=test_settings.redis_port, username="default", password=test_settings.redis_password).ping()
+
+
+def test_each_redis_user_writes_only_its_namespace(stack, test_settings):
+    from schemas.redis_keys import ACCURACY_NAMESPACE, FEATURES_NAMESPACE, SHADOW_NAMESPACE
+
+    operator = test_settings.redis_client()
+    operator.hset(f"{ACCURACY_NAMESPACE}:acl-test:1", mapping={"accuracy": "0.9"})
+    operator.expire(f"{ACCURACY_NAMESPACE}:acl-test:1", 60)
+    dashboard = test_settings.redis_client("dashboard")
+    assert dashboard.hgetall(f"{ACCURACY_NAMESPACE}:acl-test:1") == {b"accuracy": b"0.9"}  # reads, as the page does
+    assert f"{ACCURACY_NAMESPACE}:acl-test:1".encode() in set(dashboard.scan_iter(match=f"{ACCURACY_NAMESPACE}:*"))
+    for write in (lambda c: c.hset(f"{ACCURACY_NAMESPACE}:acl-test:1", "accuracy", "1"), lambda c: c.set(f"{FEATURES_NAMESPACE}:x", "1"),
+                  lambda c: c.delete(f"{ACCURACY_NAMESPACE}:acl-test:1"), lambda c: c.flushall(), lambda c: c.config_get("*")):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            write(dashboard)
+
+    scoring, accuracy = test_settings.redis_client("scoring"), test_settings.redis_client("accuracy")
+    assert scoring.set(f"{FEATURES_NAMESPACE}:acl-test", "1", ex=60) and scoring.get(f"{FEATURES_NAMESPACE}:acl-test") == b"1"
+    for key in (f"{ACCURACY_NAMESPACE}:acl-test:1", f"{SHADOW_NAMESPACE}:acl-test", "mailroom:smoke:acl-test", "other"):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            scoring.set(key, "1", ex=60)
+    assert accuracy.set(f"{SHADOW_NAMESPACE}:acl-test", "1", ex=60) and accuracy.hset(f"{ACCURACY_NAMESPACE}:acl-test:1", "n", "1") == 1
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        accuracy.set(f"{FEATURES_NAMESPACE}:acl-test", "2")
+    for client in (scoring, accuracy, test_settings.redis_client("smoke")):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            client.flushall()
+    assert operator.get(f"{FEATURES_NAMESPACE}:acl-test") == b"1"
 
 
 def test_services_listen_on_loopback_only(stack, test_settings):

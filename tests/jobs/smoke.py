@@ -27,7 +27,7 @@ class CountInRedis(MapFunction):
         self.client = None
 
     def open(self, runtime_context: RuntimeContext):
-        self.client = self.settings.redis_client()
+        self.client = self.settings.redis_client("smoke")
 
     def map(self, row):
         pipe = self.client.pipeline()

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from config.flinkconf import base_config, cluster_config, job_config
-from config.settings import ENV_VARS, PROJECT_DIR, ConfigError, Settings
+from config.settings import ENV_VARS, PROJECT_DIR, REDIS_USERS, ConfigError, Settings
 from mailroom.stack import SERVER_ENV
 from schemas.labels import DEPARTMENTS, LABELS
 from schemas.topics import TOPICS, department_topic_key, topic_name
@@ -36,6 +36,28 @@ def test_generated_redis_password_is_stable_and_private(tmp_path):
     second = Settings.from_env({"MAILROOM_RUN_DIR": str(tmp_path)})
     assert len(first.redis_password) >= 24 and first.redis_password == second.redis_password
     assert (tmp_path / "redis.password").stat().st_mode & 0o077 == 0
+
+
+def test_every_redis_user_has_its_own_stable_private_password(tmp_path):
+    first, second = Settings.from_env({"MAILROOM_RUN_DIR": str(tmp_path)}), Settings.from_env({"MAILROOM_RUN_DIR": str(tmp_path)})
+    passwords = {user: first.redis_password_of(user) for user in REDIS_USERS}
+    assert passwords == {user: second.redis_password_of(user) for user in REDIS_USERS}
+    assert len(set(passwords.values())) == len(REDIS_USERS) and all(len(p) >= 24 for p in passwords.values())
+    assert (tmp_path / "redis_user_passwords").stat().st_mode & 0o077 == 0
+    given = Settings.from_env({"MAILROOM_RUN_DIR": str(tmp_path), "MAILROOM_REDIS_DASHBOARD_PASSWORD": "dpw"})
+    assert given.redis_password_of("dashboard") == "dpw" and given.redis_password_of("scoring") == passwords["scoring"]
+    acl = {rule[0]: rule for rule in first.redis_acl()}
+    assert acl["default"][:2] == ["default", "off"] and set(acl) == {"default", *REDIS_USERS}
+    assert "%R~mailroom:*" in acl["dashboard"] and "+@write" not in acl["dashboard"]
+    assert "~mailroom:features:*" in acl["scoring"] and "~*" not in acl["scoring"]
+
+
+def test_generated_dashboard_token_is_stable_and_private(tmp_path):
+    s = Settings.from_env({"MAILROOM_RUN_DIR": str(tmp_path)})
+    token = s.dashboard_secret()
+    assert len(token) >= 24 and token == Settings.from_env({"MAILROOM_RUN_DIR": str(tmp_path)}).dashboard_secret()
+    assert s.dashboard_token_file.stat().st_mode & 0o077 == 0 and s.dashboard_login_url.endswith(f"/?token={token}")
+    assert Settings.from_env({"MAILROOM_RUN_DIR": str(tmp_path), "MAILROOM_DASHBOARD_TOKEN": "t"}).dashboard_secret() == "t"
 
 
 def test_topics_are_declared_once_and_cover_every_department():
@@ -80,15 +102,26 @@ def _compose() -> dict:
     return yaml.safe_load((PROJECT_DIR / "docker-compose.yml").read_text())
 
 
-def test_compose_has_the_stack_on_the_projects_loopback_ports():
-    compose, s = _compose(), Settings.from_env({"MAILROOM_REDIS_PASSWORD": "x"})
+def test_compose_has_the_stack_on_the_projects_loopback_ports(tmp_path):
+    compose, s = _compose(), Settings.from_env({"MAILROOM_REDIS_PASSWORD": "x", "MAILROOM_RUN_DIR": str(tmp_path)})
     services = compose["services"]
     assert set(services) == {"kafka", "redis", "jobmanager", "taskmanager", "mlflow", "prometheus"}
     assert all(svc.get("network_mode") == "host" and "ports" not in svc for svc in services.values())
 
     kafka = services["kafka"]["environment"]
     assert kafka["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft, no ZooKeeper
-    assert kafka["KAFKA_LISTENERS"] == f"PLAINTEXT://{s.host}:{s.kafka_port},CONTROLLER://{s.host}:{s.kafka_controller_port}"
+    assert kafka["KAFKA_LISTENERS"] == f"SASL_PLAINTEXT://{s.host}:{s.kafka_port},CONTROLLER://{s.host}:{s.kafka_controller_port}"
+    # the same authentication and authorisation as the broker `mailroom stack up` configures
+    from mailroom.stack import Kafka
+
+    (tmp_path / "kafka").mkdir()
+    props = dict(line.split("=", 1) for line in Kafka(s)._write_config().read_text().splitlines())
+    for key in ("listener.security.protocol.map", "inter.broker.listener.name", "sasl.enabled.mechanisms",
+                "sasl.mechanism.inter.broker.protocol", "sasl.mechanism.controller.protocol", "authorizer.class.name",
+                "allow.everyone.if.no.acl.found", "super.users", "listener.name.controller.sasl.enabled.mechanisms"):
+        env = "KAFKA_" + key.replace("_", "__").replace("-", "___").replace(".", "_").upper()
+        assert str(kafka[env]) == props[key], key
+    assert 'username="operator"' in kafka["KAFKA_LISTENER_NAME_SASL__PLAINTEXT_SCRAM___SHA___512_SASL_JAAS_CONFIG"]
     assert str(kafka["KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"]) == "1"
     assert "kafka-data:/var/lib/kafka/data" in services["kafka"]["volumes"]
     pom = (PROJECT_DIR / "mailroom" / "jvm" / "pom.xml").read_text()
@@ -98,7 +131,17 @@ def test_compose_has_the_stack_on_the_projects_loopback_ports():
     redis_cmd = services["redis"]["command"]
     assert redis_cmd[redis_cmd.index("--bind") + 1] == s.host
     assert redis_cmd[redis_cmd.index("--port") + 1] == str(s.redis_port)
-    assert "--requirepass" in redis_cmd
+    assert "--requirepass" not in redis_cmd
+    starts = [i for i, word in enumerate(redis_cmd) if word == "--user"]  # the ACL users, as redis.conf's `user` lines
+    users = [redis_cmd[i + 1:j] for i, j in zip(starts, starts[1:] + [redis_cmd.index("--save")])]
+    expected = Settings(**{field: "PW" for field in ENV_VARS if field.startswith("redis_") and field.endswith("_password")}).redis_acl()
+
+    def password_var(user: str) -> str:
+        return ENV_VARS["redis_password" if user == "operator" else f"redis_{user}_password"]
+
+    assert [[">PW" if u[0] != "default" and w == f">${{{password_var(u[0])}:?set {password_var(u[0])}}}" else w for w in u]
+            for u in users] == expected
+    assert expected[0][:2] == ["default", "off"]
 
 
 def test_compose_mlflow_serves_the_registry_on_loopback_with_the_locked_mlflow():

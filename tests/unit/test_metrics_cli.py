@@ -97,7 +97,7 @@ def render(renderable) -> str:
 
 def run_cli(argv: list[str], monkeypatch, messages=(), hashes=None) -> int:
     monkeypatch.setattr("mailroom.kafkautil.read_topic", lambda settings, topic, **_: list(messages))
-    monkeypatch.setattr(Settings, "redis_client", lambda self, **_: FakeRedis(hashes or {}))
+    monkeypatch.setattr(Settings, "redis_client", lambda self, *_, **__: FakeRedis(hashes or {}))
     parser = argparse.ArgumentParser()
     accuracy.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["accuracy", *argv])
