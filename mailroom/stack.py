@@ -32,6 +32,7 @@ from schemas.topics import TOPICS
 
 SCRAM_MECHANISM = "SCRAM-SHA-512"
 CONTROLLER = "controller"  # the KRaft controller listener's one (PLAIN) user: the broker itself
+SCRAM_FORMATTED = "data.formatted-with-scram"  # beside the data: marks storage formatted with the operator's SCRAM user (this version on)
 
 
 class StackError(RuntimeError):
@@ -289,6 +290,7 @@ class Kafka(TrackedService):
         _require_free(self.s.host, self.s.kafka_controller_port, "the Kafka controller", "MAILROOM_KAFKA_CONTROLLER_PORT")
         self.dir.mkdir(parents=True, exist_ok=True)
         config = self._write_config()
+        self._set_aside_storage_without_users()
         if not (self.data / "meta.properties").exists():  # format storage once
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             out = subprocess.run(
@@ -300,6 +302,7 @@ class Kafka(TrackedService):
             )
             if out.returncode != 0:
                 raise StackError(f"Formatting Kafka storage failed:\n{out.stdout}\n{out.stderr}")
+            (self.dir / SCRAM_FORMATTED).touch()
         with open(self.log, "ab") as log:
             popen = subprocess.Popen(
                 self._java("kafka.Kafka", str(config)),
@@ -319,41 +322,25 @@ class Kafka(TrackedService):
 
     def _answers(self) -> bool:
         from kafka import KafkaAdminClient
-        from kafka.errors import SaslAuthenticationFailedError
 
         from mailroom.kafkautil import client_config
 
         if not accepts(self.s.host, self.s.kafka_port):  # an admin client waits up to 30 s for a broker that is not listening
             return False
-        try:
-            admin = KafkaAdminClient(**client_config(self.s, OPERATOR), request_timeout_ms=5000)
-        except SaslAuthenticationFailedError:
-            self._bootstrap_operator()  # storage formatted before authentication (an older run directory)
-            admin = KafkaAdminClient(**client_config(self.s, OPERATOR), request_timeout_ms=5000)
+        admin = KafkaAdminClient(**client_config(self.s, OPERATOR), request_timeout_ms=5000)
         try:
             return bool(admin.describe_cluster()["brokers"])
         finally:
             admin.close()
 
-    def _bootstrap_operator(self) -> None:
-        """Set the operator's SCRAM credential through the controller listener (as the controller's PLAIN user): for
-        storage formatted without `--add-scram`, whose broker then knows no SCRAM user at all."""
-        conf = self.dir / "controller-admin.properties"
-        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds a password
-        with os.fdopen(fd, "w") as fh:
-            fh.write("security.protocol=SASL_PLAINTEXT\nsasl.mechanism=PLAIN\n"
-                     "sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required "
-                     f'username="{CONTROLLER}" password="{self.s.kafka_password(CONTROLLER)}";\n')
-        try:
-            out = subprocess.run(
-                self._java("kafka.admin.ConfigCommand", "--bootstrap-controller", f"{self.s.host}:{self.s.kafka_controller_port}",
-                           "--command-config", str(conf), "--alter", "--entity-type", "users", "--entity-name", OPERATOR,
-                           "--add-config", f"{SCRAM_MECHANISM}=[password={self.s.kafka_password(OPERATOR)}]"),
-                capture_output=True, text=True, timeout=120)
-        finally:
-            conf.unlink(missing_ok=True)
-        if out.returncode != 0:
-            raise StackError(f"Could not create the Kafka operator's SCRAM user:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+    def _set_aside_storage_without_users(self) -> None:
+        """Storage formatted before authentication (an older run directory) has no SCRAM user, and KRaft cannot add
+        the first one afterwards: move it aside (nothing is deleted) so that a new store is formatted with the operator."""
+        if (self.data / "meta.properties").exists() and not (self.dir / SCRAM_FORMATTED).exists():
+            aside = self.dir / f"data.before-authentication.{int(time.time())}"
+            self.data.rename(aside)
+            print(f"Kafka: {self.data} was formatted before authentication (no SCRAM users); moved to {aside}, "
+                  "a new store is formatted and the topics created again", file=sys.stderr)
 
     def create_topics(self) -> list[str]:
         """Create the declared topics that do not exist yet, every principal's user and the ACLs of schemas/access.py
