@@ -140,14 +140,20 @@ def accuracy_over_time(inputs: Inputs) -> dict:
                   yaxis={"range": [0, 1.02]})
 
 
-def per_class(inputs: Inputs) -> dict:
-    """Precision, recall and F1 per class: the latest window of each champion, else its last-N view."""
+def _latest_champion_windows(inputs: Inputs) -> dict[str, dict]:
+    """Model name -> the report of its latest window with labelled documents, for each champion."""
     latest: dict[str, dict] = {}
     for report in (inputs.feed or {}).get("accuracy_report", []):
         if report["slot"] == "champion" and report["count"]:
             name = _model_name(report)
             if name not in latest or report["window_end_ms"] >= latest[name]["window_end_ms"]:
                 latest[name] = report
+    return latest
+
+
+def per_class(inputs: Inputs) -> dict:
+    """Precision, recall and F1 per class: the latest window of each champion, else its last-N view."""
+    latest = _latest_champion_windows(inputs)
     if not latest:
         for entry in (inputs.accuracy or {}).values():
             if entry.get("slot") == "champion" and (entry.get("recent") or {}).get("count"):
@@ -162,12 +168,7 @@ def per_class(inputs: Inputs) -> dict:
 
 def predicted_vs_actual(inputs: Inputs) -> dict:
     """The confusion matrix of the latest window of the champion with the most labelled documents."""
-    latest: dict[str, dict] = {}
-    for report in (inputs.feed or {}).get("accuracy_report", []):
-        if report["slot"] == "champion" and report["count"]:
-            name = _model_name(report)
-            if name not in latest or report["window_end_ms"] >= latest[name]["window_end_ms"]:
-                latest[name] = report
+    latest = _latest_champion_windows(inputs)
     if not latest:
         return _chart("confusion", "Predicted vs actual, latest window", [], NO_TRUTH)
     name, report = max(latest.items(), key=lambda item: (item[1]["count"], item[0]))
