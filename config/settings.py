@@ -192,6 +192,15 @@ class Settings:
             return self.redis_password
         return getattr(self, f"redis_{user}_password") or _stored_passwords(self.run_dir)[user]
 
+    def compose_env(self) -> dict[str, str]:
+        """The secrets docker-compose.yml reads, from these settings: the Kafka operator's and the KRaft controller's
+        passwords (the broker's own users) and every Redis user's. `mailroom stack env` prints them for the shell."""
+        env = {"MAILROOM_KAFKA_OPERATOR_PASSWORD": self.kafka_password(OPERATOR),
+               "MAILROOM_KAFKA_CONTROLLER_PASSWORD": self.kafka_password(KAFKA_CONTROLLER)}
+        env.update({ENV_VARS["redis_password" if user == OPERATOR else f"redis_{user}_password"]: self.redis_password_of(user)
+                    for user in REDIS_USERS})
+        return env
+
     def dashboard_secret(self) -> str:
         """The token the dashboard requires: MAILROOM_DASHBOARD_TOKEN, else the one kept in run_dir/dashboard.token."""
         return self.dashboard_token or _stored_secret(self.dashboard_token_file)
@@ -220,6 +229,7 @@ class Settings:
 
 
 OPERATOR = "operator"
+KAFKA_CONTROLLER = "controller"  # the KRaft controller listener's one (PLAIN) user: the broker itself
 # Commands every writer needs: read and write its keys, pipelines and MULTI/EXEC, PING/AUTH/HELLO/CLIENT SETINFO;
 # never FLUSHALL, KEYS, CONFIG, DEBUG and the like (@dangerous), nor FUNCTION (no scripts are used).
 _WRITER = ["resetchannels", "-@all", "+@read", "+@write", "+@transaction", "+@connection", "-@dangerous", "-function"]

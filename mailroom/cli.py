@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import signal
 import sys
 
@@ -28,6 +29,10 @@ def _settings_help() -> str:
 def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
     from mailroom.stack import Stack, StackError
 
+    if args.action == "env":
+        for name, value in settings.compose_env().items():
+            print(f"export {name}={shlex.quote(value)}")
+        return 0
     stack = Stack(settings)
     try:
         if args.action == "up":
@@ -127,8 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Run the local stack: a KRaft Kafka broker and Redis on 127.0.0.1 (password required), "
                            "the MLflow server (UI + REST) over the model registry, the Prometheus server (metrics and alert rules), optionally a standalone Flink session cluster. `up` is idempotent; `down` stops only what `up` started.",
                            epilog=_settings_help())
-    stack.add_argument("action", choices=["up", "down", "status"], help="up: start what is missing and create topics; "
-                       "down: stop what up started; status: check each service for real (exit 3 if Kafka, Redis, MLflow or Prometheus is down)")
+    stack.add_argument("action", choices=["up", "down", "status", "env"], help="up: start what is missing and create topics; "
+                       "down: stop what up started; status: check each service for real (exit 3 if Kafka, Redis, MLflow or Prometheus is down); "
+                       "env: print the secrets docker-compose.yml needs as shell exports (eval \"$(mailroom stack env)\" && docker compose up -d)")
     stack.add_argument("--flink", action="store_true", help="with up: also start the Flink session cluster (REST + web UI)")
     stack.add_argument("--json", action="store_true", help="print the status as JSON")
     stack.set_defaults(func=cmd_stack)

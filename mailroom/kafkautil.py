@@ -69,11 +69,33 @@ def ensure_topics(settings: Settings, names: list[str], partitions: int = 1) -> 
 
 
 def delete_topics(settings: Settings, names: list[str]) -> None:
+    """Delete topics and the ACLs granted on them (grant_topics'), so that nothing is left behind in the metadata."""
     client = admin(settings)
     try:
         client.delete_topics(names)
     except UnknownTopicOrPartitionError:
         pass
+    finally:
+        client.close()
+    revoke(settings, lambda resource: resource in set(names))
+
+
+def revoke(settings: Settings, named) -> int:
+    """Delete every ACL whose resource name satisfies `named` (a predicate); return how many were deleted.
+
+    The tests' topics, groups and transactional ids are theirs alone (a unique topic prefix or name), so their
+    grants go with them instead of piling up in the broker's metadata from session to session."""
+    from kafka.admin import ACLFilter, ACLOperation, ACLPermissionType, ACLResourcePatternType, ResourcePatternFilter, ResourceType
+
+    client = KafkaAdminClient(**client_config(settings, access.OPERATOR), request_timeout_ms=15000)
+    try:
+        every = ACLFilter(None, None, ACLOperation.ANY, ACLPermissionType.ANY,
+                          ResourcePatternFilter(ResourceType.ANY, None, ACLResourcePatternType.ANY))
+        acls, _ = client.describe_acls(every)  # raises the broker's error itself
+        doomed = [acl for acl in acls if named(acl.resource_pattern.resource_name)]  # an ACL is its own exact filter
+        if doomed:
+            client.delete_acls(doomed)
+        return len(doomed)
     finally:
         client.close()
 

@@ -30,7 +30,7 @@ from typing import Iterable, Iterator, Union
 from rich.console import Console
 from tqdm import tqdm
 
-from mailroom.kafkautil import MAX_MESSAGE_BYTES
+from mailroom.kafkautil import MAX_MESSAGE_BYTES, refusal as access_refusal
 from config.settings import Settings
 from schemas.topics import topic_name
 from schemas import codec
@@ -275,6 +275,7 @@ class DocumentProducer:
         from mailroom.kafkautil import producer
 
         self.topic = topic or topic_name("documents", settings.topic_prefix)
+        self.principal = settings.as_principal("producer").principal
         # documents are tens of KB: kafka-python's default 16 KB batch would hold one (1 MB: +15% docs/s here)
         self.kafka = kafka if kafka is not None else producer(settings.as_principal("producer"), batch_size=2**20)
 
@@ -310,7 +311,8 @@ class DocumentProducer:
             self.kafka.flush()
         for message, future in pending:
             if future.failed():
-                failed.append(Refusal(message.source, f"not acknowledged: {future.exception}"))
+                refused = access_refusal(future.exception, self.principal, "Write", f"topic {self.topic}")
+                failed.append(Refusal(message.source, refused or f"not acknowledged: {future.exception}"))
         delivered = [m for m, f in pending if not f.failed()]
         return ProduceReport(self.topic, len(delivered), planned.refused, failed, sum(len(m.value) for m in delivered), time.monotonic() - started)
 

@@ -26,12 +26,11 @@ import psutil
 
 from config.flinkconf import flink_home, jobmanager_dynamic_properties, write_cluster_conf, write_plugins_dir
 from config.monitoring import MAX_TASKMANAGERS, metrics_port, register_target, unregister_target, write_prometheus_config
-from config.settings import ConfigError, Settings
+from config.settings import KAFKA_CONTROLLER, ConfigError, Settings
 from schemas.access import OPERATOR
 from schemas.topics import TOPICS
 
 SCRAM_MECHANISM = "SCRAM-SHA-512"
-CONTROLLER = "controller"  # the KRaft controller listener's one (PLAIN) user: the broker itself
 SCRAM_FORMATTED = "data.formatted-with-scram"  # beside the data: marks storage formatted with the operator's SCRAM user (this version on)
 
 
@@ -165,6 +164,12 @@ class TrackedService:
     def status(self) -> ServiceStatus:
         proc = self.process()
         if not proc:
+            # not started here, but it may run all the same (docker compose, a system service) with our credentials
+            try:
+                if self._answers():
+                    return ServiceStatus(self.name, True, f"{self.where()}, not started by mailroom (docker compose?)")
+            except Exception:
+                pass
             return ServiceStatus(self.name, False, "not running", log=self.log)
         try:
             answers = self._answers()
@@ -201,7 +206,7 @@ class Kafka(TrackedService):
 
     def _write_config(self) -> Path:
         s = self.s
-        operator, controller = OPERATOR, CONTROLLER
+        operator, controller = OPERATOR, KAFKA_CONTROLLER
         scram = "org.apache.kafka.common.security.scram.ScramLoginModule"
         plain = "org.apache.kafka.common.security.plain.PlainLoginModule"
         controller_pw = s.kafka_password(controller)

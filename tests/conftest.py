@@ -102,7 +102,7 @@ def pipeline_settings(stack, test_settings, registry):
     """Settings whose topic prefix is unique to the test: every declared topic, fresh."""
     from dataclasses import replace
 
-    from mailroom.kafkautil import admin
+    from mailroom.kafkautil import admin, revoke
     from mailroom.stack import Kafka
 
     settings = replace(test_settings, topic_prefix=f"t{uuid.uuid4().hex[:8]}.", registry_dir=registry)
@@ -113,3 +113,4 @@ def pipeline_settings(stack, test_settings, registry):
         client.delete_topics([t for t in client.list_topics() if t.startswith(settings.topic_prefix)])
     finally:
         client.close()
+    revoke(settings, lambda resource: resource.startswith(settings.topic_prefix))

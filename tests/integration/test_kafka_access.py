@@ -65,3 +65,53 @@ def test_an_unauthenticated_client_is_refused(stack, test_settings, caplog):
     # the broker's own answer, as kafka-python logged it
     assert any("SaslAuthenticationFailedError" in r.getMessage() or "Authentication failed" in r.getMessage() for r in caplog.records), \
         [r.getMessage() for r in caplog.records]
+
+
+def _acls_on(settings, named) -> list:
+    from kafka.admin import ACLFilter, ACLOperation, ACLPermissionType, ACLResourcePatternType, ResourcePatternFilter, ResourceType
+
+    from mailroom.kafkautil import admin
+
+    client = admin(settings)
+    try:
+        acls, _ = client.describe_acls(ACLFilter(None, None, ACLOperation.ANY, ACLPermissionType.ANY,
+                                                 ResourcePatternFilter(ResourceType.ANY, None, ACLResourcePatternType.ANY)))
+    finally:
+        client.close()
+    return [acl for acl in acls if named(acl.resource_pattern.resource_name)]
+
+
+def _none_left(settings, named, timeout_s: float = 15.0) -> bool:
+    """True once no ACL on such a resource is left (the broker applies a deletion through its metadata log, a moment later)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while _acls_on(settings, named):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
+def test_grants_go_with_their_topics_and_prefixes(stack, test_settings):
+    """The tests' grants do not pile up in the broker's metadata: deleting a topic revokes its ACLs, and `revoke`
+    removes a topic prefix's (topics, consumer groups, transactional ids) and nothing else."""
+    import uuid
+
+    from mailroom.kafkautil import delete_topics, ensure_topics, grant_topics, revoke
+    from mailroom.stack import Kafka
+
+    topic = f"test.acl.{uuid.uuid4().hex[:8]}"
+    ensure_topics(test_settings, [topic])
+    grant_topics(test_settings, [topic], ["router", "scoring"])
+    assert len(_acls_on(test_settings, lambda name: name == topic)) == 2 * 3  # two principals x READ, WRITE, DESCRIBE
+    delete_topics(test_settings, [topic])
+    assert _none_left(test_settings, lambda name: name == topic)
+
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    Kafka(replace(test_settings, topic_prefix=prefix)).create_topics()
+    before = len(_acls_on(test_settings, lambda name: not name.startswith(prefix)))
+    assert len(_acls_on(test_settings, lambda name: name.startswith(prefix))) > 20  # every role's topics, groups, ids
+    assert revoke(test_settings, lambda name: name.startswith(prefix)) > 20
+    assert _none_left(test_settings, lambda name: name.startswith(prefix))
+    assert len(_acls_on(test_settings, lambda name: not name.startswith(prefix))) == before  # the others are untouched

@@ -122,3 +122,29 @@ def test_services_listen_on_loopback_only(stack, test_settings):
     listening = {c.laddr.port: c.laddr.ip for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port in ports}
     assert set(listening) == ports
     assert all(ipaddress.ip_address(ip).is_loopback for ip in listening.values()), listening
+
+
+def test_services_started_elsewhere_with_our_secrets_count_as_running(stack, test_settings, tmp_path):
+    """As with docker compose: the services run, started by someone else (here: the test stack, seen from another run
+    directory), with the secrets `mailroom stack env` gives. `status` reports them up, `up` starts nothing twice and
+    creates the topics and grants, `down` leaves them alone."""
+    import json
+    from dataclasses import replace
+
+    from schemas.access import principals
+
+    given = test_settings.compose_env()
+    # every principal's password as the test stack's (`up` sets each user's SCRAM credentials from them)
+    elsewhere = Settings.from_env(
+        {"MAILROOM_KAFKA_PASSWORDS": json.dumps({p: test_settings.kafka_password(p) for p in principals()}),
+         **{name: value for name, value in given.items() if name.startswith("MAILROOM_REDIS")}},
+        run_dir=tmp_path / "elsewhere")
+    elsewhere = replace(elsewhere, **{f: getattr(test_settings, f) for f in (
+        "kafka_port", "kafka_controller_port", "redis_port", "mlflow_port", "prometheus_port", "flink_rest_port", "dashboard_port")})
+    other = Stack(elsewhere)
+    statuses = {s.name: s for s in other.status()}
+    for name in ("kafka", "redis", "mlflow", "prometheus"):
+        assert statuses[name].running and statuses[name].pid is None, statuses[name]
+        assert "not started by mailroom" in statuses[name].detail
+    assert other.up()["started"] == []
+    assert other.down() == [] and all(s.running for s in stack.status() if s.name in ("kafka", "redis", "mlflow", "prometheus"))

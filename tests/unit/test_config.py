@@ -144,6 +144,41 @@ def test_compose_has_the_stack_on_the_projects_loopback_ports(tmp_path):
     assert expected[0][:2] == ["default", "off"]
 
 
+def test_compose_formats_kafka_with_the_operator_and_reads_exactly_the_secrets_stack_env_prints(tmp_path):
+    services = _compose()["services"]
+    kafka = services["kafka"]
+    assert kafka["entrypoint"] == ["bash", "-c"]
+    script = kafka["command"][0]
+    # the image's own configure and launch, with the storage formatted with the first SCRAM user between them
+    steps = [step.strip() for step in script.split("&&")]
+    assert steps[2] == "/etc/kafka/docker/configure" and steps[-1] == "exec /etc/kafka/docker/launch"
+    assert "--ignore-formatted" in steps[3] and "-c /etc/kafka/kafka.properties" in steps[3]
+    from mailroom.stack import SCRAM_MECHANISM
+
+    assert f'--add-scram "{SCRAM_MECHANISM}=[name=operator,password=$$MAILROOM_KAFKA_OPERATOR_PASSWORD]"' in steps[3]
+    assert kafka["environment"]["MAILROOM_KAFKA_OPERATOR_PASSWORD"].startswith("${MAILROOM_KAFKA_OPERATOR_PASSWORD:?")
+
+    s = Settings.from_env({"MAILROOM_RUN_DIR": str(tmp_path)})
+    printed = s.compose_env()
+    required = set(re.findall(r"\$\{(MAILROOM_[A-Z_]+):\?", (PROJECT_DIR / "docker-compose.yml").read_text()))
+    assert required == set(printed)
+    assert printed["MAILROOM_KAFKA_OPERATOR_PASSWORD"] == s.kafka_password("operator")
+    assert printed["MAILROOM_REDIS_DASHBOARD_PASSWORD"] == s.redis_password_of("dashboard")
+    assert len(set(printed.values())) == len(printed)  # a secret of its own each
+
+
+def test_stack_env_prints_shell_exports(tmp_path, capsys, monkeypatch):
+    import shlex
+
+    from mailroom import cli
+
+    monkeypatch.setenv("MAILROOM_RUN_DIR", str(tmp_path))
+    assert cli.main(["stack", "env"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    exported = dict(shlex.split(line)[1].split("=", 1) for line in lines)
+    assert exported == Settings.from_env({"MAILROOM_RUN_DIR": str(tmp_path)}).compose_env()
+
+
 def test_compose_mlflow_serves_the_registry_on_loopback_with_the_locked_mlflow():
     svc, s = _compose()["services"]["mlflow"], Settings.from_env({"MAILROOM_REDIS_PASSWORD": "x"})
     lock = (PROJECT_DIR / "requirements.lock").read_text()

@@ -9,7 +9,7 @@ import sys
 import types
 
 import pytest
-from kafka.errors import KafkaTimeoutError
+from kafka.errors import KafkaTimeoutError, TopicAuthorizationFailedError
 from kafka.future import Future
 
 from mailroom import cli, produce
@@ -45,8 +45,8 @@ HTML_ONLY_EMAIL = "From: a@b.example\nSubject: hi\nContent-Type: text/html\n\n<p
 class FakeKafka:
     """Records what is sent; acknowledges on flush, except keys listed in `fail_keys`."""
 
-    def __init__(self, fail_keys: tuple[bytes, ...] = ()):
-        self.fail_keys = fail_keys
+    def __init__(self, fail_keys: tuple[bytes, ...] = (), failure=lambda: KafkaTimeoutError("no ack")):
+        self.fail_keys, self.failure = fail_keys, failure
         self.sent: list[tuple[str, bytes, bytes, Future]] = []
         self.closed = False
 
@@ -58,7 +58,7 @@ class FakeKafka:
     def flush(self):
         for _, key, _, future in self.sent:
             if not future.is_done:
-                future.failure(KafkaTimeoutError("no ack")) if key in self.fail_keys else future.success(None)
+                future.failure(self.failure()) if key in self.fail_keys else future.success(None)
 
     def close(self):
         self.closed = True
@@ -214,6 +214,18 @@ def test_send_many_reports_sent_refused_and_failed():
     assert [(topic, key) for topic, key, _, _ in kafka.sent] == [("mailroom.documents", f"s-{i}".encode()) for i in range(4)]
     assert report.bytes_sent == sum(len(value) for _, key, value, _ in kafka.sent if key != b"s-3")
     assert "sent 3 document(s)" in report.summary()
+
+
+def test_a_refused_write_names_the_principal_and_the_right():
+    kafka = FakeKafka(fail_keys=(b"s-0",), failure=lambda: TopicAuthorizationFailedError("mailroom.documents"))
+    document = {"doc_id": "s-0", "channel": "PORTAL", "sender": "s", "content_type": "TEXT", "text": "text",
+                "mime_type": "text/plain", "page_count": 1}
+    with DocumentProducer(Settings(kafka_principal="dept-hr"), kafka=kafka) as producer:
+        report = producer.send_many([document], progress=False)
+    assert report.sent == 0 and report.failed[0].reason == (
+        "principal dept-hr may not Write topic mailroom.documents: the broker refused it (TopicAuthorizationFailedError)")
+    with DocumentProducer(Settings(), kafka=FakeKafka()) as producer:
+        assert producer.principal == "producer"  # upstream's own principal unless MAILROOM_KAFKA_PRINCIPAL says otherwise
 
 
 def test_send_one_document():
