@@ -154,6 +154,11 @@ def cluster_config(settings: Settings) -> dict[str, str]:
         "taskmanager.host": host,
         "rest.port": str(settings.flink_rest_port),
         REPORTER_PORT: taskmanager_metrics_ports(settings),
+        "taskmanager.numberOfTaskSlots": str(settings.flink_slots),
+        "cluster.evenly-spread-out-slots": "true",  # a job's subtasks over all TaskManagers (all cores), not packed into one
+        # a TaskManager killed outright: its heartbeat RPCs fail at once, and two failed ones in a row (6 s) mark it
+        # lost, so its tasks restart elsewhere instead of waiting out the 50 s heartbeat timeout
+        "heartbeat.interval": "3000",
         "jobmanager.memory.process.size": "1024m",
         "taskmanager.memory.process.size": "2048m",
     }

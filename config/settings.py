@@ -44,6 +44,8 @@ ENV_VARS = {
     "redis_smoke_password": "MAILROOM_REDIS_SMOKE_PASSWORD",
     "dashboard_token": "MAILROOM_DASHBOARD_TOKEN",
     "flink_rest_port": "MAILROOM_FLINK_REST_PORT",
+    "flink_taskmanagers": "MAILROOM_FLINK_TASKMANAGERS",
+    "flink_slots": "MAILROOM_FLINK_SLOTS",
     "mlflow_port": "MAILROOM_MLFLOW_PORT",
     "prometheus_port": "MAILROOM_PROMETHEUS_PORT",
     "metrics_port": "MAILROOM_METRICS_PORT",
@@ -85,6 +87,11 @@ class Settings:
     # (the operator's password is generated when Settings are made, the other users' when first needed; no secret is
     # in the repr, so a traceback or a log line that prints Settings shows none)
     flink_rest_port: int = 28081  # MAILROOM_FLINK_REST_PORT: session cluster REST API and web UI
+    # the session cluster's declared shape (`mailroom stack up --flink --taskmanagers N --slots S` overrides both):
+    # TaskManager processes, and slots in each; one slot each by default, as thread-mode Python runs every operator of
+    # a TaskManager in one interpreter, so a second core needs a second TaskManager
+    flink_taskmanagers: int = 1  # MAILROOM_FLINK_TASKMANAGERS
+    flink_slots: int = 1  # MAILROOM_FLINK_SLOTS
     mlflow_port: int = 25000  # MAILROOM_MLFLOW_PORT: the MLflow server (UI + REST API) over the model registry
     prometheus_port: int = 29090  # MAILROOM_PROMETHEUS_PORT: the Prometheus server (UI + HTTP API)
     # the first of the ports (this + 0..29) where Flink's Prometheus reporters and the project's own services
@@ -110,7 +117,7 @@ class Settings:
                 try:
                     values[f.name] = int(raw)
                 except ValueError:
-                    raise ConfigError(f"{ENV_VARS[f.name]}={raw!r} is not a whole number; unset it or give a port number.") from None
+                    raise ConfigError(f"{ENV_VARS[f.name]}={raw!r} is not a whole number; unset it or give one.") from None
             elif f.type in ("Path", Path, "Path | None"):
                 values[f.name] = Path(raw).expanduser().resolve()
             else:

@@ -33,8 +33,8 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
         for name, value in settings.compose_env().items():
             print(f"export {name}={shlex.quote(value)}")
         return 0
-    stack = Stack(settings)
     try:
+        stack = Stack(settings, args.taskmanagers, args.slots)
         if args.action == "up":
             result = stack.up(with_flink=args.flink)
             started = ", ".join(result["started"]) or "nothing (all running)"
@@ -135,7 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument("action", choices=["up", "down", "status", "env"], help="up: start what is missing and create topics; "
                        "down: stop what up started; status: check each service for real (exit 3 if Kafka, Redis, MLflow or Prometheus is down); "
                        "env: print the secrets docker-compose.yml needs as shell exports (eval \"$(mailroom stack env)\" && docker compose up -d)")
-    stack.add_argument("--flink", action="store_true", help="with up: also start the Flink session cluster (REST + web UI)")
+    stack.add_argument("--flink", action="store_true", help="with up: also start the Flink session cluster (REST + web UI), or "
+                       "bring a running one back to its declared shape (a killed TaskManager is started again)")
+    stack.add_argument("--taskmanagers", type=int, metavar="N", help="with up --flink: TaskManager processes (default: the running "
+                       "cluster's, else MAILROOM_FLINK_TASKMANAGERS, 1); jobs spread over them with `mailroom job --cluster --parallelism N`")
+    stack.add_argument("--slots", type=int, metavar="S", help="with up --flink: slots per TaskManager (default MAILROOM_FLINK_SLOTS, 1: "
+                       "thread-mode Python shares one interpreter per TaskManager)")
     stack.add_argument("--json", action="store_true", help="print the status as JSON")
     stack.set_defaults(func=cmd_stack)
 

@@ -12,6 +12,7 @@ import base64
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -19,18 +20,19 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psutil
 
-from config.flinkconf import flink_home, jobmanager_dynamic_properties, write_cluster_conf, write_plugins_dir
+from config.flinkconf import REPORTER_PORT, flink_home, jobmanager_dynamic_properties, write_cluster_conf, write_plugins_dir
 from config.monitoring import MAX_TASKMANAGERS, metrics_port, register_target, unregister_target, write_prometheus_config
 from config.settings import KAFKA_CONTROLLER, ConfigError, Settings
 from schemas.access import OPERATOR
 from schemas.topics import TOPICS
 
 SCRAM_MECHANISM = "SCRAM-SHA-512"
+TASKMANAGER_ID = "mailroom-tm-"  # + index: the session cluster's TaskManagers' resource ids
 SCRAM_FORMATTED = "data.formatted-with-scram"  # beside the data: marks storage formatted with the operator's SCRAM user (this version on)
 
 
@@ -568,16 +570,36 @@ class DashboardService(TrackedService):
 
 
 class FlinkCluster:
-    """A standalone Flink session cluster (1 JobManager + 1 TaskManager) from pyflink's bin/."""
+    """A standalone Flink session cluster from pyflink's bin/: one JobManager and a declared number of TaskManager
+    processes, each with a declared number of slots. `start` brings a running cluster back to that shape."""
 
     name = "flink"
 
-    def __init__(self, settings: Settings):
-        self.s = settings
+    def __init__(self, settings: Settings, taskmanagers: int | None = None, slots: int | None = None):
         self.dir = settings.run_dir / "flink"
         self.conf_dir = self.dir / "conf"
         self.log_dir = self.dir / "log"
         self.plugins_dir = self.dir / "plugins"  # the loopback Prometheus reporter only, not the pip package's plugins/
+        self.shape_file = self.dir / "shape.json"  # the shape the running cluster was declared with
+        declared = self._declared()
+        def pick(given: int | None, key: str, default: int) -> int:
+            return given if given is not None else declared.get(key, default)
+
+        shape = replace(settings, flink_taskmanagers=pick(taskmanagers, "taskmanagers", settings.flink_taskmanagers),
+                        flink_slots=pick(slots, "slots", settings.flink_slots))
+        if not 1 <= shape.flink_taskmanagers <= MAX_TASKMANAGERS:
+            raise StackError(f"{shape.flink_taskmanagers} TaskManagers: give 1 to {MAX_TASKMANAGERS} (--taskmanagers, "
+                             "MAILROOM_FLINK_TASKMANAGERS); each has a metrics port of its own in a range of that size")
+        if shape.flink_slots < 1:
+            raise StackError(f"{shape.flink_slots} slots per TaskManager: give at least 1 (--slots, MAILROOM_FLINK_SLOTS)")
+        self.s = shape
+        self.taskmanagers, self.slots = shape.flink_taskmanagers, shape.flink_slots
+
+    def _declared(self) -> dict:
+        try:
+            return json.loads(self.shape_file.read_text()) if self._daemon_pids("standalonesession") else {}
+        except (OSError, ValueError):
+            return {}
 
     @property
     def env(self) -> dict:
@@ -585,79 +607,149 @@ class FlinkCluster:
                 "FLINK_PLUGINS_DIR": str(self.plugins_dir)}
 
     def _daemon_pids(self, kind: str) -> list[int]:
-        """PIDs that Flink's daemon scripts wrote (flink-$USER-<kind>.pid; $USER may be unset)."""
+        """PIDs that Flink's daemon scripts wrote (flink-$USER-<kind>.pid; $USER may be unset); dead ones too."""
         return [int(x) for pidfile in self.dir.glob(f"flink-*-{kind}.pid") for x in pidfile.read_text().split()]
 
-    def processes(self) -> list[psutil.Process]:
+    def _live(self, kind: str) -> list[psutil.Process]:
         procs = []
-        for kind in ("standalonesession", "taskexecutor"):
-            for pid in self._daemon_pids(kind):
-                try:
-                    proc = psutil.Process(pid)
-                    if proc.is_running() and "java" in proc.name():
-                        procs.append(proc)
-                except psutil.Error:
-                    pass
+        for pid in self._daemon_pids(kind):
+            try:
+                proc = psutil.Process(pid)
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE and "java" in proc.name():
+                    procs.append(proc)
+            except psutil.Error:
+                pass
         return procs
 
+    def processes(self) -> list[psutil.Process]:
+        return self._live("standalonesession") + self._live("taskexecutor")
+
+    def taskmanager_processes(self) -> dict[int, psutil.Process]:
+        """The live TaskManagers by index (their resource id is mailroom-tm-<index>)."""
+        found = {}
+        for proc in self._live("taskexecutor"):
+            try:
+                match = re.search(rf"taskmanager\.resource-id={TASKMANAGER_ID}(\d+)\b", " ".join(proc.cmdline()))
+            except psutil.Error:
+                continue
+            found[int(match.group(1)) if match else MAX_TASKMANAGERS + len(found)] = proc
+        return found
+
+    def _forget_dead(self, kind: str) -> None:
+        """Keep only live PIDs in the daemon script's pid file (it appends one per start and never drops a killed one)."""
+        live = {p.pid for p in self._live(kind)}
+        for pidfile in self.dir.glob(f"flink-*-{kind}.pid"):
+            pidfile.write_text("".join(f"{pid}\n" for pid in map(int, pidfile.read_text().split()) if pid in live))
+
     def start(self) -> None:
-        if len(self.processes()) == 2:
-            return
-        _require_free(self.s.host, self.s.flink_rest_port, "the Flink REST API", "MAILROOM_FLINK_REST_PORT")
-        _require_free(self.s.host, self.s.flink_rest_port + 1, "the Flink JobManager RPC (REST port + 1)", "MAILROOM_FLINK_REST_PORT")
+        """Start what is missing of the declared shape: the JobManager, then every missing TaskManager; stop any beyond it."""
         home = flink_home()
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        write_cluster_conf(self.s, self.conf_dir)
-        try:
-            write_plugins_dir(self.s, self.plugins_dir)
-        except ConfigError as exc:
-            raise StackError(str(exc)) from None
-        # thread-mode Python needs flink-python in lib/, or a second job on the TaskManager fails (pemja)
-        for jar in (home / "opt").glob("flink-python-*.jar"):
-            if not (home / "lib" / jar.name).exists():
-                shutil.copy(jar, home / "lib" / jar.name)
-        # the TaskManagers' reporters take the first free port of the range in config.yaml; the JobManager has its own
-        for script, extra in (("jobmanager.sh", jobmanager_dynamic_properties(self.s)), ("taskmanager.sh", [])):
-            out = subprocess.run(["bash", str(home / "bin" / script), "start", *extra], env=self.env, capture_output=True, text=True)
-            if out.returncode != 0:
-                raise StackError(f"{script} start failed:\n{out.stdout}\n{out.stderr}")
-        jm = self._daemon_pids("standalonesession")
-        _wait(self._answers, psutil.Process(jm[0]) if jm else None, 120, "Flink", self.log_dir)
+        jobmanager = self._live("standalonesession")
+        if jobmanager and self._declared().get("slots", self.slots) != self.slots:
+            raise StackError(f"The session cluster runs with {self._declared()['slots']} slots per TaskManager, not {self.slots}: "
+                             "`mailroom stack down` first to change the slots")
+        if not jobmanager:
+            _require_free(self.s.host, self.s.flink_rest_port, "the Flink REST API", "MAILROOM_FLINK_REST_PORT")
+            _require_free(self.s.host, self.s.flink_rest_port + 1, "the Flink JobManager RPC (REST port + 1)", "MAILROOM_FLINK_REST_PORT")
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            write_cluster_conf(self.s, self.conf_dir)
+            try:
+                write_plugins_dir(self.s, self.plugins_dir)
+            except ConfigError as exc:
+                raise StackError(str(exc)) from None
+            # thread-mode Python needs flink-python in lib/, or a second job on the TaskManager fails (pemja)
+            for jar in (home / "opt").glob("flink-python-*.jar"):
+                if not (home / "lib" / jar.name).exists():
+                    shutil.copy(jar, home / "lib" / jar.name)
+            self._forget_dead("standalonesession")
+            self._daemon("jobmanager.sh", "start", *jobmanager_dynamic_properties(self.s))
+        self.shape_file.parent.mkdir(parents=True, exist_ok=True)
+        self.shape_file.write_text(json.dumps({"taskmanagers": self.taskmanagers, "slots": self.slots}))
+        running = self.taskmanager_processes()
+        for index, proc in running.items():
+            if index >= self.taskmanagers:
+                _stop(proc)
+        self._forget_dead("taskexecutor")
+        for index in range(self.taskmanagers):
+            if index not in running:
+                self._daemon("taskmanager.sh", "start", *self._taskmanager_properties(index))
+        jm = self._live("standalonesession")
+        _wait(self._in_shape, jm[0] if jm else None, 120, "Flink", self.log_dir)
         self.register_metrics()
 
-    def register_metrics(self) -> None:
-        """Prometheus targets: the JobManager's reporter and one port per running TaskManager (the first of the range)."""
-        register_target(self.s, "jobmanager", metrics_port(self.s, "jobmanager"))
-        taskmanagers = min(len(self._daemon_pids("taskexecutor")), MAX_TASKMANAGERS)
-        register_target(self.s, "taskmanager", [metrics_port(self.s, "taskmanager") + i for i in range(taskmanagers)])
+    def _taskmanager_properties(self, index: int) -> list[str]:
+        """A TaskManager's fixed identity: its resource id (so `status` can tell them apart) and its own reporter port."""
+        return ["-D", f"taskmanager.resource-id={TASKMANAGER_ID}{index}",
+                "-D", f"{REPORTER_PORT}={metrics_port(self.s, 'taskmanager') + index}"]
 
-    def _answers(self) -> bool:
+    def _daemon(self, script: str, *args: str) -> None:
+        out = subprocess.run(["bash", str(flink_home() / "bin" / script), *args], env=self.env, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise StackError(f"{script} {args[0]} failed:\n{out.stdout}\n{out.stderr}")
+
+    def register_metrics(self) -> None:
+        """Prometheus targets: the JobManager's reporter and each running TaskManager's port."""
+        register_target(self.s, "jobmanager", metrics_port(self.s, "jobmanager"))
+        register_target(self.s, "taskmanager", [metrics_port(self.s, "taskmanager") + i
+                                                for i in sorted(self.taskmanager_processes()) if i < MAX_TASKMANAGERS])
+
+    def registered(self) -> list[dict]:
+        """The TaskManagers the JobManager has registered (REST /taskmanagers), by resource id."""
         import urllib.request
 
-        with urllib.request.urlopen(f"{self.s.flink_rest_url}/overview", timeout=3) as resp:
-            overview = json.load(resp)
-        return overview.get("taskmanagers", 0) >= 1
+        with urllib.request.urlopen(f"{self.s.flink_rest_url}/taskmanagers", timeout=3) as resp:
+            return sorted(json.load(resp)["taskmanagers"], key=lambda tm: tm["id"])
+
+    def _in_shape(self) -> bool:
+        ids = {tm["id"] for tm in self.registered()}
+        return all(f"{TASKMANAGER_ID}{i}" in ids for i in range(self.taskmanagers))
 
     def status(self) -> ServiceStatus:
         procs = self.processes()
-        if not procs:
-            return ServiceStatus(self.name, False, "not running", log=self.log_dir)
+        if not self._live("standalonesession"):
+            return ServiceStatus(self.name, False, "not running" + (f" (TaskManagers {[p.pid for p in procs]} left)" if procs else ""),
+                                 log=self.log_dir)
         try:
-            ok = self._answers()
+            registered = self.registered()
         except Exception as exc:
             return ServiceStatus(self.name, False, f"processes {[p.pid for p in procs]} run but REST does not answer: {exc}", procs[0].pid, self.log_dir)
         rss = sum(_rss_mb(p) or 0 for p in procs)
-        detail = f"REST + web UI {self.s.flink_rest_url} ({len(procs)} JVMs)" + ("" if ok else ", no TaskManager registered")
-        return ServiceStatus(self.name, ok, detail, procs[0].pid, self.log_dir, round(rss, 1))
+        shape = f"{len(registered)} of {self.taskmanagers} TaskManagers x {self.slots} slot(s)"
+        if len(registered) < self.taskmanagers:
+            shape += " (`mailroom stack up --flink` restores the shape)"
+        return ServiceStatus(self.name, bool(registered), f"REST + web UI {self.s.flink_rest_url}, {shape}", procs[0].pid, self.log_dir,
+                             round(rss, 1))
+
+    def taskmanager_statuses(self) -> list[ServiceStatus]:
+        """One row per declared or running TaskManager: registered or not, its slots and memory, its process."""
+        try:
+            registered = {tm["id"]: tm for tm in self.registered()}
+        except Exception:
+            registered = {}
+        procs = self.taskmanager_processes()
+        rows = []
+        for index in sorted(set(range(self.taskmanagers)) | set(procs)):
+            tm, proc = registered.get(f"{TASKMANAGER_ID}{index}"), procs.get(index)
+            if tm:
+                memory = tm.get("memoryConfiguration", {})
+                detail = (f"slots {tm['slotsNumber']} ({tm['freeSlots']} free), process memory "
+                          f"{memory.get('totalProcessMemory', 0) / 2**20:,.0f} MB (managed {memory.get('managedMemory', 0) / 2**20:,.0f} MB), "
+                          f"metrics :{metrics_port(self.s, 'taskmanager') + index}")
+            else:
+                detail = "not registered" if proc else "not running (`mailroom stack up --flink` starts it)"
+            rows.append(ServiceStatus(f"taskmanager {index}", bool(tm and proc), detail, proc.pid if proc else None, self.log_dir, _rss_mb(proc)))
+        return rows
 
     def stop(self) -> bool:
         procs = self.processes()
-        home = flink_home()
         for script in ("taskmanager.sh", "jobmanager.sh"):
-            subprocess.run(["bash", str(home / "bin" / script), "stop"], env=self.env, capture_output=True)
+            subprocess.run(["bash", str(flink_home() / "bin" / script), "stop-all"], env=self.env, capture_output=True)
         for proc in procs:
             if proc.is_running():
                 _stop(proc)
+        for kind in ("standalonesession", "taskexecutor"):
+            self._forget_dead(kind)
+        self.shape_file.unlink(missing_ok=True)
         for target in ("taskmanager", "jobmanager"):
             unregister_target(self.s, target)
         return bool(procs)
@@ -669,22 +761,28 @@ class FlinkCluster:
 class Stack:
     """Kafka, Redis, the MLflow server and Prometheus always; the Flink session cluster on request."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, taskmanagers: int | None = None, slots: int | None = None):
         self.settings = settings
         self.kafka = Kafka(settings)
         self.redis = Redis(settings)
         self.mlflow = MlflowServer(settings)
         self.prometheus = Prometheus(settings)
-        self.flink = FlinkCluster(settings)
+        self.flink = FlinkCluster(settings, taskmanagers, slots)  # the shape: given, else the running cluster's, else settings
         self.dashboard = DashboardService(settings)  # started by `mailroom run`, not by `up`
 
     def up(self, with_flink: bool = False) -> dict:
-        """Start what is missing; return what was started and which topics were created."""
+        """Start what is missing (with Flink: also the TaskManagers missing from its declared shape); return what was
+        started and which topics were created."""
         started = []
-        for service in (self.redis, self.kafka, self.mlflow, self.prometheus) + ((self.flink,) if with_flink else ()):
+        for service in (self.redis, self.kafka, self.mlflow, self.prometheus):
             if not service.status().running:
                 service.start()
                 started.append(service.name)
+        if with_flink:
+            was_up, before = self.flink.status().running, set(self.flink.taskmanager_processes())
+            self.flink.start()  # idempotent: starts only what the shape misses
+            again = [f"taskmanager {i}" for i in sorted(set(self.flink.taskmanager_processes()) - before)]
+            started += again if was_up else [self.flink.name]
         created = self.kafka.create_topics()
         return {"started": started, "topics_created": created}
 
@@ -692,5 +790,7 @@ class Stack:
         return [s.name for s in (self.dashboard, self.flink, self.prometheus, self.mlflow, self.kafka, self.redis) if s.stop()]
 
     def status(self) -> list[ServiceStatus]:
+        """Each service, checked for real; with the session cluster up, one row per TaskManager after it."""
+        flink = self.flink.status()
         return [self.kafka.status(), self.redis.status(), self.mlflow.status(), self.prometheus.status(), self.dashboard.status(),
-                self.flink.status()]
+                flink, *(self.flink.taskmanager_statuses() if flink.running else [])]

@@ -68,11 +68,12 @@ def test_prometheus_scrapes_an_embedded_job(stack, test_settings, topics, tmp_pa
         (up,) = _eventually(test_settings, 'up{mailroom_job="router"} == 1')
         assert up["metric"]["job"] == "flink"
         _assert_loopback_only(metrics_port(test_settings, "router"), _tree(job.pid))  # the loopback reporter, not 0.0.0.0
-        (running,) = _eventually(test_settings, 'flink_jobmanager_numRunningJobs{mailroom_job="router"}')
-        assert running["value"][1] == "1"
-        (uptime,) = _eventually(test_settings, 'flink_jobmanager_job_uptime{job_name="mailroom_router"}')
-        assert float(uptime["value"][1]) > 0 and uptime["metric"]["mailroom_job"] == "router"
-        tasks = _eventually(test_settings, 'flink_taskmanager_job_task_isBackPressured{job_name="mailroom_router"}')
+        # a scrape from before the job ran says 0: wait for one that says 1
+        (running,) = _eventually(test_settings, 'flink_jobmanager_numRunningJobs{mailroom_job="router"} == 1')
+        # the embedded job's (a router on the session cluster would be mailroom_job="jobmanager")
+        (uptime,) = _eventually(test_settings, 'flink_jobmanager_job_uptime{job_name="mailroom_router",mailroom_job="router"}')
+        assert float(uptime["value"][1]) > 0
+        tasks = _eventually(test_settings, 'flink_taskmanager_job_task_isBackPressured{job_name="mailroom_router",mailroom_job="router"}')
         assert not {"task_attempt_id", "task_attempt_num", "tm_id", "job_id"} & {label for t in tasks for label in t["metric"]}
     finally:
         stop_job(job)
