@@ -1,6 +1,8 @@
-"""The session cluster through its real processes: a declared shape of two TaskManagers with one slot each, a job
-spread over both, and a TaskManager killed mid-stream (`kill -9`) that `mailroom stack up --flink` starts again while
-the job loses and doubles nothing."""
+"""The session cluster through its real processes and the faults an operator meets, each with the exact books (every
+document once in its output topic, none twice, nothing dead-lettered): a declared shape of two TaskManagers with one
+slot each and a job spread over both; a TaskManager killed mid-stream (`kill -9`) that `mailroom stack up --flink`
+starts again; the broker stopped and started again mid-stream; the job stopped with a savepoint (an upgrade) and
+resumed from it while documents kept arriving."""
 
 from __future__ import annotations
 
@@ -54,6 +56,38 @@ def _running_job(settings, name: str, timeout_s: float = 180) -> str:
     raise AssertionError(f"{name} was not running on the session cluster after {timeout_s:.0f} s")
 
 
+def _submit_router(settings, router_topics, group: str, *extra: str) -> str:
+    submitted = run_job(settings, "jobs.router", _args(router_topics, group, "--parallelism", "2", *extra), cluster=True, detached=True,
+                        timeout=300)
+    assert submitted.returncode == 0, submitted.stderr[-3000:] + submitted.stdout[-3000:]
+    return _running_job(settings, "mailroom-router")
+
+
+def _cancel_all(settings) -> None:
+    for running in _rest(settings, "/jobs/overview")["jobs"]:
+        if running["state"] not in ("FINISHED", "CANCELED", "FAILED"):
+            _rest(settings, f"/jobs/{running['jid']}", method="PATCH")  # cancel
+
+
+def _wait_for_output_and_checkpoint(settings, job: str, topic: str) -> None:
+    deadline = time.monotonic() + 180
+    while not (_rest(settings, f"/jobs/{job}/checkpoints")["counts"]["completed"] and read_topic(settings, topic, timeout_s=1)):
+        assert time.monotonic() < deadline, "no checkpoint and no output within 180 s"
+        time.sleep(1)
+
+
+def _assert_each_once(settings, router_topics, values: list[bytes]) -> None:
+    ids = _ids(read_topic(settings, router_topics["text"], min_count=len(values), timeout_s=300))
+    assert len(set(ids)) == len(values), f"{len(values) - len(set(ids))} lost"
+    assert Counter(ids).most_common(1)[0][1] == 1  # nothing twice for a read_committed reader
+    assert not read_topic(settings, router_topics["dead"], timeout_s=2)
+
+
+def _documents(n: int) -> list[bytes]:
+    run = uuid.uuid4().hex[:6]
+    return [valid_text_document(f"{run}-{i}", text=f"Document {i} about an invoice.") for i in range(n)]
+
+
 def test_the_declared_shape_shows_in_status(two_taskmanagers, test_settings):
     rows = {row.name: row for row in Stack(test_settings).status()}  # the running cluster's shape, not the default 1
     assert "2 of 2 TaskManagers x 1 slot(s)" in rows["flink"].detail and rows["flink"].running
@@ -69,24 +103,15 @@ def test_the_declared_shape_shows_in_status(two_taskmanagers, test_settings):
 
 def test_a_killed_taskmanager_is_started_again_and_the_job_loses_and_doubles_nothing(two_taskmanagers, stack, test_settings,
                                                                                     router_topics):
-    run = uuid.uuid4().hex[:6]
-    values = [valid_text_document(f"{run}-{i}", text=f"Document {i} about an invoice.") for i in range(2000)]
-    group = f"{test_settings.topic_prefix}router-{run}"
-    submitted = run_job(test_settings, "jobs.router", _args(router_topics, group, "--parallelism", "2"), cluster=True, detached=True,
-                        timeout=300)
-    assert submitted.returncode == 0, submitted.stderr[-3000:] + submitted.stdout[-3000:]
+    values = _documents(2000)
     try:
-        job = _running_job(test_settings, "mailroom-router")
+        job = _submit_router(test_settings, router_topics, f"{test_settings.topic_prefix}router-{uuid.uuid4().hex[:6]}")
         vertices = _rest(test_settings, f"/jobs/{job}")["vertices"]
         spread = {tm["taskmanager-id"] for v in vertices for tm in _rest(test_settings, f"/jobs/{job}/vertices/{v['id']}/taskmanagers")["taskmanagers"]}
         assert len(spread) == 2, spread  # parallelism 2 over both TaskManagers, one slot each
 
         _send(test_settings, router_topics["input"], values[:1000])
-        deadline = time.monotonic() + 180  # output, and a completed checkpoint to restart from
-        while not (_rest(test_settings, f"/jobs/{job}/checkpoints")["counts"]["completed"] and
-                   read_topic(test_settings, router_topics["text"], timeout_s=1)):
-            assert time.monotonic() < deadline, "no checkpoint and no output within 180 s"
-            time.sleep(1)
+        _wait_for_output_and_checkpoint(test_settings, job, router_topics["text"])
         _send(test_settings, router_topics["input"], values[1000:1500])
         victim, process = sorted(two_taskmanagers.taskmanager_processes().items())[-1]
         os.kill(process.pid, signal.SIGKILL)  # mid-stream, a crash
@@ -95,13 +120,52 @@ def test_a_killed_taskmanager_is_started_again_and_the_job_loses_and_doubles_not
 
         started = Stack(test_settings).up(with_flink=True)["started"]  # what a supervisor (or a person) runs
         assert started == [f"taskmanager {victim}"]
-        records = read_topic(test_settings, router_topics["text"], min_count=len(values), timeout_s=300)
-        ids = _ids(records)
-        assert len(set(ids)) == len(values), f"{len(values) - len(set(ids))} lost"
-        assert Counter(ids).most_common(1)[0][1] == 1  # nothing twice for a read_committed reader
-        assert not read_topic(test_settings, router_topics["dead"], timeout_s=2)
+        _assert_each_once(test_settings, router_topics, values)
         assert _rest(test_settings, f"/jobs/{job}")["state"] == "RUNNING"  # the same job, restarted by Flink, not resubmitted
     finally:
-        for running in _rest(test_settings, "/jobs/overview")["jobs"]:
-            if running["state"] not in ("FINISHED", "CANCELED", "FAILED"):
-                _rest(test_settings, f"/jobs/{running['jid']}", method="PATCH")  # cancel
+        _cancel_all(test_settings)
+
+
+def test_the_broker_restarted_mid_stream_loses_and_doubles_nothing(two_taskmanagers, stack, test_settings, router_topics):
+    values = _documents(2000)
+    try:
+        job = _submit_router(test_settings, router_topics, f"{test_settings.topic_prefix}router-{uuid.uuid4().hex[:6]}")
+        _send(test_settings, router_topics["input"], values[:1000])
+        _wait_for_output_and_checkpoint(test_settings, job, router_topics["text"])
+        stack.kafka.stop()  # a clean stop, as for a broker upgrade: open transactions are left to time out or commit
+        time.sleep(5)  # the job's clients retry meanwhile
+        stack.kafka.start()
+        _send(test_settings, router_topics["input"], values[1000:])
+        _assert_each_once(test_settings, router_topics, values)
+        assert _rest(test_settings, f"/jobs/{job}")["state"] == "RUNNING"
+    finally:
+        _cancel_all(test_settings)
+
+
+def test_stop_with_savepoint_and_resume_loses_and_doubles_nothing(two_taskmanagers, stack, test_settings, router_topics):
+    values = _documents(2000)
+    group = f"{test_settings.topic_prefix}router-{uuid.uuid4().hex[:6]}"
+    try:
+        job = _submit_router(test_settings, router_topics, group)
+        _send(test_settings, router_topics["input"], values[:1000])
+        _wait_for_output_and_checkpoint(test_settings, job, router_topics["text"])
+        target = (test_settings.run_dir / "savepoints").resolve().as_uri()
+        request = urllib.request.Request(f"{test_settings.flink_rest_url}/jobs/{job}/stop", method="POST",
+                                         data=json.dumps({"targetDirectory": target, "drain": False}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            trigger = json.load(response)["request-id"]
+        deadline = time.monotonic() + 120
+        while (state := _rest(test_settings, f"/jobs/{job}/savepoints/{trigger}"))["status"]["id"] != "COMPLETED":
+            assert time.monotonic() < deadline, state
+            time.sleep(1)
+        assert "failure-cause" not in state["operation"], state["operation"]
+        savepoint = state["operation"]["location"]
+        _send(test_settings, router_topics["input"], values[1000:1500])  # while the job is down: waits in Kafka
+
+        resumed = _submit_router(test_settings, router_topics, group, "--restore-from", savepoint)
+        assert resumed != job
+        _send(test_settings, router_topics["input"], values[1500:])
+        _assert_each_once(test_settings, router_topics, values)
+    finally:
+        _cancel_all(test_settings)
