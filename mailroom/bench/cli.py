@@ -16,7 +16,6 @@ from config.settings import PROJECT_DIR, Settings
 from mailroom.bench.corpus import build_corpus
 from mailroom.bench.figures import NO_OCR, SCANS, SHADOW, DeployFigures, Result, report
 from mailroom.bench.output import console, deploy_table, err, plot, table
-from mailroom.bench.peer import fast_kafka_crc
 from mailroom.bench.variants import (OCR_PAGES, QUICK_OCR_PAGES, BenchError, Run, profile_scoring, run_deploys, run_limit, run_reading_limits,
                                      run_router, run_stream, scans_only)
 
@@ -62,7 +61,6 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
     except BenchError as exc:
         err.print(f"[red]error:[/red] {exc}")
         return 1
-    fast_kafka_crc()
     started = time.monotonic()
     corpus = build_corpus(docs, args.seed, args.scan_share)
     if args.profile:

@@ -86,7 +86,6 @@ def peer_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ocr-max-wait-ms", type=int, help="read scans that waited up to this long since routing (default: the scoring job's)")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
-    fast_kafka_crc()
     prefix = settings.topic_prefix
     config = ScoringConfig.from_registry(settings.registry_dir)
     if args.ocr_max_wait_ms is not None:
@@ -117,23 +116,3 @@ def peer_main(argv: list[str] | None = None) -> int:
     out.close()
     consumer.close()
     return 0
-
-
-def fast_kafka_crc() -> None:
-    """Give kafka-python a C CRC-32C when the `crc32c` package is missing (drop this once it is locked).
-
-    Without it, kafka-python checksums every record batch it writes or reads in pure Python,
-    ~12 MB/s here: ~7 ms per routed scan, as long as scoring it. crcmod's C extension (installed
-    with apache-beam) computes the same checksum at ~500 MB/s.
-    """
-    import kafka.record.default_records as records
-    import kafka.record.util as util
-
-    if util.crc32c_c is not None:
-        return
-    try:
-        import crcmod._crcfunext  # noqa: F401  (only the C extension is worth it)
-        from crcmod.predefined import mkCrcFun
-    except ImportError:
-        return
-    records.calc_crc32c = mkCrcFun("crc-32c")
