@@ -26,6 +26,23 @@ def _settings_help() -> str:
 # --- stack -----------------------------------------------------------------------------------
 
 
+def _supervise(stack, interval: float) -> int:
+    """`stack supervise`: repair the stack every `interval` s until SIGTERM or Ctrl-C; say what was started again."""
+    import threading
+    import time
+
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    console.print(f"supervising the stack every {interval:g} s (Ctrl-C stops)")
+    try:
+        while not stopping.wait(interval):
+            for name in stack.repair():
+                console.print(f"{time.strftime('%H:%M:%S')} started {name} again")
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
     from mailroom.stack import Stack, StackError
 
@@ -39,6 +56,8 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
             result = stack.up(with_flink=args.flink)
             started = ", ".join(result["started"]) or "nothing (all running)"
             console.print(f"started: {started}; topics created: {len(result['topics_created'])}")
+        elif args.action == "supervise":
+            return _supervise(stack, args.interval)
         elif args.action == "down":
             stopped = stack.down()
             console.print(f"stopped: {', '.join(stopped) or 'nothing (none was running)'}")
@@ -132,9 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Run the local stack: a KRaft Kafka broker and Redis on 127.0.0.1 (password required), "
                            "the MLflow server (UI + REST) over the model registry, the Prometheus server (metrics and alert rules), optionally a standalone Flink session cluster. `up` is idempotent; `down` stops only what `up` started.",
                            epilog=_settings_help())
-    stack.add_argument("action", choices=["up", "down", "status", "env"], help="up: start what is missing and create topics; "
+    stack.add_argument("action", choices=["up", "down", "status", "env", "supervise"], help="up: start what is missing and create topics; "
                        "down: stop what up started; status: check each service for real (exit 3 if Kafka, Redis, MLflow or Prometheus is down); "
-                       "env: print the secrets docker-compose.yml needs as shell exports (eval \"$(mailroom stack env)\" && docker compose up -d)")
+                       "env: print the secrets docker-compose.yml needs as shell exports (eval \"$(mailroom stack env)\" && docker compose up -d); "
+                       "supervise: until stopped, start again what crashed and the TaskManagers a running session cluster misses")
+    stack.add_argument("--interval", type=float, default=5.0, metavar="S", help="with supervise: seconds between checks (default %(default)s)")
     stack.add_argument("--flink", action="store_true", help="with up: also start the Flink session cluster (REST + web UI), or "
                        "bring a running one back to its declared shape (a killed TaskManager is started again)")
     stack.add_argument("--taskmanagers", type=int, metavar="N", help="with up --flink: TaskManager processes (default: the running "

@@ -157,6 +157,10 @@ class TrackedService:
     def process(self) -> psutil.Process | None:
         return _tracked(self.pidfile)
 
+    def crashed(self) -> bool:
+        """Started by `up` and gone without `down` (which removes the record): killed, or died."""
+        return self.pidfile.exists() and self.process() is None
+
     def _answers(self) -> bool:
         raise NotImplementedError
 
@@ -785,6 +789,20 @@ class Stack:
             started += again if was_up else [self.flink.name]
         created = self.kafka.create_topics()
         return {"started": started, "topics_created": created}
+
+    def repair(self) -> list[str]:
+        """Start again what crashed (a service `up` started that is gone without `down`) and the TaskManagers missing
+        from a running session cluster's declared shape; return what was started. What `down` stopped stays down."""
+        started = []
+        for service in (self.redis, self.kafka, self.mlflow, self.prometheus, self.dashboard):
+            if service.crashed():
+                service.start()
+                started.append(service.name)
+        if self.flink.status().running and len(self.flink.taskmanager_processes()) < self.flink.taskmanagers:
+            before = set(self.flink.taskmanager_processes())
+            self.flink.start()
+            started += [f"taskmanager {i}" for i in sorted(set(self.flink.taskmanager_processes()) - before)]
+        return started
 
     def down(self) -> list[str]:
         return [s.name for s in (self.dashboard, self.flink, self.prometheus, self.mlflow, self.kafka, self.redis) if s.stop()]

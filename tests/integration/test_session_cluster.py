@@ -169,3 +169,30 @@ def test_stop_with_savepoint_and_resume_loses_and_doubles_nothing(two_taskmanage
         _assert_each_once(test_settings, router_topics, values)
     finally:
         _cancel_all(test_settings)
+
+
+def test_the_supervisor_starts_again_what_was_killed(two_taskmanagers, stack, test_settings, tmp_path):
+    """`mailroom stack supervise`: a TaskManager and Redis killed outright are started again without a person."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "supervise.out"
+    with open(log, "wb") as out:
+        supervisor = subprocess.Popen([sys.executable, "-m", "mailroom.cli", "stack", "supervise", "--interval", "1"],
+                                      env={**os.environ, **test_settings.as_env()}, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        victim, process = sorted(two_taskmanagers.taskmanager_processes().items())[0]
+        redis = stack.redis.process()
+        for killed in (process, redis):
+            os.kill(killed.pid, signal.SIGKILL)
+            killed.wait(30)
+        deadline = time.monotonic() + 120
+        while not ("started redis again" in (said := log.read_text()) and f"started taskmanager {victim} again" in said):
+            assert time.monotonic() < deadline and supervisor.poll() is None, said
+            time.sleep(1)
+        assert len(two_taskmanagers.taskmanager_processes()) == 2 and stack.redis.status().running
+        assert two_taskmanagers.taskmanager_processes()[victim].pid != process.pid
+        assert test_settings.redis_client("scoring").ping()  # its users are back with it
+    finally:
+        supervisor.terminate()
+        assert supervisor.wait(30) == 0, log.read_text()
