@@ -27,7 +27,7 @@ from pyflink.common import Duration, Types, WatermarkStrategy
 
 from config.settings import Settings
 from jobs.connectors import BYTES, read_records, write_bytes
-from jobs.environment import add_run_arguments, make_env, refuse_to_start_on_errors
+from jobs.environment import EXACTLY_ONCE, add_run_arguments, make_env, refuse_to_start_on_errors
 from schemas.topics import topic_name
 from schemas.units import DAY_S, MINUTE_MS
 from udfs.adapters.accuracy import (ACCURACY_OUTPUTS, JOB, JOIN_OUTPUTS, EventTimeOf, JoinPredictionsWithTruth, JoinShadowsWithTruth, TrackAccuracy,
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
                       max_failures_per_minute=args.max_failures_per_minute)
     metrics = MetricsConfig(window_ms=args.window_ms, slide_ms=args.slide_ms, settle_ms=args.settle_ms, last_n=args.last_n,
                             min_support=args.min_support, min_macro_f1=args.min_macro_f1, min_accuracy=args.min_accuracy)
-    env = make_env(settings, JOB, args.parallelism, args.restore_from)
+    env = make_env(settings, JOB, args.parallelism, args.restore_from, args.delivery, args.checkpoint_interval_ms)
     prefix = settings.topic_prefix
     predictions = read_records(env, settings, [topic_name("predictions", prefix)], f"{args.group_id}-predictions",
                                bounded=args.bounded, start_ms=args.from_ms)
@@ -130,9 +130,10 @@ def main(argv: list[str] | None = None) -> None:
                            start_ms=args.from_ms)
     redis = functools.partial(settings.redis_client, "accuracy", socket_timeout=2, socket_connect_timeout=2)
     outputs = build(predictions, truths, shadows, join, metrics, args.out_of_orderness_ms, args.redis_ttl_s, redis)
+    exactly_once = args.delivery == EXACTLY_ONCE
     for key, stream in outputs.items():
         topic = topic_name(key, prefix)
-        stream.sink_to(write_bytes(settings, topic, f"{args.group_id}-{key}")).name(f"kafka: {topic}").uid(f"accuracy-sink-{key}")
+        stream.sink_to(write_bytes(settings, topic, f"{args.group_id}-{key}", exactly_once)).name(f"kafka: {topic}").uid(f"accuracy-sink-{key}")
     env.execute(f"mailroom-{JOB}")
 
 

@@ -41,7 +41,8 @@ def _sql_string(value: str) -> str:
 
 
 def write_bytes(settings: Settings, topic: str, transactional_id_prefix: str, exactly_once: bool = True) -> KafkaSink:
-    """A transactional (exactly-once) sink of raw `bytes` values into one topic."""
+    """A sink of raw `bytes` values into one topic: transactional (exactly-once), or, for --delivery at-least-once,
+    plain idempotent writes that readers see at once."""
     builder = (
         KafkaSink.builder()
         .set_bootstrap_servers(settings.bootstrap_servers)

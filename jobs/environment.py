@@ -20,6 +20,7 @@ from models.scoring import FeatureSetMismatch
 
 
 REFUSALS = (ConfigError, FeatureSetMismatch, RegistryError)  # what stops a job before it starts, with a message
+EXACTLY_ONCE, AT_LEAST_ONCE = "exactly-once", "at-least-once"  # --delivery
 
 
 def refuse_to_start_on_errors(main: Callable) -> Callable:
@@ -41,19 +42,27 @@ def add_run_arguments(parser: argparse.ArgumentParser, bounded_help: str, failur
     parser.add_argument("--parallelism", type=int, default=None, help="operator parallelism (default: flink-conf)")
     parser.add_argument("--bounded", action="store_true", help=bounded_help)
     parser.add_argument("--restore-from", default=None, help="resume from this checkpoint or savepoint path")
+    parser.add_argument("--delivery", choices=[EXACTLY_ONCE, AT_LEAST_ONCE], default=EXACTLY_ONCE,
+                        help="exactly-once (default): transactional output, visible to read_committed readers when the checkpoint "
+                        "that commits it completes, never twice; at-least-once: output visible at once, but a restart sends again "
+                        "what followed the last checkpoint, for consumers that de-duplicate by doc_id")
+    parser.add_argument("--checkpoint-interval-ms", type=int, default=None, metavar="MS",
+                        help="checkpoint every MS ms (default: flink-conf/config.yaml's); with exactly-once, how long output waits")
     if failure_budget is not None:
         parser.add_argument("--max-failures-per-minute", type=int, default=failure_budget,
                             help="records per minute (per subtask) that may be dead-lettered for a processing error before "
                             "the job fails: more is a bug, not bad records (default: %(default)s)")
 
 
-def make_env(settings: Settings, job: str, parallelism: int | None = None, restore_from: str | None = None) -> StreamExecutionEnvironment:
+def make_env(settings: Settings, job: str, parallelism: int | None = None, restore_from: str | None = None,
+             delivery: str = EXACTLY_ONCE, checkpoint_interval_ms: int | None = None) -> StreamExecutionEnvironment:
     """An environment with the project's Flink config and the Kafka connector jar.
 
     Run as a plain Python program this starts a local MiniCluster; under `flink run -py` the
     same call picks up the session cluster the program was submitted to. An embedded job's Prometheus
     reporter listens on `settings.host:metrics_port(settings, job)`. Checkpoints go to
-    <run_dir>/checkpoints/<job>/; `restore_from` resumes from a checkpoint or savepoint path.
+    <run_dir>/checkpoints/<job>/; `restore_from` resumes from a checkpoint or savepoint path. At-least-once
+    `delivery` also checkpoints without aligning barriers (no input waits for a slow channel's barrier).
     """
     config = Configuration()
     for key, value in job_config(settings).items():
@@ -64,6 +73,10 @@ def make_env(settings: Settings, job: str, parallelism: int | None = None, resto
         config.set_string(REPORTER_PORT, str(metrics_port(settings, job)))  # its Prometheus reporter
     if restore_from:
         config.set_string("execution.state-recovery.path", restore_from)
+    if delivery == AT_LEAST_ONCE:
+        config.set_string("execution.checkpointing.mode", "AT_LEAST_ONCE")
+    if checkpoint_interval_ms:
+        config.set_string("execution.checkpointing.interval", f"{checkpoint_interval_ms}ms")
     env = StreamExecutionEnvironment.get_execution_environment(config)
     env.add_jars(settings.connector_jar.resolve().as_uri())
     if embedded():  # the MiniCluster ignores plugins/: the reporter comes from the class path (one call: one class loader)

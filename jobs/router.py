@@ -15,7 +15,7 @@ from pyflink.common import Types
 from pyflink.datastream import DataStream
 
 from jobs.connectors import BYTES, read_records, write_bytes
-from jobs.environment import add_run_arguments, make_env, refuse_to_start_on_errors
+from jobs.environment import EXACTLY_ONCE, add_run_arguments, make_env, refuse_to_start_on_errors
 from config.settings import Settings
 from schemas.topics import topic_name
 from udfs.adapters.common import DEAD_LETTERS
@@ -58,12 +58,12 @@ def parse_args(argv: list[str], settings: Settings) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     settings = Settings.from_env().as_principal(JOB)  # each job is its own Kafka principal (schemas/access.py)
     args = parse_args(sys.argv[1:] if argv is None else argv, settings)
-    env = make_env(settings, JOB, args.parallelism, args.restore_from)
+    env = make_env(settings, JOB, args.parallelism, args.restore_from, args.delivery, args.checkpoint_interval_ms)
     config = RouterConfig(duplicate_window_ms=args.duplicate_window_ms)
     raw = read_records(env, settings, [args.input], args.group_id, bounded=args.bounded)
     outputs = build(raw, config)
     for name, topic in (("text", args.text_topic), ("scans", args.scans_topic), ("dead_letters", args.dead_letter_topic)):
-        sink = write_bytes(settings, topic, f"{args.group_id}-{name}")
+        sink = write_bytes(settings, topic, f"{args.group_id}-{name}", exactly_once=args.delivery == EXACTLY_ONCE)
         outputs[name].sink_to(sink).name(f"kafka: {topic}").uid(f"router-sink-{name}")
     env.execute(f"mailroom-{JOB}")
 

@@ -24,7 +24,7 @@ from pyflink.datastream import DataStream
 
 from config.settings import Settings
 from jobs.connectors import BYTES, read_records, write_bytes
-from jobs.environment import add_run_arguments, make_env, refuse_to_start_on_errors
+from jobs.environment import EXACTLY_ONCE, add_run_arguments, make_env, refuse_to_start_on_errors
 from models.ocr import OcrConfig
 from schemas.labels import DEPARTMENTS
 from schemas.topics import department_topic_key, topic_name
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
                                          ocr_cache_dir=None if args.no_ocr_cache else str(settings.cache_dir / "ocr"),
                                          ocr=OcrConfig(languages=args.ocr_languages, page_timeout_ms=args.ocr_page_timeout_ms,
                                                        max_pages=args.ocr_max_pages, max_wait_ms=args.ocr_max_wait_ms))
-    env = make_env(settings, JOB, args.parallelism, args.restore_from)
+    env = make_env(settings, JOB, args.parallelism, args.restore_from, args.delivery, args.checkpoint_interval_ms)
     env.set_max_parallelism(MAX_PARALLELISM)
     prefix = settings.topic_prefix
     routed_topics = [topic_name("routed_text", prefix), topic_name("routed_scans", prefix)]
@@ -133,14 +133,15 @@ def main(argv: list[str] | None = None) -> None:
     control = read_records(env, settings, [topic_name("model_control", prefix)], f"{args.group_id}-control", bounded=args.bounded)
     redis = functools.partial(settings.redis_client, "scoring", socket_timeout=2, socket_connect_timeout=2)
     outputs = build(documents, own_predictions, control, config, redis, args.ocr_parallelism)
-    outputs["predictions"].sink_to(write_bytes(settings, predictions_topic, f"{args.group_id}-predictions")).name(
+    sink = functools.partial(write_bytes, settings, exactly_once=args.delivery == EXACTLY_ONCE)
+    outputs["predictions"].sink_to(sink(predictions_topic, f"{args.group_id}-predictions")).name(
         f"kafka: {predictions_topic}").uid("scoring-sink-predictions")
     for label, dept in DEPARTMENTS.items():
         topic = topic_name(department_topic_key(label), prefix)
-        outputs[dept].sink_to(write_bytes(settings, topic, f"{args.group_id}-{dept}")).name(f"kafka: {topic}").uid(f"scoring-sink-{dept}")
+        outputs[dept].sink_to(sink(topic, f"{args.group_id}-{dept}")).name(f"kafka: {topic}").uid(f"scoring-sink-{dept}")
     for key in ("dead_letters", "model_events", "shadow_predictions"):
         topic = topic_name(key, prefix)
-        outputs[key].sink_to(write_bytes(settings, topic, f"{args.group_id}-{key.replace('_', '-')}")).name(f"kafka: {topic}").uid(
+        outputs[key].sink_to(sink(topic, f"{args.group_id}-{key.replace('_', '-')}")).name(f"kafka: {topic}").uid(
             f"scoring-sink-{key.replace('_', '-')}")
     env.execute(f"mailroom-{JOB}")
 

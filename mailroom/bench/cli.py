@@ -14,12 +14,12 @@ from typing import Callable
 
 from config.settings import PROJECT_DIR, Settings
 from mailroom.bench.corpus import build_corpus
-from mailroom.bench.figures import NO_OCR, SCANS, SHADOW, DeployFigures, Result, report
+from mailroom.bench.figures import AT_LEAST_ONCE, NO_OCR, SCANS, SHADOW, DeployFigures, Result, report
 from mailroom.bench.output import console, deploy_table, err, plot, table
 from mailroom.bench.variants import (OCR_PAGES, QUICK_OCR_PAGES, BenchError, Run, profile_scoring, run_deploys, run_limit, run_reading_limits,
                                      run_router, run_stream, scans_only)
 
-VARIANTS = ("limit", "router", "reading", "peer", "mailroom", NO_OCR, SHADOW, "deploy")
+VARIANTS = ("limit", "router", "reading", "peer", "mailroom", AT_LEAST_ONCE, NO_OCR, SHADOW, "deploy")
 DOCS, QUICK_DOCS = 12_000, 400
 DEPLOYS, QUICK_DEPLOYS = 5, 3  # champion deploys of the deploy measurement
 PACED_S, QUICK_PACED_S = 20.0, 5.0  # how long the paced producer offers load
@@ -74,7 +74,7 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     run = Run(settings, corpus, out_dir, run_id, tuple(args.parallelism or ((1,) if args.quick else (1, 2))),
               QUICK_PACED_S if args.quick else PACED_S, QUICK_ROUTER_TEXT_DOCS if args.quick else ROUTER_TEXT_DOCS,
-              args.deploys or (QUICK_DEPLOYS if args.quick else DEPLOYS))
+              args.deploys or (QUICK_DEPLOYS if args.quick else DEPLOYS), args.checkpoint_interval_ms)
     run.log_dir.mkdir(exist_ok=True)
     steps: list[tuple[str, Callable[[], Result | DeployFigures]]] = []
     if "limit" in variants:
@@ -87,8 +87,9 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
         steps += [(f"{SCANS} p{p}", lambda p=p: run_stream(replace(run, corpus=scans_only(corpus)), SCANS, p)) for p in run.parallelism]
     if "peer" in variants:
         steps += [(f"peer p{p}", lambda p=p: run_stream(run, "peer", p)) for p in run.parallelism]
-    for p in run.parallelism:  # mailroom-no-ocr and mailroom-shadow beside mailroom at the same parallelism
-        steps += [(f"{variant} p{p}", lambda variant=variant, p=p: run_stream(run, variant, p)) for variant in ("mailroom", NO_OCR, SHADOW)
+    for p in run.parallelism:  # at-least-once, mailroom-no-ocr and mailroom-shadow beside mailroom at the same parallelism
+        steps += [(f"{variant} p{p}", lambda variant=variant, p=p: run_stream(run, variant, p))
+                  for variant in ("mailroom", AT_LEAST_ONCE, NO_OCR, SHADOW)
                   if variant in variants]
     results: list[Result] = []
     if "deploy" in variants:  # under half of mailroom's sustained rate at that parallelism, if measured above; else idle
@@ -142,6 +143,8 @@ def register(sub) -> None:
                         help="parallelisms of peer, mailroom, mailroom-shadow and deploy (default 1 2; --quick 1)")
     parser.add_argument("--deploys", type=int, metavar="N", help=f"champion deploys the deploy measurement times (default {DEPLOYS}; "
                         f"--quick {QUICK_DEPLOYS}), alternating two versions")
+    parser.add_argument("--checkpoint-interval-ms", type=int, metavar="MS", help="the scoring job's checkpoint interval in the mailroom "
+                        "variants (default: flink-conf/config.yaml's, 2 s); exactly-once output waits for the checkpoint that commits it")
     parser.add_argument("--profile", action="store_true", help="instead: profile the scoring logic in plain Python (cProfile, no Kafka) "
                         "and print the top functions by cumulative time")
     parser.add_argument("--out", type=Path, default=PROJECT_DIR / "bench-results", help="results directory (default: %(default)s)")

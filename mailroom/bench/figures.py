@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Iterable
 
 SHADOW = "mailroom-shadow"  # the scoring job with the champion also in the CHALLENGER slot, sample 1.0
+AT_LEAST_ONCE = "mailroom-at-least-once"  # the scoring job with --delivery at-least-once: output visible without waiting for a checkpoint
 NO_OCR = "mailroom-no-ocr"  # the scoring job with --no-ocr: the layout model decides every scan (the fallback-only path)
 SCANS = "mailroom-scans"  # the scoring job over the scans alone: its scan reader's pages per second
 OCR_CLI = "tesseract-cli"  # the `tesseract` command line, one process per page: the reading limit
@@ -111,8 +112,30 @@ def goal_line(results: list[Result]) -> str:
         line = ("Goal: Mailroom's scoring job sustains " + ", ".join(parts) + " the throughput of the hand-written peer, Kafka in to "
                 "Kafka out - and gives exactly-once output and checkpointed sender state, which the peer lacks (it auto-commits "
                 "offsets, loses its state on restart, and at p>1 splits each sender's history across processes).")
-    extra = [text for text in (shadow_line(results), ocr_line(results)) if text]
+    extra = [text for text in (delivery_line(results), shadow_line(results), ocr_line(results)) if text]
     return "\n".join([line, *extra])
+
+
+def delivery_line(results: list[Result]) -> str | None:
+    """p99 from receipt to a department topic at half load, exactly-once beside at-least-once, per parallelism both ran at.
+
+    >>> rows = [Result("mailroom", "routed", 1, 10, 400, latency_ms={"p99": 1800.0}),
+    ...         Result(AT_LEAST_ONCE, "routed", 1, 10, 410, latency_ms={"p99": 240.0})]
+    >>> delivery_line(rows)
+    'Delivery: p99 at half load, exactly-once vs at-least-once: p1 1,800 vs 240 ms (docs/s 400 vs 410).'
+    """
+    rows = {(r.variant, r.parallelism): r for r in results}
+    pairs = [(p, rows["mailroom", p], rows[AT_LEAST_ONCE, p]) for variant, p in sorted(rows, key=lambda k: (k[1] or 0, k[0]))
+             if variant == "mailroom" and (AT_LEAST_ONCE, p) in rows]
+    if not pairs:
+        return None
+
+    def p99(row: Result) -> str:
+        value = (row.latency_ms or {}).get("p99")
+        return "?" if value is None else f"{value:,.0f}"
+
+    parts = [f"p{p} {p99(eo)} vs {p99(alo)} ms (docs/s {eo.docs_per_s or 0:,.0f} vs {alo.docs_per_s or 0:,.0f})" for p, eo, alo in pairs]
+    return "Delivery: p99 at half load, exactly-once vs at-least-once: " + ", ".join(parts) + "."
 
 
 # --- reading scans -------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from config.settings import Settings
 from mailroom.kafkautil import client_config
 from mailroom.bench.corpus import Corpus, pending_documents
-from mailroom.bench.figures import (NO_OCR, OCR_CLI, OCR_READER, SCANS, SHADOW, DeployFigures, Result, Window, deploy_timing, first_serving, percentiles, shadow_check,
+from mailroom.bench.figures import (AT_LEAST_ONCE, NO_OCR, OCR_CLI, OCR_READER, SCANS, SHADOW, DeployFigures, Result, Window, deploy_timing, first_serving, percentiles, shadow_check,
                                     sustained_window)
 from mailroom.bench.output import console
 from mailroom.bench.peer import PeerScorer
@@ -37,7 +37,7 @@ from schemas.topics import BY_KEY, TOPICS, department_topic_key, topic_name
 PACED_PREFIX = "paced-"  # doc_id prefix of the paced phase's documents
 LOAD_PREFIX = "load-"  # doc_id prefix of the documents scored while deploys happen
 LIMIT_SECONDS = 3.0
-SCORING_VARIANTS = ("mailroom", SHADOW, NO_OCR, SCANS)  # run jobs.scoring
+SCORING_VARIANTS = ("mailroom", AT_LEAST_ONCE, SHADOW, NO_OCR, SCANS)  # run jobs.scoring
 KINDS = {"routed_text": ("text",), "routed_scans": ("scan", "image")}  # routed topic key -> the model kinds that decide its documents
 OCR_PAGES, QUICK_OCR_PAGES = 60, 12  # pages the reading limit (CLI) and the in-process reader read
 DEPLOY_KIND = "text"  # the kind the deploy measurement deploys
@@ -61,6 +61,7 @@ class Run:
     paced_s: float
     router_text_docs: int
     deploys: int = 5  # champion deploys of the deploy measurement
+    checkpoint_interval_ms: int | None = None  # the scoring job's (None: flink-conf/config.yaml's)
 
     @property
     def log_dir(self) -> Path:
@@ -252,7 +253,7 @@ def run_stream(run: Run, variant: str, parallelism: int) -> Result:
         log = run.log_dir / f"{name}.log"
         with OutputWatcher(settings) as watcher, (EventWatcher(settings) if shadow else nullcontext()) as events:
             started = time.time()
-            procs = _start(settings, variant, parallelism, log)
+            procs = _start(settings, variant, parallelism, log, run.checkpoint_interval_ms)
             try:
                 with TreeSampler([p.pid for p in procs]) as sampler:
                     for kind, version in challengers.items():
@@ -459,14 +460,17 @@ def _send_backlog(settings: Settings, corpus: Corpus, name: str) -> None:
         raise BenchError(f"{name}: the broker did not acknowledge {sum(f.failed() for f in futures)} routed documents")
 
 
-def _start(settings: Settings, variant: str, parallelism: int, log: Path) -> list[subprocess.Popen]:
+def _start(settings: Settings, variant: str, parallelism: int, log: Path, checkpoint_interval_ms: int | None = None) -> list[subprocess.Popen]:
     from mailroom.submit import start_job
 
     group = settings.topic_prefix + "scoring-group"  # unique per run, like the topics
     if variant in SCORING_VARIANTS:  # mailroom-shadow: the same job, its challenger comes from the control topic
         # every page read (no cache, and no wait bound: the backlog was routed when the corpus was built), so reading is measured
         args = ["--parallelism", str(parallelism), "--group-id", group, "--no-ocr-cache", "--ocr-max-wait-ms", str(DAY_MS)]
-        return [start_job(settings, "jobs.scoring", args + (["--no-ocr"] if variant == NO_OCR else []), log, log_dir=log.with_suffix(""))]
+        args += ["--no-ocr"] if variant == NO_OCR else []
+        args += ["--delivery", "at-least-once"] if variant == AT_LEAST_ONCE else []
+        args += ["--checkpoint-interval-ms", str(checkpoint_interval_ms)] if checkpoint_interval_ms else []
+        return [start_job(settings, "jobs.scoring", args, log, log_dir=log.with_suffix(""))]
     # the peer: `python -m mailroom.bench` runs peer_main (__main__.py)
     return [start_job(settings, "mailroom.bench", ["--group-id", group, "--ocr-max-wait-ms", str(DAY_MS)], log) for _ in range(parallelism)]
 

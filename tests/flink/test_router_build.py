@@ -31,3 +31,16 @@ def test_router_build_routes_cleans_and_dead_letters(test_settings):
     assert [(r["reason"], r["source_offset"], r["original"]) for r in letters] == [
         ("UNDECODABLE", len(docs), b"junk"), ("DUPLICATE_ID", len(docs) + 1, values[0])]
     assert len(routed) + len(letters) == len(values)  # the books balance
+
+
+def test_at_least_once_delivery_checkpoints_without_alignment_at_the_interval_asked(test_settings):
+    from pyflink.datastream import CheckpointingMode
+
+    from jobs.environment import AT_LEAST_ONCE, EXACTLY_ONCE
+
+    default = make_env(test_settings, "router", parallelism=1).get_checkpoint_config()
+    assert default.get_checkpointing_mode() == CheckpointingMode.EXACTLY_ONCE and default.get_checkpoint_interval() == 2000
+    chosen = make_env(test_settings, "router", parallelism=1, delivery=AT_LEAST_ONCE, checkpoint_interval_ms=250).get_checkpoint_config()
+    assert chosen.get_checkpointing_mode() == CheckpointingMode.AT_LEAST_ONCE and chosen.get_checkpoint_interval() == 250
+    kept = make_env(test_settings, "router", parallelism=1, delivery=EXACTLY_ONCE, checkpoint_interval_ms=500).get_checkpoint_config()
+    assert kept.get_checkpointing_mode() == CheckpointingMode.EXACTLY_ONCE and kept.get_checkpoint_interval() == 500

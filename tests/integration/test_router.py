@@ -139,3 +139,22 @@ def test_crash_and_restart_from_checkpoint_loses_and_duplicates_nothing(stack, t
     assert len(ids) == len(values), f"{len(values) - len(set(ids))} lost"
     assert Counter(ids).most_common(1)[0][1] == 1  # nothing twice for a read_committed reader
     assert not read_topic(test_settings, router_topics["dead"], timeout_s=2)  # the restart re-read nothing as duplicate
+
+
+def test_at_least_once_output_is_visible_before_any_checkpoint(stack, test_settings, router_topics, tmp_path):
+    """--delivery at-least-once writes without transactions: a read_committed reader sees the output at once, long
+    before the first checkpoint (10 minutes away here) that exactly-once output would wait for."""
+    from jobs.environment import AT_LEAST_ONCE
+    from mailroom.submit import stop_job
+
+    run = uuid.uuid4().hex[:6]
+    values = [valid_text_document(f"{run}-{i}", text=f"Document {i} about an invoice.") for i in range(200)]
+    args = _args(router_topics, f"{test_settings.topic_prefix}router-{run}", "--delivery", AT_LEAST_ONCE, "--checkpoint-interval-ms", "600000")
+    job = start_job(test_settings, "jobs.router", args, tmp_path / "router.log")
+    try:
+        _send(test_settings, router_topics["input"], values)
+        records = read_topic(test_settings, router_topics["text"], min_count=len(values), timeout_s=180)
+        # within 180 s, while the first checkpoint is 600 s away: transactional output would still be invisible
+        assert sorted(_ids(records)) == sorted(f"{run}-{i}" for i in range(len(values))), (tmp_path / "router.log").read_text()[-2000:]
+    finally:
+        stop_job(job)
