@@ -71,7 +71,7 @@ class Settings:
     kafka_heap: str = "512m"  # MAILROOM_KAFKA_HEAP: the broker JVM's -Xmx
     # Kafka's SASL/SCRAM passwords as JSON {"principal": "password"} (principals: schemas/access.py); a principal
     # not named here gets one generated once into <run_dir>/kafka-passwords.json (mode 0600)
-    kafka_passwords: str = ""  # MAILROOM_KAFKA_PASSWORDS
+    kafka_passwords: str = field(default="", repr=False)  # MAILROOM_KAFKA_PASSWORDS
     # who this process's Kafka clients authenticate as; empty: its role decides (a job its own name, `mailroom inbox
     # hr` dept-hr, ...), else the operator
     kafka_principal: str = ""  # MAILROOM_KAFKA_PRINCIPAL
@@ -190,6 +190,17 @@ class Settings:
     @property
     def kafka_passwords_file(self) -> Path:
         return self.run_dir / "kafka-passwords.json"
+
+    def with_run_dir(self, run_dir: Path) -> "Settings":
+        """These settings with files of their own under `run_dir` (logs, checkpoints), still speaking to this stack:
+        the Kafka and Redis passwords kept in this run directory travel along (as their environment variables would)."""
+        try:
+            stored = json.loads(self.kafka_passwords_file.read_text())
+        except (OSError, ValueError):
+            stored = {}
+        given = json.loads(self.kafka_passwords) if self.kafka_passwords else {}
+        redis = {f"redis_{user}_password": self.redis_password_of(user) for user in REDIS_USERS if user != OPERATOR}
+        return replace(self, run_dir=run_dir, kafka_passwords=json.dumps({**stored, **given}), **redis)
 
     def redis_password_of(self, user: str) -> str:
         """The password of the Redis user `user` (a key of REDIS_USERS)."""

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from config.settings import ENV_VARS, ConfigError, Settings
-from mailroom import accuracy, bench, deadletters, demo, feedback, inbox, judge, models_cli, produce, retrainer
+from mailroom import accuracy, bench, deadletters, demo, feedback, inbox, judge, models_cli, produce, retrainer, soak
 from mailroom.dashboard import app as dashboard
 
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     topics = sub.add_parser("topics", help="list the declared Kafka topics", description="List the topics declared in schemas/topics.py.")
     topics.set_defaults(func=cmd_topics)
 
-    for module in (produce, deadletters, models_cli, feedback, inbox, accuracy, bench, judge, retrainer, dashboard):
+    for module in (produce, deadletters, models_cli, feedback, inbox, accuracy, bench, judge, retrainer, dashboard, soak):
         module.register(sub)
     return parser
 

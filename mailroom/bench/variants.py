@@ -76,7 +76,7 @@ def scratch(run: Run, name: str, own_registry: bool = False) -> Iterator[Setting
     from mailroom.kafkautil import delete_topics
     from mailroom.stack import Kafka
 
-    settings = replace(run.settings, topic_prefix=f"bench-{run.run_id}-{name}.", run_dir=run.out_dir / "run" / name)
+    settings = replace(run.settings.with_run_dir(run.out_dir / "run" / name), topic_prefix=f"bench-{run.run_id}-{name}.")
     settings = replace(settings, flink_rest_port=_free_flink_port(settings))
     if own_registry:
         shutil.copytree(run.settings.registry_dir, settings.run_dir / "registry", ignore=shutil.ignore_patterns(".lock"))

@@ -232,3 +232,12 @@ def test_the_mlflow_server_serves_the_registry_database_on_loopback(tmp_path):
     assert command[command.index("--default-artifact-root") + 1] == str(tmp_path / "registry" / "artifacts")
     assert (command[command.index("--host") + 1], command[command.index("--port") + 1]) == ("127.0.0.1", "25123")
     assert s.mlflow_url == "http://127.0.0.1:25123"
+
+
+def test_another_run_directory_keeps_the_stacks_secrets(tmp_path):
+    s = Settings.from_env({"MAILROOM_RUN_DIR": str(tmp_path / "stack")})
+    before = {p: s.kafka_password(p) for p in ("operator", "router")}
+    moved = s.with_run_dir(tmp_path / "bench")
+    assert moved.run_dir == tmp_path / "bench" and {p: moved.kafka_password(p) for p in before} == before
+    assert moved.redis_password_of("scoring") == s.redis_password_of("scoring") and moved.redis_password == s.redis_password
+    assert "kafka_passwords" not in repr(moved) and before["operator"] not in repr(moved)

@@ -1,0 +1,590 @@
+"""`mailroom soak`: the whole pipeline on the session cluster for a long run, under a seeded schedule of faults.
+
+The router, scoring and accuracy jobs run on a session cluster of at least two TaskManagers, the retrainer beside
+them, and a supervisor thread (`Stack.repair`, as `mailroom stack supervise`) starts again whatever dies. Upstream
+documents arrive at a steady rate (a few unreadable ones among them), departments send verdicts on a share of what
+they receive, and at seeded moments one of each fault strikes:
+
+* `taskmanager-killed`: `kill -9` of a TaskManager (the supervisor starts it again);
+* `broker-restarted`: the Kafka broker stopped and started again;
+* `redis-stopped`: Redis stopped for `--redis-outage-s` (the feature mirror waits, scoring goes on);
+* `bad-models`: a corrupt model (its file is not what its sha256 says) and one trained on another feature set,
+  published on the control topic (both refused, the champion keeps serving);
+* `poison-records`: a routed scan whose bytes are no image and one whose PNG is cut off (each dead-lettered
+  PROCESSING_ERROR by scoring, the documents around them scored);
+* `scoring-upgraded`: the scoring job stopped with a savepoint and resumed from it, as for an upgrade.
+
+At the end it reads every output topic read_committed and prints the books: documents sent; in a department topic
+exactly once; dead-lettered exactly once (by reason); lost; duplicated; labelled examples exactly once; and per
+fault when it struck and how long department output paused after it. The report is also written as JSON and a
+plot (documents out per second, faults marked) into `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import threading
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from config.settings import PROJECT_DIR, Settings
+from schemas import codec
+from schemas.labels import DEPARTMENTS
+from schemas.topics import department_topic_key, topic_name
+
+console = Console(width=160)
+
+FAULTS = ("taskmanager-killed", "broker-restarted", "redis-stopped", "bad-models", "poison-records", "scoring-upgraded")
+JOBS = ("router", "scoring", "accuracy")
+
+
+# --- plain logic: the schedule, the books, the pauses ------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: str
+    at_s: float  # seconds after the first document was sent
+
+
+def schedule(kinds: tuple[str, ...], duration_s: float, seed: int, margin: float = 0.1) -> list[Fault]:
+    """Each fault once, in a seeded order, at a seeded moment of its own equal slice of the run's middle part
+    (`margin` of the run free at either end), so that no two strike together and each has time to recover.
+
+    >>> faults = schedule(("a", "b", "c"), 300, seed=4)
+    >>> sorted(f.kind for f in faults), all(30 <= f.at_s <= 270 for f in faults), faults == schedule(("a", "b", "c"), 300, seed=4)
+    (['a', 'b', 'c'], True, True)
+    >>> min(b.at_s - a.at_s for a, b in zip(faults, faults[1:])) > 0.4 * 80  # a slice of 80 s each, struck in its middle 60%
+    True
+    """
+    rng = random.Random(seed)
+    order = list(kinds)
+    rng.shuffle(order)
+    start, width = margin * duration_s, (1 - 2 * margin) * duration_s / max(len(order), 1)
+    return [Fault(kind, round(start + i * width + rng.uniform(0.2, 0.8) * width, 1)) for i, kind in enumerate(order)]
+
+
+@dataclass
+class Books:
+    """What came out for what went in. `expected_dead` are the records sent to be dead-lettered (by a source key:
+    topic/partition/offset); every other document sent (`sent`, by doc_id) must reach a department exactly once."""
+
+    sent: set[str] = field(default_factory=set)
+    expected_dead: set[str] = field(default_factory=set)
+    delivered: Counter = field(default_factory=Counter)  # doc_id -> times in a department topic
+    dead: Counter = field(default_factory=Counter)  # source key -> times dead-lettered
+    dead_reasons: Counter = field(default_factory=Counter)
+    truth_sent: set[str] = field(default_factory=set)  # doc_ids a department sent a verdict on
+    labelled: Counter = field(default_factory=Counter)  # doc_id -> labelled examples
+
+    def figures(self) -> dict:
+        """The report's counts.
+
+        >>> b = Books(sent={"a", "b", "c"}, expected_dead={"in/0/9"}, delivered=Counter({"a": 1, "b": 2}), dead=Counter({"in/0/9": 1}))
+        >>> f = b.figures(); (f["delivered_once"], f["duplicated"], f["lost"], f["dead_lettered_once"])
+        (1, 1, 1, 1)
+        """
+        delivered_once = sum(1 for doc in self.sent if self.delivered[doc] == 1)
+        return {
+            "documents_sent": len(self.sent),
+            "bad_records_sent": len(self.expected_dead),
+            "delivered_once": delivered_once,
+            "dead_lettered_once": sum(1 for key in self.expected_dead if self.dead[key] == 1),
+            "dead_letters_by_reason": dict(self.dead_reasons),
+            "lost": sum(1 for doc in self.sent if not self.delivered[doc]) + sum(1 for key in self.expected_dead if not self.dead[key]),
+            "duplicated": sum(1 for doc in self.sent if self.delivered[doc] > 1) + sum(1 for key in self.expected_dead if self.dead[key] > 1),
+            "unexpected_dead_letters": sum(n for key, n in self.dead.items() if key not in self.expected_dead),
+            "verdicts_sent": len(self.truth_sent),
+            "labelled_once": sum(1 for doc in self.truth_sent if self.labelled[doc] == 1),
+            "labelled_missing": sum(1 for doc in self.truth_sent if not self.labelled[doc]),
+            "labelled_twice": sum(1 for doc in self.truth_sent if self.labelled[doc] > 1),
+        }
+
+
+def longest_pause_after(at_ms: float, arrivals_ms: list[float], within_s: float = 15.0) -> float | None:
+    """The longest pause in output (seconds between two arrivals) that began in the `within_s` after `at_ms`:
+    how long output stopped because of the fault. None when nothing arrived after it.
+
+    >>> longest_pause_after(1000, [0, 500, 1200, 1300, 9300, 9400])
+    8.0
+    """
+    ordered = sorted(arrivals_ms)
+    gaps = [(b - a) / 1000 for a, b in zip(ordered, ordered[1:]) if at_ms - 1000 <= a <= at_ms + within_s * 1000]
+    later = [t for t in ordered if t > at_ms]
+    if not later:
+        return None
+    return round(max(gaps), 1) if gaps else round((later[0] - at_ms) / 1000, 1)
+
+
+def per_second(arrivals_ms: list[float], start_ms: float) -> list[int]:
+    """Arrivals in each second from `start_ms`.
+
+    >>> per_second([1000, 1500, 3100], 1000)
+    [2, 0, 1]
+    """
+    seconds = [int((t - start_ms) // 1000) for t in arrivals_ms if t >= start_ms]
+    counts = [0] * (max(seconds) + 1 if seconds else 0)
+    for s in seconds:
+        counts[s] += 1
+    return counts
+
+
+def source_key(topic: str, partition: int, offset: int) -> str:
+    return f"{topic}/{partition}/{offset}"
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SoakConfig:
+    docs: int = 100_000
+    rate: float = 80.0  # documents per second offered
+    scan_share: float = 0.05
+    verdict_share: float = 0.2  # of delivered documents, the share departments send a verdict on
+    seed: int = 1
+    taskmanagers: int = 2
+    slots: int = 2
+    faults: tuple[str, ...] = FAULTS
+    redis_outage_s: float = 30.0
+    drain_timeout_s: float = 600.0
+    out: Path = PROJECT_DIR / "soak-results"
+
+
+@dataclass
+class StruckFault:
+    kind: str
+    at_s: float
+    started_ms: float = 0.0
+    ended_ms: float = 0.0
+    detail: str = ""
+    pause_s: float | None = None
+
+
+class OutputWatcher:
+    """Reads the department, dead-letter and labelled-examples topics (read_committed) from the start while the run
+    lasts: each record's arrival time, what it counts for, and the verdicts the departments send back."""
+
+    def __init__(self, settings: Settings, books: Books, truth: dict[str, str], verdict_share: float, seed: int):
+        self.s, self.books, self.truth = settings, books, truth
+        self.verdict_share, self.rng = verdict_share, random.Random(seed)
+        self.arrivals_ms: list[float] = []
+        self.verdicts: list[dict] = []  # to send, filled as documents arrive
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="soak-watcher")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def take_verdicts(self) -> list[dict]:
+        with self._lock:
+            taken, self.verdicts = self.verdicts, []
+        return taken
+
+    def _run(self) -> None:
+        from kafka import KafkaConsumer
+
+        from mailroom.kafkautil import MAX_MESSAGE_BYTES, client_config
+
+        prefix = self.s.topic_prefix
+        self.dead_topic, self.labelled_topic = topic_name("dead_letters", prefix), topic_name("labelled_examples", prefix)
+        topics = [self.dead_topic, self.labelled_topic, *(topic_name(department_topic_key(label), prefix) for label in DEPARTMENTS)]
+        consumer = KafkaConsumer(*topics, **client_config(self.s), isolation_level="read_committed", auto_offset_reset="earliest",
+                                 enable_auto_commit=False, group_id=f"{prefix}soak-watcher", fetch_max_bytes=MAX_MESSAGE_BYTES,
+                                 max_partition_fetch_bytes=MAX_MESSAGE_BYTES)
+        while not self._stop.is_set():
+            try:
+                batches = consumer.poll(timeout_ms=500)
+            except Exception as exc:  # the broker restarting: the consumer reconnects by itself
+                console.print(f"[yellow]watcher: {type(exc).__name__}; polling on[/yellow]")
+                time.sleep(1)
+                continue
+            now = time.time() * 1000
+            for partition, messages in batches.items():
+                for message in messages:
+                    self._count(partition.topic, codec.decode(message.value).record, now)
+        consumer.close()
+
+    def _count(self, topic: str, record: dict, now_ms: float) -> None:
+        if topic == self.dead_topic:
+            self.books.dead[source_key(record["source_topic"], record["source_partition"], record["source_offset"])] += 1
+            self.books.dead_reasons[record["reason"]] += 1
+        elif topic == self.labelled_topic:
+            self.books.labelled[record["doc_id"]] += 1
+        else:
+            doc_id = record["doc_id"]
+            self.books.delivered[doc_id] += 1
+            self.arrivals_ms.append(now_ms)
+            label = self.truth.get(doc_id)
+            if label and self.books.delivered[doc_id] == 1 and self.rng.random() < self.verdict_share:
+                predicted = record["decision"]["label"]
+                with self._lock:
+                    self.verdicts.append({"doc_id": doc_id, "label": label, "department": DEPARTMENTS[label], "sent_ms": int(now_ms),
+                                          "kind": "CONFIRM" if predicted == label else "CORRECT", "comment": None})
+
+
+class Soak:
+    """One soak run: its own topic prefix, the jobs on the session cluster, the traffic, the faults, the report."""
+
+    def __init__(self, settings: Settings, config: SoakConfig):
+        from mailroom.stack import Stack
+
+        self.run_id = f"soak{uuid.uuid4().hex[:6]}"
+        self.config = config
+        self.s = replace(settings, topic_prefix=f"{self.run_id}.")
+        self.stack = Stack(self.s, config.taskmanagers, config.slots)
+        self.books = Books()
+        self.struck: list[StruckFault] = []
+        self.checkpoints: list[dict] = []  # samples of each job's latest checkpoint size
+        self.jobs: dict[str, str] = {}  # job -> Flink job id
+        self.out = config.out / self.run_id
+        self._stop = threading.Event()
+
+    # the jobs on the session cluster
+
+    def _submit(self, job: str, *extra: str) -> str:
+        from mailroom.submit import run_job
+
+        result = run_job(self.s, f"jobs.{job}", ["--group-id", f"{self.s.topic_prefix}{job}", *extra], cluster=True, detached=True,
+                         timeout=600)
+        if result.returncode != 0:
+            raise RuntimeError(f"submitting the {job} job failed:\n{result.stderr[-2000:]}")
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            for found in self._rest("/jobs/overview")["jobs"]:
+                if found["name"] == f"mailroom-{job}" and found["state"] == "RUNNING" and found["jid"] not in self.jobs.values():
+                    return found["jid"]
+            time.sleep(1)
+        raise RuntimeError(f"the {job} job was not running 300 s after its submission")
+
+    def _rest(self, path: str, method: str = "GET", body: dict | None = None):
+        request = urllib.request.Request(f"{self.s.flink_rest_url}{path}", method=method, data=json.dumps(body).encode() if body else None,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            raw = response.read()
+        return json.loads(raw) if raw else None
+
+    # the traffic
+
+    def _documents(self) -> tuple[list[dict], list[bytes]]:
+        from mailroom.demo import documents_for_run, unreadable_messages
+
+        docs = documents_for_run(self.run_id, self.config.docs, self.config.seed, self.config.scan_share)
+        return docs, unreadable_messages(random.Random(self.config.seed), max(3, self.config.docs // 2000))
+
+    def _send(self, docs: list[dict], bad: list[bytes], watcher: OutputWatcher) -> None:
+        from mailroom.kafkautil import producer
+        from mailroom.produce import to_document
+
+        documents, truth_topic = topic_name("documents", self.s.topic_prefix), topic_name("ground_truth", self.s.topic_prefix)
+        out = producer(self.s, batch_size=2**20, retries=2**31 - 1, delivery_timeout_ms=600_000)
+        messages = [(doc, None) for doc in docs] + [(None, value) for value in bad]
+        random.Random(self.config.seed).shuffle(messages)
+        started = time.monotonic()
+        from tqdm import tqdm
+
+        for i, (doc, raw) in enumerate(tqdm(messages, desc=f"{self.run_id}: sending", unit="doc")):
+            if self._stop.is_set():
+                break
+            delay = started + i / self.config.rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            if doc is not None:
+                doc["received_ms"] = int(time.time() * 1000)
+                out.send(documents, codec.encode("document", to_document(doc, doc["received_ms"])), key=doc["doc_id"].encode())
+                self.books.sent.add(doc["doc_id"])
+            else:
+                out.send(documents, raw).add_callback(lambda meta: self.books.expected_dead.add(source_key(meta.topic, meta.partition, meta.offset)))
+            if i % 50 == 0:
+                self._send_verdicts(out, truth_topic, watcher)
+        out.flush()
+        out.close()
+
+    def _send_verdicts(self, out, topic: str, watcher: OutputWatcher) -> None:
+        for verdict in watcher.take_verdicts():
+            out.send(topic, codec.encode("ground_truth", verdict, validate=True), key=verdict["doc_id"].encode())
+            self.books.truth_sent.add(verdict["doc_id"])
+
+    # the faults
+
+    def _strike(self, fault: Fault, docs: list[dict]) -> StruckFault:
+        struck = StruckFault(fault.kind, fault.at_s, started_ms=time.time() * 1000)
+        if fault.kind == "taskmanager-killed":
+            index, process = sorted(self.stack.flink.taskmanager_processes().items())[-1]
+            os.kill(process.pid, signal.SIGKILL)
+            struck.detail = f"kill -9 of taskmanager {index} (pid {process.pid})"
+        elif fault.kind == "broker-restarted":
+            self.stack.kafka.stop()
+            self.stack.kafka.start()
+            struck.detail = "broker stopped and started again"
+        elif fault.kind == "redis-stopped":
+            self.stack.redis.stop()
+            self._stop.wait(self.config.redis_outage_s)
+            self.stack.redis.start()
+            struck.detail = f"Redis down for {self.config.redis_outage_s:g} s"
+        elif fault.kind == "bad-models":
+            struck.detail = self._publish_bad_models()
+        elif fault.kind == "poison-records":
+            struck.detail = self._send_poison(docs)
+        elif fault.kind == "scoring-upgraded":
+            struck.detail = self._savepoint_and_resume()
+        struck.ended_ms = time.time() * 1000
+        return struck
+
+    def _publish_bad_models(self) -> str:
+        from mailroom.kafkautil import producer
+        from models.pointers import ModelPointer, file_sha256
+        from models.registry import Registry
+
+        champion = ModelPointer.of(Registry(self.s.registry_dir).champion("text"))
+        corrupt = self.out / "corrupt-model.onnx"
+        corrupt.write_bytes(b"this is not an ONNX graph")
+        bad = [replace(champion, version="soak-corrupt", onnx_path=str(corrupt), sha256=file_sha256(corrupt)),
+               replace(champion, version="soak-wrong-features", feature_set_id="sender-v0")]
+        out = producer(self.s)
+        for pointer in bad:
+            record = pointer.to_record("CHALLENGER", int(time.time() * 1000), "soak: a bad model")
+            out.send(topic_name("model_control", self.s.topic_prefix), codec.encode("model_control", record), key=b"text/challenger").get(30)
+        out.close()
+        return "a corrupt text model and one on another feature set, as challengers"
+
+    def _send_poison(self, docs: list[dict]) -> str:
+        from mailroom.kafkautil import producer
+        from mailroom.produce import to_document
+        from udfs.routing import Router, RouterConfig
+
+        scans = [d for d in docs if d["content_type"].upper() == "IMAGE"][:1]
+        if not scans:
+            return "no scan in the corpus to poison (raise --scan-share)"
+        template = {**scans[0], "received_ms": int(time.time() * 1000)}
+        routed = Router(RouterConfig()).route(codec.encode("document", to_document(template, template["received_ms"])), "soak", 0, 0,
+                                              template["received_ms"])
+        record = codec.decode(routed.value, expected="routed_document").record
+        png = record["image"]
+        poisons = [{**record, "doc_id": f"{self.run_id}-poison-noimage", "image": b"these bytes are not an image at all"},
+                   {**record, "doc_id": f"{self.run_id}-poison-cutoff", "image": png[: max(64, len(png) // 3)]}]
+        out = producer(self.s)
+        for poison in poisons:
+            meta = out.send(topic_name("routed_scans", self.s.topic_prefix), codec.encode("routed_document", poison),
+                            key=poison["doc_id"].encode()).get(30)
+            self.books.expected_dead.add(source_key(meta.topic, meta.partition, meta.offset))
+        out.close()
+        return "a routed scan that is no image, and one cut off after a third of its PNG"
+
+    def _savepoint_and_resume(self) -> str:
+        job = self.jobs["scoring"]
+        target = (self.s.run_dir / "savepoints").resolve().as_uri()
+        trigger = self._rest(f"/jobs/{job}/stop", "POST", {"targetDirectory": target, "drain": False})["request-id"]
+        deadline = time.monotonic() + 300
+        while (state := self._rest(f"/jobs/{job}/savepoints/{trigger}"))["status"]["id"] != "COMPLETED":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the scoring job's savepoint did not complete within 300 s: {state}")
+            time.sleep(1)
+        if "failure-cause" in state["operation"]:
+            raise RuntimeError(f"the scoring job's savepoint failed: {state['operation']['failure-cause']}")
+        savepoint = state["operation"]["location"]
+        self.jobs["scoring"] = self._submit("scoring", "--restore-from", savepoint)
+        return f"stopped with savepoint {savepoint.rsplit('/', 1)[-1]}, resumed as job {self.jobs['scoring'][:8]}"
+
+    # background threads
+
+    def _supervise(self) -> None:
+        while not self._stop.wait(2):
+            try:
+                for name in self.stack.repair():
+                    console.print(f"supervisor: started {name} again")
+            except Exception as exc:  # a fault mid-repair: try again next time
+                console.print(f"[yellow]supervisor: {type(exc).__name__}: {exc}[/yellow]")
+
+    def _sample_checkpoints(self) -> None:
+        while not self._stop.wait(15):
+            for job, jid in list(self.jobs.items()):
+                try:
+                    latest = (self._rest(f"/jobs/{jid}/checkpoints").get("latest") or {}).get("completed") or {}
+                except Exception:
+                    continue
+                if latest:
+                    self.checkpoints.append({"job": job, "at_ms": time.time() * 1000, "bytes": latest.get("state_size") or
+                                             latest.get("checkpointed_size", 0)})
+
+    # the whole run
+
+    def run(self) -> dict:
+        from mailroom.demo import ensure_champions
+        from mailroom.stack import Kafka
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.stack.up(with_flink=True)
+        ensure_champions(self.s)
+        Kafka(self.s).create_topics()
+        docs, bad = self._documents()
+        truth = {d["doc_id"]: d["label"] for d in docs}
+        duration_s = (len(docs) + len(bad)) / self.config.rate
+        faults = schedule(self.config.faults, duration_s, self.config.seed)
+        console.print(f"[bold]{self.run_id}[/bold]: {len(docs):,} documents ({sum(d['content_type'].upper() == 'IMAGE' for d in docs):,} "
+                      f"scans) and {len(bad)} unreadable messages at {self.config.rate:g}/s (~{duration_s / 60:.0f} min) on "
+                      f"{self.stack.flink.taskmanagers} TaskManagers x {self.stack.flink.slots} slots; faults: "
+                      + ", ".join(f"{f.kind} at {f.at_s:.0f} s" for f in faults))
+        retrainer = None
+        watcher = OutputWatcher(self.s, self.books, truth, self.config.verdict_share, self.config.seed)
+        threads = [threading.Thread(target=self._supervise, daemon=True), threading.Thread(target=self._sample_checkpoints, daemon=True)]
+        started_ms = time.time() * 1000
+        try:
+            for job in JOBS:
+                self.jobs[job] = self._submit(job, *(["--ocr-parallelism", "2"] if job == "scoring" else []))
+            from mailroom.submit import start_job
+
+            retrainer = start_job(self.s, "mailroom.cli", ["retrainer"], self.out / "retrainer.log")
+            watcher.start()
+            for thread in threads:
+                thread.start()
+            sender = threading.Thread(target=self._send, args=(docs, bad, watcher), daemon=True)
+            started_ms = time.time() * 1000
+            sender.start()
+            for fault in faults:
+                while time.time() * 1000 < started_ms + fault.at_s * 1000 and sender.is_alive():
+                    time.sleep(0.5)
+                console.print(f"[bold red]fault[/bold red] {fault.kind} at {(time.time() * 1000 - started_ms) / 1000:.0f} s")
+                self.struck.append(self._strike(fault, docs))
+            sender.join()
+            self._drain(watcher)
+        finally:
+            self._stop.set()
+            watcher.stop()
+            for jid in self.jobs.values():
+                try:
+                    self._rest(f"/jobs/{jid}", "PATCH")
+                except Exception:
+                    pass
+            if retrainer is not None:
+                from mailroom.submit import stop_job
+
+                stop_job(retrainer)
+        return self._report(watcher, started_ms)
+
+    def _drain(self, watcher: OutputWatcher) -> None:
+        """Wait until every document and bad record is accounted for, sending the last verdicts, or until nothing
+        has moved for `drain_timeout_s`."""
+        from mailroom.kafkautil import producer
+
+        out, topic = producer(self.s), topic_name("ground_truth", self.s.topic_prefix)
+        last, moved = None, time.monotonic()
+        while True:
+            self._send_verdicts(out, topic, watcher)
+            figures = self.books.figures()
+            now = (figures["delivered_once"], figures["dead_lettered_once"], sum(self.books.labelled.values()))
+            if figures["delivered_once"] + figures["duplicated"] >= figures["documents_sent"] and \
+                    figures["dead_lettered_once"] >= figures["bad_records_sent"] and figures["labelled_missing"] == 0:
+                break
+            if now != last:
+                last, moved = now, time.monotonic()
+            elif time.monotonic() - moved > self.config.drain_timeout_s:
+                console.print(f"[yellow]nothing moved for {self.config.drain_timeout_s:.0f} s: reporting what arrived[/yellow]")
+                break
+            time.sleep(2)
+        out.flush()
+        out.close()
+        time.sleep(10)  # a last checkpoint interval or two: duplicates would show here
+
+    def _report(self, watcher: OutputWatcher, started_ms: float) -> dict:
+        for struck in self.struck:
+            struck.pause_s = longest_pause_after(struck.started_ms, watcher.arrivals_ms)
+        figures = self.books.figures()
+        disk = sum(p.stat().st_size for p in self.s.run_dir.rglob("*") if p.is_file())
+        report = {"run_id": self.run_id, "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.config).items()},
+                  "books": figures, "faults": [asdict(s) for s in self.struck],
+                  "checkpoints": self.checkpoints, "run_dir_bytes": disk,
+                  "out_per_second": per_second(watcher.arrivals_ms, started_ms), "started_ms": started_ms,
+                  "passed": figures["lost"] == 0 and figures["duplicated"] == 0 and figures["labelled_twice"] == 0}
+        (self.out / "soak.json").write_text(json.dumps(report, indent=2))
+        _plot(report, self.out / "soak.png")
+        _print(report, self.out)
+        return report
+
+
+def _plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(11, 4))
+    ax.plot(range(len(report["out_per_second"])), report["out_per_second"], lw=0.8, color="tab:blue")
+    for fault in report["faults"]:
+        start = (fault["started_ms"] - report["started_ms"]) / 1000
+        end = max((fault["ended_ms"] - report["started_ms"]) / 1000, start + 1)
+        ax.axvspan(start, end, color="tab:red", alpha=0.25)
+        ax.annotate(fault["kind"], (start, ax.get_ylim()[1] * 0.95), rotation=90, fontsize=7, va="top")
+    ax.set(xlabel="seconds since the first document", ylabel="documents into department topics / s",
+           title=f"{report['run_id']}: lost {report['books']['lost']}, duplicated {report['books']['duplicated']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _print(report: dict, out: Path) -> None:
+    books = report["books"]
+    table = Table(title=f"{report['run_id']}: the books")
+    table.add_column("count")
+    table.add_column("value", justify="right")
+    for key, value in books.items():
+        table.add_row(key.replace("_", " "), json.dumps(value) if isinstance(value, dict) else f"{value:,}")
+    console.print(table)
+    faults = Table(title="faults")
+    for column in ("fault", "at s", "took s", "output paused s", "what"):
+        faults.add_column(column)
+    for fault in report["faults"]:
+        faults.add_row(fault["kind"], f"{(fault['started_ms'] - report['started_ms']) / 1000:.0f}",
+                       f"{(fault['ended_ms'] - fault['started_ms']) / 1000:.1f}", str(fault["pause_s"]), fault["detail"])
+    console.print(faults)
+    console.print(f"{'[green]passed[/green]' if report['passed'] else '[red]failed[/red]'}: lost {books['lost']}, duplicated "
+                  f"{books['duplicated']}; report {out / 'soak.json'}, plot {out / 'soak.png'}; run directory "
+                  f"{report['run_dir_bytes'] / 2**20:,.0f} MB")
+
+
+def _cmd(args, settings: Settings) -> int:
+    config = SoakConfig(docs=args.docs, rate=args.rate, scan_share=args.scan_share, verdict_share=args.verdict_share, seed=args.seed,
+                        taskmanagers=args.taskmanagers, slots=args.slots, faults=tuple(args.faults), redis_outage_s=args.redis_outage_s,
+                        out=args.out)
+    if config.taskmanagers < 2:
+        console.print("[red]error:[/red] a soak needs at least two TaskManagers (--taskmanagers 2): one of them is killed")
+        return 2
+    report = Soak(settings, config).run()
+    shutil.rmtree(settings.run_dir / "savepoints", ignore_errors=True)
+    return 0 if report["passed"] else 1
+
+
+def register(sub) -> None:
+    parser = sub.add_parser("soak", help="the whole pipeline on the session cluster under seeded faults; then the books",
+                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = SoakConfig()
+    parser.add_argument("--docs", type=int, default=d.docs, help="documents to send (default %(default)s: about 21 min at the default rate)")
+    parser.add_argument("--rate", type=float, default=d.rate, help="documents per second offered (default %(default)s)")
+    parser.add_argument("--scan-share", type=float, default=d.scan_share, help="share of scans (default %(default)s; each is read by OCR)")
+    parser.add_argument("--verdict-share", type=float, default=d.verdict_share, help="share of delivered documents the departments "
+                        "send a verdict on (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=d.seed, help="the generator's and the fault schedule's seed (default %(default)s)")
+    parser.add_argument("--taskmanagers", type=int, default=d.taskmanagers, help="TaskManagers of the session cluster (default %(default)s)")
+    parser.add_argument("--slots", type=int, default=d.slots, help="slots per TaskManager (default %(default)s: three jobs, one TaskManager down)")
+    parser.add_argument("--faults", nargs="*", choices=FAULTS, default=list(FAULTS), metavar="F",
+                        help=f"faults to inject, once each (default all: {', '.join(FAULTS)}); none for a clean run")
+    parser.add_argument("--redis-outage-s", type=float, default=d.redis_outage_s, help="how long Redis stays down (default %(default)s)")
+    parser.add_argument("--out", type=Path, default=d.out, help="report directory (default %(default)s)")
+    parser.set_defaults(func=_cmd)
