@@ -525,14 +525,18 @@ def _plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    import numpy as np
+
     fig, ax = plt.subplots(figsize=(11, 4))
-    ax.plot(range(len(report["out_per_second"])), report["out_per_second"], lw=0.8, color="tab:blue")
+    counts = np.asarray(report["out_per_second"], dtype=float)
+    smooth = np.convolve(counts, np.ones(5) / 5, mode="same") if counts.size >= 5 else counts  # exactly-once output comes per checkpoint
+    ax.plot(range(counts.size), smooth, lw=1.0, color="tab:blue", label="5 s mean")
     for fault in report["faults"]:
         start = (fault["started_ms"] - report["started_ms"]) / 1000
         end = max((fault["ended_ms"] - report["started_ms"]) / 1000, start + 1)
         ax.axvspan(start, end, color="tab:red", alpha=0.25)
         ax.annotate(fault["kind"], (start, ax.get_ylim()[1] * 0.95), rotation=90, fontsize=7, va="top")
-    ax.set(xlabel="seconds since the first document", ylabel="documents into department topics / s",
+    ax.set(xlabel="seconds since the first document", ylabel="documents into department topics / s", ylim=(0, None),
            title=f"{report['run_id']}: lost {report['books']['lost']}, duplicated {report['books']['duplicated']}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -559,6 +563,10 @@ def _print(report: dict, out: Path) -> None:
                   f"{report['run_dir_bytes'] / 2**20:,.0f} MB")
 
 
+def _interrupted(*_) -> None:
+    raise KeyboardInterrupt
+
+
 def _cmd(args, settings: Settings) -> int:
     config = SoakConfig(docs=args.docs, rate=args.rate, scan_share=args.scan_share, verdict_share=args.verdict_share, seed=args.seed,
                         taskmanagers=args.taskmanagers, slots=args.slots, faults=tuple(args.faults), redis_outage_s=args.redis_outage_s,
@@ -566,6 +574,7 @@ def _cmd(args, settings: Settings) -> int:
     if config.taskmanagers < 2:
         console.print("[red]error:[/red] a soak needs at least two TaskManagers (--taskmanagers 2): one of them is killed")
         return 2
+    signal.signal(signal.SIGTERM, _interrupted)  # a stop like Ctrl-C's: the jobs are cancelled, the retrainer stopped
     report = Soak(settings, config).run()
     shutil.rmtree(settings.run_dir / "savepoints", ignore_errors=True)
     return 0 if report["passed"] else 1

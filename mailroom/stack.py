@@ -185,9 +185,9 @@ class TrackedService:
 
     def stop(self) -> bool:
         proc = self.process()
+        self.pidfile.unlink(missing_ok=True)  # first: a supervisor must not take the stop for a crash while it lasts
         if proc:
             _stop(proc)
-        self.pidfile.unlink(missing_ok=True)
         return proc is not None
 
 
