@@ -21,7 +21,9 @@ from schemas.metric_names import (
     LATENCY_MS, MODEL_VERSION, OCR_PAGES, OCR_SCANS, POPULATION, PREDICTED, PREDICTIONS, ROUTED, SHADOW_DISAGREEMENTS, SHADOW_PAIRS,
     OperatorMetric,
 )
-from models.population import binned
+from models.modelio import KINDS
+from models.population import EDGES, binned, bins
+from schemas.labels import LABELS
 from udfs.joining import Corrected, DuplicatePrediction, DuplicateTruth, LateTruth, Matched, OrphanTruth, StaleTruth, Unmatched
 from udfs.routing import Destination, RoutingResult
 from udfs.scoring import ScoredBatch, model_input_text
@@ -197,3 +199,16 @@ class AlertStates:
         counts = MetricCounts()
         counts.set(ALERT_OPEN, model, slot, value=self.update(model, version, slot, alerting))
         return counts
+
+
+def population_series() -> list[tuple[str, str, str]]:
+    """Every (kind, feature, bin) that POPULATION counts, for the scoring operator to declare at 0 when it opens: a
+    series that first appears with its first push hides that push from Prometheus' increase(), and the drift figures
+    of a short run (one or two micro-batches) would miss most of its documents.
+
+    >>> series = population_series()
+    >>> ("text", "text_length", "0-100") in series and ("image", "label", "invoice") in series and len(series) == len(set(series))
+    True
+    """
+    return ([(kind, feature, b) for kind in KINDS for feature in EDGES for b in bins(feature)]
+            + [(kind, "label", label) for kind in KINDS for label in LABELS])

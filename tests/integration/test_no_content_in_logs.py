@@ -6,6 +6,7 @@ Logs may name documents (doc ids) and reasons, never what they say."""
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import secrets
@@ -50,12 +51,15 @@ def _cut_off(docs: list[dict], rng: random.Random) -> list[bytes]:
 
 
 def _log_files(*roots: Path) -> list[Path]:
+    """The logs under `roots`, not descending into NOT_LOGS (where Kafka renames and deletes folders as topics go)."""
     found = []
     for root in roots:
-        for path in root.rglob("*"):
-            rel = path.relative_to(root).as_posix()
-            if path.is_file() and not any(rel.startswith(p + "/") or f"/{p}/" in rel for p in NOT_LOGS):
-                if LOG_NAME.search(path.name) or "logs/" in rel:
+        for folder, subfolders, files in os.walk(root):  # a folder that vanishes under the walk is skipped, not an error
+            subfolders[:] = [d for d in subfolders if not any(
+                f"/{p}/" in f"/{(Path(folder) / d).relative_to(root).as_posix()}/" for p in NOT_LOGS)]
+            for name in files:
+                path = Path(folder) / name
+                if LOG_NAME.search(name) or "logs/" in path.relative_to(root).as_posix():
                     found.append(path)
     return found
 

@@ -14,12 +14,12 @@ from models.modelio import KINDS
 from models.ocr import READING_STATUSES
 from schemas import codec
 from schemas.labels import DEPARTMENTS
-from schemas.metric_names import DELIVERED, OCR_PAGES, OCR_SCANS, PREDICTIONS, REDIS_OUTAGES
+from schemas.metric_names import DELIVERED, OCR_PAGES, OCR_SCANS, POPULATION, PREDICTIONS, REDIS_OUTAGES
 from udfs.adapters.common import BYTES, FailurePath, OperatorMetrics, now_ms, state_ttl, subtask_info
 from udfs.batching import MicroBatcher
 from udfs.dead_letters import SourceRecord
 from udfs.feature_cache import FeatureMirror
-from udfs.operator_metrics import batch_counts, reading_counts, version_counts
+from udfs.operator_metrics import batch_counts, population_series, reading_counts, version_counts
 from udfs.reading import ReadScan, ScanReader
 from udfs.scoring import DECIDING_SLOTS, SCORING_VERSION, BatchScorer, IdleSenderRule, SenderFeatures
 from udfs.sharding import shard_keys
@@ -212,6 +212,8 @@ class ScoreMicroBatches(KeyedCoProcessFunction):
         for kind in KINDS:
             for slot in DECIDING_SLOTS:
                 self.metrics.declare(PREDICTIONS, kind, slot)
+        for series in population_series():
+            self.metrics.declare(POPULATION, *series)
         # onnxruntime (pybind11) deadlocks when imported or called from a thread-mode (pemja) task
         # thread, whose thread state pybind11's GIL handling does not know; a thread Python itself
         # started is fine. So the sessions live on, and every batch runs on, one such thread.
