@@ -27,8 +27,8 @@ RELATED = {"complaint": ("invoice", "service_request", "purchase_order"), "purch
 # Weights: VOICES, plus the label's extra weight for a voice.
 VOICES = {"plain": 0.45, "letter": 0.15, "ticket": 0.12, "social": 0.1, "form": 0.03, "paper": 0.03}
 VOICE_EXTRA = {"complaint": {"letter": 0.2}, "service_request": {"ticket": 0.25}, "job_application": {"cv": 0.35},
-               "invoice": {"form": 0.25, "paper": 0.3}, "offer": {"form": 0.15, "paper": 0.08}, "purchase_order": {"form": 0.2, "paper": 0.1},
-               "other": {"form": 0.05, "paper": 0.08}}
+               "invoice": {"form": 0.25, "paper": 0.5}, "offer": {"form": 0.15, "paper": 0.08}, "purchase_order": {"form": 0.2, "paper": 0.1},
+               "other": {"form": 0.05, "paper": 0.04}}
 COMMERCIAL = ("invoice", "offer", "purchase_order", "shipping")  # kinds whose paper form is a table of goods or services
 # words a help-desk ticket system strips (with names and numbers) before it stores a ticket's text
 TICKET_STOP_WORDS = frozenset("""a an the and or but if of to in on at by for with from as is are was were be been being am i me my we our us you
