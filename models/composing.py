@@ -277,7 +277,7 @@ class TextComposer:
             parts.append(self._cv_text(rng, lang, facts))
         if rng.random() < 0.9:
             signature = [self.common(rng, lang, "closing", used)[0], facts["name"]]
-            if rng.random() < 0.3:  # a job title: every class signs with one, so a title alone names no class
+            if rng.random() < 0.4:  # a job title: every class signs with one, so a title alone names no class
                 signature.append("{role}")
             if facts.sender.company and rng.random() < 0.8:
                 signature.append(facts.sender.company)
