@@ -128,7 +128,7 @@ def text_candidates(quick: bool) -> list[Candidate]:
     `other`"; without one, temperature scaling is a rescaling of the weights). The vocabulary comes from the generated
     documents when there are any: words that name document types in every style, not one real source's words."""
     unigrams = (("ngram_range", (1, 1)), ("min_df", 2), ("vocabulary", "generated"))
-    grid = [(5.0, 0.7, 0.85)] if quick else [(3.0, 0.5, 0.85), (5.0, 0.7, 0.85), (5.0, 0.7, 0.9), (10.0, 0.7, 0.9)]
+    grid = [(5.0, 0.7, 0.85)] if quick else [(5.0, 0.7, 0.85), (5.0, 0.7, 0.9), (10.0, 0.7, 0.9), (20.0, 0.7, 0.9)]
     return [Candidate("logreg", (("C", c), ("intercept", False), ("other_weight", w), ("generated_share", g)), unigrams + (("function_words", "drop"),))
             for c, w, g in grid]
 
