@@ -99,7 +99,7 @@ class TrainConfig:
     kinds: tuple[str, ...] = KINDS
     guard: float = 0.02  # candidates more than this below the best held-out macro-F1 cannot win on leave-one-source-out
     held_out_floor: float = 0.95  # ... nor candidates below this held-out macro-F1, when any candidate reaches it
-    triage_threshold: float = 0.6  # the card reports its figures here: the serving default (udfs.scoring.ScoringConfig)
+    triage_threshold: float = 0.7  # the card reports its figures here: the serving default (udfs.scoring.ScoringConfig)
     ocr: OcrConfig = OcrConfig()  # how the scan model's scans are read (the scoring job's default engine settings)
     ocr_cache_dir: Path | None = None  # page texts by content hash (models.ocr.OcrCache); None: every training run reads every page
     ocr_generated_cap: int | None = None  # at most this many generated scans are read for the scan model (None: all); real scans always
