@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from schemas.units import DAY_MS
-from models.fragments import (CLASS_FRAGMENTS, COMMON, CV_EXTRA_SECTIONS, CV_SECTIONS, CV_SUMMARY, DISTRACTORS, OTHER_KINDS, PORTAL_TOPICS,
+from models.fragments import (CLASS_FRAGMENTS, COMMON, CV_EXTRA_SECTIONS, CV_SECTIONS, CV_SUMMARY, DISTRACTORS, OTHER_KINDS, PAPER, PORTAL_TOPICS,
                               TABLE_HEADERS, TOTAL_WORDS, VOCAB)
 
 # label -> labels whose fragments a text of that label may quote as distractors
@@ -22,10 +22,14 @@ RELATED = {"complaint": ("invoice", "service_request", "purchase_order"), "purch
            "offer": ("purchase_order",), "service_request": ("complaint",), "job_application": ("other",), "other": ("other", "other", "offer", "invoice")}
 
 # How an e-mail-channel text is written (its voice), so that no style means one class: every class is written in every voice but
-# `cv` (a CV sent alone) and `form` (a billing or order form, OCRed). Weights: VOICES, plus the label's extra weight for a voice.
-VOICES = {"plain": 0.45, "letter": 0.15, "ticket": 0.12, "social": 0.1, "form": 0.03}
+# `cv` (a CV sent alone). `form` is a billing or order form, OCRed; `paper` a business document on paper as OCR reads it (a letterhead
+# with address and phone lines, then an invoice, statement, quote, order or delivery note read cell by cell, or a letter).
+# Weights: VOICES, plus the label's extra weight for a voice.
+VOICES = {"plain": 0.45, "letter": 0.15, "ticket": 0.12, "social": 0.1, "form": 0.03, "paper": 0.03}
 VOICE_EXTRA = {"complaint": {"letter": 0.2}, "service_request": {"ticket": 0.25}, "job_application": {"cv": 0.35},
-               "invoice": {"form": 0.25}, "offer": {"form": 0.15}, "purchase_order": {"form": 0.2}, "other": {"form": 0.05}}
+               "invoice": {"form": 0.25, "paper": 0.5}, "offer": {"form": 0.15, "paper": 0.08}, "purchase_order": {"form": 0.2, "paper": 0.1},
+               "other": {"form": 0.05, "paper": 0.04}}
+COMMERCIAL = ("invoice", "offer", "purchase_order", "shipping")  # kinds whose paper form is a table of goods or services
 # words a help-desk ticket system strips (with names and numbers) before it stores a ticket's text
 TICKET_STOP_WORDS = frozenset("""a an the and or but if of to in on at by for with from as is are was were be been being am i me my we our us you
     your he she it its they them this that these those there here have has had do does did will would can could should may might must
@@ -208,6 +212,8 @@ class TextComposer:
             body = self._cv_alone(rng, lang, facts, used)
         elif voice == "form":
             body = self._structured(rng, label, kind, lang, facts, used)
+        elif voice == "paper":
+            body = self._paper(rng, label, kind, lang, facts, used)
         elif voice == "social":
             body = " ".join(self.sentences(rng, label, kind, lang, used, max_body=3))
         else:
@@ -222,11 +228,15 @@ class TextComposer:
             subject, text = "", ticket_text(f"{title} {title if rng.random() < 0.4 else ''} {text}", facts.sender)
         elif voice == "social":
             subject, text = "", social_post(rng, text, facts)
-        elif voice == "form":
+        elif voice == "form" or (voice == "paper" and kind in COMMERCIAL):
             text = form_text(rng, text)
+        elif voice == "paper":
+            text = ocr_noise(rng, text.upper() if rng.random() < 0.3 else text)
+        if voice == "paper" and rng.random() < 0.5:  # the text of a scanned page, not of an e-mail
+            subject = ""
         if rng.random() < 0.3:
             text = add_typos(rng, text, rate=rng.uniform(0.01, 0.05))
-        if voice not in ("ticket", "social") and rng.random() < 0.08:  # came in as paper and was OCRed upstream
+        if voice not in ("ticket", "social", "paper") and rng.random() < 0.08:  # came in as paper and was OCRed upstream
             text = ocr_noise(rng, text)
         return Composed(fill(subject, facts), text, tuple(used))
 
@@ -267,6 +277,8 @@ class TextComposer:
             parts.append(self._cv_text(rng, lang, facts))
         if rng.random() < 0.9:
             signature = [self.common(rng, lang, "closing", used)[0], facts["name"]]
+            if rng.random() < 0.4:  # a job title: every class signs with one, so a title alone names no class
+                signature.append("{role}")
             if facts.sender.company and rng.random() < 0.8:
                 signature.append(facts.sender.company)
             if rng.random() < 0.5:
@@ -296,6 +308,32 @@ class TextComposer:
         if kind in ("invoice", "offer", "purchase_order") and rng.random() < 0.8:
             lines.append(f"{TOTAL_WORDS[lang][2]}: {{amount}}")
         lines += self.sentences(rng, label, kind, lang, used, max_body=3)
+        return "\n".join(lines)
+
+    def _paper(self, rng, label, kind, lang, facts, used) -> str:
+        """A business document on paper (the `paper` voice): a letterhead, then for the COMMERCIAL kinds a title, captioned fields, a
+        table of goods or services (description, quantity, prices), totals and a footer (`models.fragments.PAPER`); for the others a letter."""
+        p = PAPER[lang]
+        head = ["{company}", "{street}", "{city}"] + [f"{c}: {{phone}}" for c in rng.sample(p["contact"], rng.randint(0, 2))]
+        if kind not in COMMERCIAL:
+            return "\n".join(head) + "\n\n" + self._email(rng, label, kind, lang, facts, used, long=rng.random() < 0.5)
+        fields = rng.sample(p["fields"][kind], min(len(p["fields"][kind]), rng.randint(3, 8)))
+        lines = head + [rng.choice(p["title"][kind])] + [f"{caption}: {value}" if value else caption for caption, value in fields]
+        which = rng.randrange(len(p["headers"])) if kind == "invoice" else 0
+        header = p["headers"][which][:2] if kind == "shipping" else p["headers"][which]
+        lines.append(" | ".join(header))
+        for _ in range(rng.randint(1, 7)):
+            qty, price = rng.randint(1, 200), rng.lognormvariate(3, 1.1)
+            product = rng.choice(p["services"]) if which == 2 or (kind == "invoice" and rng.random() < 0.3) else rng.choice(VOCAB[lang]["product"])
+            money = format_money(price, lang, rng), format_money(qty * price, lang, rng)
+            row = {0: (str(qty), product, *money), 1: (str(rng.randint(100, 99999)), product, str(qty), money[1]),
+                   2: ("{date}", product, str(rng.randint(1, 60)), *money), 3: (str(qty), str(qty), product, *money)}[which]
+            lines.append(" | ".join(row[:2] if kind == "shipping" else ((str(rng.randint(1, 99)),) + row if which == 1 else row)))
+        for caption in rng.sample(p["totals"][kind], min(len(p["totals"][kind]), rng.randint(1, 3))):
+            lines.append(f"{caption}: {{amount}}" if kind != "shipping" else f"{caption}: {{qty2}}")
+        if rng.random() < 0.4:
+            lines += self.sentences(rng, label, kind, lang, used, max_body=2)
+        lines += rng.sample(p["footer"][kind], min(len(p["footer"][kind]), rng.randint(0, 2)))
         return "\n".join(lines)
 
     def _cv_alone(self, rng, lang, facts, used) -> str:

@@ -15,8 +15,10 @@ Guard against learning templates instead of document types:
   other classes, typos and OCR errors are mixed in;
 * no style gives the class away (`models.composing.VOICES`): e-mail texts of every class are also
   written as long first-person letters, help-desk tickets (lower-case, no stop words, names or
-  numbers), short social-media posts with handles and links, and OCRed forms; a CV sent on its own
-  is a job application, a job offer made to a candidate is `other`;
+  numbers), short social-media posts with handles and links, OCRed forms and paper documents as OCR
+  reads them (a letterhead with contact lines; invoices, statements, quotes, orders and delivery notes
+  read cell by cell; letters for the other classes); a CV sent on its own is a job application, a job
+  offer made to a candidate is `other`;
 * `fragment_half=0|1` restricts every pool to a disjoint half of its fragments. The tests train
   on one half and evaluate on the other, and check that no class-specific fragment is used by
   more than a small share of its class.

@@ -99,7 +99,7 @@ class TrainConfig:
     kinds: tuple[str, ...] = KINDS
     guard: float = 0.02  # candidates more than this below the best held-out macro-F1 cannot win on leave-one-source-out
     held_out_floor: float = 0.95  # ... nor candidates below this held-out macro-F1, when any candidate reaches it
-    triage_threshold: float = 0.6  # the card reports its figures here: the serving default (udfs.scoring.ScoringConfig)
+    triage_threshold: float = 0.7  # the card reports its figures here: the serving default (udfs.scoring.ScoringConfig)
     ocr: OcrConfig = OcrConfig()  # how the scan model's scans are read (the scoring job's default engine settings)
     ocr_cache_dir: Path | None = None  # page texts by content hash (models.ocr.OcrCache); None: every training run reads every page
     ocr_generated_cap: int | None = None  # at most this many generated scans are read for the scan model (None: all); real scans always
@@ -128,7 +128,7 @@ def text_candidates(quick: bool) -> list[Candidate]:
     `other`"; without one, temperature scaling is a rescaling of the weights). The vocabulary comes from the generated
     documents when there are any: words that name document types in every style, not one real source's words."""
     unigrams = (("ngram_range", (1, 1)), ("min_df", 2), ("vocabulary", "generated"))
-    grid = [(5.0, 0.7, 0.85)] if quick else [(3.0, 0.5, 0.85), (5.0, 0.7, 0.85), (10.0, 0.5, 0.85), (3.0, 0.5, 0.75)]
+    grid = [(5.0, 0.7, 0.85)] if quick else [(5.0, 0.7, 0.85), (5.0, 0.7, 0.9), (10.0, 0.7, 0.9), (20.0, 0.7, 0.9)]
     return [Candidate("logreg", (("C", c), ("intercept", False), ("other_weight", w), ("generated_share", g)), unigrams + (("function_words", "drop"),))
             for c, w, g in grid]
 

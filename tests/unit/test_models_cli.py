@@ -1,6 +1,7 @@
 """mailroom/models_cli.py through the real `mailroom` entry point: generate, train --quick, models, bench-models."""
 
 import json
+import re
 
 import pytest
 
@@ -29,7 +30,8 @@ def test_train_quick_then_manage_and_bench(tmp_path, capsys, monkeypatch):
     assert main(["train", "--quick", "--no-real", "-n", "240", "--no-progress", "--no-source-holdout"]) == 0
     out = capsys.readouterr().out
     assert "held-out evaluation" in out and all(f"{kind} model registered as v1" in out for kind in ("text", "scan", "image"))
-    assert "OCR for the scan model: 76 pages, 76 read by the engine" in out and any((tmp_path / "cache" / "ocr").iterdir())
+    read = re.search(r"OCR for the scan model: (\d+) pages, (\d+) read by the engine", out)  # a fresh cache: the engine reads every page
+    assert read and read.group(1) == read.group(2) and int(read.group(1)) > 30 and any((tmp_path / "cache" / "ocr").iterdir())
     from models.registry import Registry
 
     assert (tmp_path / "reg" / "mlflow.db").exists() and Registry(tmp_path / "reg").champion("text").onnx_path.is_relative_to(tmp_path / "reg" / "artifacts")

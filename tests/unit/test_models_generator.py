@@ -139,12 +139,31 @@ def test_every_class_is_written_in_several_voices():
     for label in LABELS:
         for _ in range(400):
             seen[TextComposer.voice(rng, label)].add(label)
-    assert seen["ticket"] == seen["social"] == seen["letter"] == seen["form"] == set(LABELS)
+    assert seen["ticket"] == seen["social"] == seen["letter"] == seen["form"] == seen["paper"] == set(LABELS)
     assert seen["cv"] == {"job_application"}
 
 
 def test_ticket_voice_looks_like_a_help_desk_ticket():
     docs = generate(400, seed=8, scan_share=0.0)
-    tickets = [d["text"] for d in docs if d["subject"] == "" and "@" not in d["text"]]
+    tickets = [d["text"] for d in docs if d["subject"] == "" and "@" not in d["text"] and "\n" not in d["text"]]  # not posts nor paper pages
     assert tickets and all(t == t.lower() and not any(ch.isdigit() for ch in t) for t in tickets)
     assert not any(f" {w} " in f" {t} " for t in tickets for w in ("the", "and", "to"))
+
+
+def test_paper_voice_reads_like_an_ocred_business_document():
+    """Paper invoices, orders and delivery notes: a letterhead with contact lines, a title, fields and table cells on lines of their own;
+    paper documents of the other classes are letters under a letterhead. Delivery notes (`other`) list goods too, so a table names no class."""
+    rng = random.Random(9)
+    box, composer = Mailbox(rng, 0.0, "Acme AG"), TextComposer()
+    texts = defaultdict(list)
+    for label in ("invoice", "purchase_order", "other", "complaint") * 60:
+        sender = box.sender_for(label)
+        facts = Facts(rng, sender.lang, sender, ("Ann", "Lee"), "Acme AG", 1_740_000_000_000)
+        body = composer._paper(rng, label, "shipping" if label == "other" and rng.random() < 0.5 else label if label != "other" else "memo",
+                               sender.lang, facts, [])
+        texts[label].append(body)
+    for label in ("invoice", "purchase_order"):
+        assert all(len(t.splitlines()) >= 8 and " | " in t for t in texts[label])
+    assert any(" | " in t for t in texts["other"]) and any(" | " not in t for t in texts["other"])
+    assert not any(" | " in t for t in texts["complaint"])
+    assert sum("{phone}" in t for t in texts["invoice"]) > 0  # contact lines (filled later)

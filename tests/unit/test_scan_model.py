@@ -16,8 +16,9 @@ from models.training import GENERATED_SOURCE, TrainConfig, publish, read_scans, 
 def real_dir(tmp_path_factory):
     """A tiny real-data directory: an OCR-text source, a plain text source and two real scans."""
     directory = tmp_path_factory.mktemp("real")
+    tag = lambda i: "ref" + "abcdefghij"[i // 10] + "abcdefghij"[i % 10]  # noqa: E731 - distinct texts: not one duplicate group per label
     texts = [{"id": f"ocr-{i}", "source": "letters_ocr", "label": "invoice" if i % 2 else "other",
-              "text": "invoice total due amount payable" if i % 2 else "memo minutes of the meeting agenda"} for i in range(12)]
+              "text": f"invoice total due amount payable {tag(i)}" if i % 2 else f"memo minutes of the meeting agenda {tag(i)}"} for i in range(30)]
     texts += [{"id": f"ticket-{i}", "source": "tickets", "label": "service_request", "text": "printer broken please help"} for i in range(6)]
     (directory / "text.jsonl").write_text("".join(json.dumps(t) + "\n" for t in texts))
     scans = [d for d in generate(40, seed=5, scan_share=0.9) if d["content_type"] == "image"][:2]
@@ -31,7 +32,7 @@ def real_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(real_dir, tmp_path_factory):
-    config = TrainConfig(generated=240, quick=True, kinds=("scan",), real_dir=real_dir, ocr_generated_cap=60,
+    config = TrainConfig(generated=240, quick=True, kinds=("scan",), real_dir=real_dir, ocr_generated_cap=40,
                          ocr_cache_dir=tmp_path_factory.mktemp("cache") / "ocr")
     return config, train(config, progress=False)
 
@@ -39,7 +40,7 @@ def trained(real_dir, tmp_path_factory):
 def test_scan_rows_are_the_scans_read_plus_the_texts_that_read_like_a_page_with_mean_layout(trained):
     _, run = trained
     ocr = run.data["ocr"]
-    assert ocr["generated_read"] == 60 < ocr["generated_scans"] and ocr["pages"] == 62 and ocr["pages_by_engine"] == 62
+    assert ocr["generated_read"] == 40 < ocr["generated_scans"] and ocr["pages"] == 42 and ocr["pages_by_engine"] == 42
     model = run.models["scan"]
     sources = model.train_summary["sources"]
     assert "tickets" not in sources and sources["letters_ocr"] > 0  # real OCR text, not every real text
@@ -56,7 +57,7 @@ def test_scan_rows_are_the_scans_read_plus_the_texts_that_read_like_a_page_with_
 def test_a_second_read_comes_from_the_cache(trained):
     config, run = trained
     texts, again = read_scans(generate(240, seed=config.seed, scan_share=config.scan_share), config, progress=False)
-    assert again["pages_from_cache"] == again["pages"] == 60 and again["pages_by_engine"] == 0
+    assert again["pages_from_cache"] == again["pages"] == 40 and again["pages_by_engine"] == 0
     assert len(texts) == again["statuses"]["READ"]
 
 
