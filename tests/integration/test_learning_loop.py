@@ -178,7 +178,9 @@ def test_the_loop_closes_on_a_small_drift_scenario(pipeline_settings, tmp_path):
     assert figures["promoted"] != figures["champion"] and figures["labelled_examples_trained_on"] >= config.retrain.min_examples
     assert figures["alert_to_promotion_min"] > 0 and (tmp_path / "loop.png").stat().st_size > 10_000
     run = replace(pipeline_settings, topic_prefix=f"{pipeline_settings.topic_prefix}{figures['run_id']}.")
-    assert [d["decision"] for d in read_decisions(run)] == ["RETRAINED", "PROMOTE", "KEEP"]
+    decisions = [d["decision"] for d in read_decisions(run)]
+    # a late window of the old champion may ask again: the retrainer's gate de-duplicates it, and retrains nothing twice
+    assert [d for d in decisions if d != "DEDUPLICATED"] == ["RETRAINED", "PROMOTE", "KEEP"], decisions
     now = control.read_control(run)[0]
     assert now[control.control_key("text", "champion")]["version"] == figures["promoted"]  # served
     assert now[control.control_key("text", "challenger")]["action"] == "RETIRE"  # probation over
