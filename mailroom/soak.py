@@ -30,7 +30,6 @@ import shutil
 import signal
 import threading
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
@@ -38,6 +37,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from tqdm import tqdm
 
 from config.settings import PROJECT_DIR, Settings
 from schemas import codec
@@ -266,20 +266,7 @@ class Soak:
                          timeout=600)
         if result.returncode != 0:
             raise RuntimeError(f"submitting the {job} job failed:\n{result.stderr[-2000:]}")
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            for found in self._rest("/jobs/overview")["jobs"]:
-                if found["name"] == f"mailroom-{job}" and found["state"] == "RUNNING" and found["jid"] not in self.jobs.values():
-                    return found["jid"]
-            time.sleep(1)
-        raise RuntimeError(f"the {job} job was not running 300 s after its submission")
-
-    def _rest(self, path: str, method: str = "GET", body: dict | None = None):
-        request = urllib.request.Request(f"{self.s.flink_rest_url}{path}", method=method, data=json.dumps(body).encode() if body else None,
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=10) as response:
-            raw = response.read()
-        return json.loads(raw) if raw else None
+        return self.stack.flink.running_job(f"mailroom-{job}", not_these=tuple(self.jobs.values()))
 
     # the traffic
 
@@ -298,8 +285,6 @@ class Soak:
         messages = [(doc, None) for doc in docs] + [(None, value) for value in bad]
         random.Random(self.config.seed).shuffle(messages)
         started = time.monotonic()
-        from tqdm import tqdm
-
         for i, (doc, raw) in enumerate(tqdm(messages, desc=f"{self.run_id}: sending", unit="doc")):
             if self._stop.is_set():
                 break
@@ -389,17 +374,7 @@ class Soak:
         return "a routed scan that is no image, and one cut off after a third of its PNG"
 
     def _savepoint_and_resume(self) -> str:
-        job = self.jobs["scoring"]
-        target = (self.s.run_dir / "savepoints").resolve().as_uri()
-        trigger = self._rest(f"/jobs/{job}/stop", "POST", {"targetDirectory": target, "drain": False})["request-id"]
-        deadline = time.monotonic() + 300
-        while (state := self._rest(f"/jobs/{job}/savepoints/{trigger}"))["status"]["id"] != "COMPLETED":
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the scoring job's savepoint did not complete within 300 s: {state}")
-            time.sleep(1)
-        if "failure-cause" in state["operation"]:
-            raise RuntimeError(f"the scoring job's savepoint failed: {state['operation']['failure-cause']}")
-        savepoint = state["operation"]["location"]
+        savepoint = self.stack.flink.stop_with_savepoint(self.jobs["scoring"], self.s.run_dir / "savepoints")
         self.jobs["scoring"] = self._submit("scoring", "--restore-from", savepoint)
         return f"stopped with savepoint {savepoint.rsplit('/', 1)[-1]}, resumed as job {self.jobs['scoring'][:8]}"
 
@@ -417,7 +392,7 @@ class Soak:
         while not self._stop.wait(15):
             for job, jid in list(self.jobs.items()):
                 try:
-                    latest = (self._rest(f"/jobs/{jid}/checkpoints").get("latest") or {}).get("completed") or {}
+                    latest = (self.stack.flink.rest(f"/jobs/{jid}/checkpoints").get("latest") or {}).get("completed") or {}
                 except Exception:
                     continue
                 if latest:
@@ -468,11 +443,10 @@ class Soak:
         finally:
             self._stop.set()
             watcher.stop()
-            for jid in self.jobs.values():
-                try:
-                    self._rest(f"/jobs/{jid}", "PATCH")
-                except Exception:
-                    pass
+            try:
+                self.stack.flink.cancel_all()
+            except Exception as exc:  # the cluster itself gone: nothing left to cancel
+                console.print(f"[yellow]cancelling the jobs: {type(exc).__name__}: {exc}[/yellow]")
             if retrainer is not None:
                 from mailroom.submit import stop_job
 

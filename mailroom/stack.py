@@ -645,8 +645,9 @@ class FlinkCluster:
         for pidfile in self.dir.glob(f"flink-*-{kind}.pid"):
             pidfile.write_text("".join(f"{pid}\n" for pid in map(int, pidfile.read_text().split()) if pid in live))
 
-    def start(self) -> None:
-        """Start what is missing of the declared shape: the JobManager, then every missing TaskManager; stop any beyond it."""
+    def start(self) -> list[int]:
+        """Start what is missing of the declared shape: the JobManager, then every missing TaskManager; stop any beyond it.
+        Returns the indices of the TaskManagers it started."""
         home = flink_home()
         jobmanager = self._live("standalonesession")
         if jobmanager and self._declared().get("slots", self.slots) != self.slots:
@@ -674,12 +675,13 @@ class FlinkCluster:
             if index >= self.taskmanagers:
                 _stop(proc)
         self._forget_dead("taskexecutor")
-        for index in range(self.taskmanagers):
-            if index not in running:
-                self._daemon("taskmanager.sh", "start", *self._taskmanager_properties(index))
+        missing = [index for index in range(self.taskmanagers) if index not in running]
+        for index in missing:
+            self._daemon("taskmanager.sh", "start", *self._taskmanager_properties(index))
         jm = self._live("standalonesession")
         _wait(self._in_shape, jm[0] if jm else None, 120, "Flink", self.log_dir)
         self.register_metrics()
+        return missing
 
     def _taskmanager_properties(self, index: int) -> list[str]:
         """A TaskManager's fixed identity: its resource id (so `status` can tell them apart) and its own reporter port."""
@@ -697,12 +699,48 @@ class FlinkCluster:
         register_target(self.s, "taskmanager", [metrics_port(self.s, "taskmanager") + i
                                                 for i in sorted(self.taskmanager_processes()) if i < MAX_TASKMANAGERS])
 
-    def registered(self) -> list[dict]:
-        """The TaskManagers the JobManager has registered (REST /taskmanagers), by resource id."""
+    def rest(self, path: str, method: str = "GET", body: dict | None = None):
+        """One call of the session cluster's REST API (JSON in and out; None for an empty answer)."""
         import urllib.request
 
-        with urllib.request.urlopen(f"{self.s.flink_rest_url}/taskmanagers", timeout=3) as resp:
-            return sorted(json.load(resp)["taskmanagers"], key=lambda tm: tm["id"])
+        request = urllib.request.Request(f"{self.s.flink_rest_url}{path}", method=method, data=json.dumps(body).encode() if body else None,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            raw = response.read()
+        return json.loads(raw) if raw else None
+
+    def running_job(self, name: str, not_these: tuple[str, ...] = (), timeout_s: float = 300) -> str:
+        """The id of the job `name` once all its tasks run (one not in `not_these`); StackError after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for job in self.rest("/jobs/overview")["jobs"]:
+                if job["name"] == name and job["state"] == "RUNNING" and job["tasks"]["running"] == job["tasks"]["total"] \
+                        and job["jid"] not in not_these:
+                    return job["jid"]
+            time.sleep(1)
+        raise StackError(f"{name} was not running on the session cluster after {timeout_s:.0f} s")
+
+    def stop_with_savepoint(self, job: str, target_dir: Path, timeout_s: float = 300) -> str:
+        """Stop `job` with a savepoint into `target_dir` (an operator's upgrade); return the savepoint's location."""
+        trigger = self.rest(f"/jobs/{job}/stop", "POST", {"targetDirectory": target_dir.resolve().as_uri(), "drain": False})["request-id"]
+        deadline = time.monotonic() + timeout_s
+        while (state := self.rest(f"/jobs/{job}/savepoints/{trigger}"))["status"]["id"] != "COMPLETED":
+            if time.monotonic() > deadline:
+                raise StackError(f"the savepoint of job {job} did not complete within {timeout_s:.0f} s: {state}")
+            time.sleep(1)
+        if "failure-cause" in state["operation"]:
+            raise StackError(f"the savepoint of job {job} failed: {state['operation']['failure-cause']}")
+        return state["operation"]["location"]
+
+    def cancel_all(self) -> None:
+        """Cancel every job of the session cluster that has not ended."""
+        for job in self.rest("/jobs/overview")["jobs"]:
+            if job["state"] not in ("FINISHED", "CANCELED", "FAILED"):
+                self.rest(f"/jobs/{job['jid']}", method="PATCH")
+
+    def registered(self) -> list[dict]:
+        """The TaskManagers the JobManager has registered (REST /taskmanagers), by resource id."""
+        return sorted(self.rest("/taskmanagers")["taskmanagers"], key=lambda tm: tm["id"])
 
     def _in_shape(self) -> bool:
         ids = {tm["id"] for tm in self.registered()}
@@ -783,10 +821,9 @@ class Stack:
                 service.start()
                 started.append(service.name)
         if with_flink:
-            was_up, before = self.flink.status().running, set(self.flink.taskmanager_processes())
-            self.flink.start()  # idempotent: starts only what the shape misses
-            again = [f"taskmanager {i}" for i in sorted(set(self.flink.taskmanager_processes()) - before)]
-            started += again if was_up else [self.flink.name]
+            was_up = self.flink.status().running
+            again = self.flink.start()  # idempotent: starts only what the shape misses
+            started += [f"taskmanager {i}" for i in again] if was_up else [self.flink.name]
         created = self.kafka.create_topics()
         return {"started": started, "topics_created": created}
 
@@ -799,9 +836,7 @@ class Stack:
                 service.start()
                 started.append(service.name)
         if self.flink.status().running and len(self.flink.taskmanager_processes()) < self.flink.taskmanagers:
-            before = set(self.flink.taskmanager_processes())
-            self.flink.start()
-            started += [f"taskmanager {i}" for i in sorted(set(self.flink.taskmanager_processes()) - before)]
+            started += [f"taskmanager {i}" for i in self.flink.start()]
         return started
 
     def down(self) -> list[str]:

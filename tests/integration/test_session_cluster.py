@@ -6,11 +6,9 @@ resumed from it while documents kept arriving."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
-import urllib.request
 import uuid
 from collections import Counter
 
@@ -39,34 +37,19 @@ def router_topics(topics):
     return {"input": topics("docs", 2), "text": topics("text", 2), "scans": topics("scans", 2), "dead": topics("dead")}
 
 
-def _rest(settings, path: str, method: str = "GET"):
-    request = urllib.request.Request(f"{settings.flink_rest_url}{path}", method=method)
-    with urllib.request.urlopen(request, timeout=10) as response:
-        body = response.read()
-    return json.loads(body) if body else None
-
-
-def _running_job(settings, name: str, timeout_s: float = 180) -> str:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for job in _rest(settings, "/jobs/overview")["jobs"]:
-            if job["name"] == name and job["state"] == "RUNNING" and job["tasks"]["running"] == job["tasks"]["total"]:
-                return job["jid"]
-        time.sleep(1)
-    raise AssertionError(f"{name} was not running on the session cluster after {timeout_s:.0f} s")
-
-
 def _submit_router(settings, router_topics, group: str, *extra: str) -> str:
     submitted = run_job(settings, "jobs.router", _args(router_topics, group, "--parallelism", "2", *extra), cluster=True, detached=True,
                         timeout=300)
     assert submitted.returncode == 0, submitted.stderr[-3000:] + submitted.stdout[-3000:]
-    return _running_job(settings, "mailroom-router")
+    return FlinkCluster(settings).running_job("mailroom-router")
 
 
 def _cancel_all(settings) -> None:
-    for running in _rest(settings, "/jobs/overview")["jobs"]:
-        if running["state"] not in ("FINISHED", "CANCELED", "FAILED"):
-            _rest(settings, f"/jobs/{running['jid']}", method="PATCH")  # cancel
+    FlinkCluster(settings).cancel_all()
+
+
+def _rest(settings, path: str):
+    return FlinkCluster(settings).rest(path)
 
 
 def _wait_for_output_and_checkpoint(settings, job: str, topic: str) -> None:
@@ -98,7 +81,7 @@ def test_the_declared_shape_shows_in_status(two_taskmanagers, test_settings):
         port = metrics_port(test_settings, "taskmanager") + index
         listening = [c.laddr for c in psutil.Process(tm.pid).net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == port]
         assert listening and all(address.ip in ("127.0.0.1", "::ffff:127.0.0.1") for address in listening), listening
-    assert two_taskmanagers.start() is None and len(two_taskmanagers.taskmanager_processes()) == 2  # in shape: nothing more
+    assert two_taskmanagers.start() == [] and len(two_taskmanagers.taskmanager_processes()) == 2  # in shape: nothing more
 
 
 def test_a_killed_taskmanager_is_started_again_and_the_job_loses_and_doubles_nothing(two_taskmanagers, stack, test_settings,
@@ -149,18 +132,7 @@ def test_stop_with_savepoint_and_resume_loses_and_doubles_nothing(two_taskmanage
         job = _submit_router(test_settings, router_topics, group)
         _send(test_settings, router_topics["input"], values[:1000])
         _wait_for_output_and_checkpoint(test_settings, job, router_topics["text"])
-        target = (test_settings.run_dir / "savepoints").resolve().as_uri()
-        request = urllib.request.Request(f"{test_settings.flink_rest_url}/jobs/{job}/stop", method="POST",
-                                         data=json.dumps({"targetDirectory": target, "drain": False}).encode(),
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=10) as response:
-            trigger = json.load(response)["request-id"]
-        deadline = time.monotonic() + 120
-        while (state := _rest(test_settings, f"/jobs/{job}/savepoints/{trigger}"))["status"]["id"] != "COMPLETED":
-            assert time.monotonic() < deadline, state
-            time.sleep(1)
-        assert "failure-cause" not in state["operation"], state["operation"]
-        savepoint = state["operation"]["location"]
+        savepoint = two_taskmanagers.stop_with_savepoint(job, test_settings.run_dir / "savepoints", timeout_s=120)
         _send(test_settings, router_topics["input"], values[1000:1500])  # while the job is down: waits in Kafka
 
         resumed = _submit_router(test_settings, router_topics, group, "--restore-from", savepoint)
