@@ -34,6 +34,7 @@ ENV_VARS = {
     "kafka_port": "MAILROOM_KAFKA_PORT",
     "kafka_controller_port": "MAILROOM_KAFKA_CONTROLLER_PORT",
     "kafka_heap": "MAILROOM_KAFKA_HEAP",
+    "kafka_retention_bytes": "MAILROOM_KAFKA_RETENTION_BYTES",
     "redis_port": "MAILROOM_REDIS_PORT",
     "redis_password": "MAILROOM_REDIS_PASSWORD",
     "kafka_passwords": "MAILROOM_KAFKA_PASSWORDS",
@@ -69,6 +70,9 @@ class Settings:
     kafka_port: int = 29092  # MAILROOM_KAFKA_PORT: the broker's client listener
     kafka_controller_port: int = 29093  # MAILROOM_KAFKA_CONTROLLER_PORT: the KRaft controller
     kafka_heap: str = "512m"  # MAILROOM_KAFKA_HEAP: the broker JVM's -Xmx
+    # a partition keeps at most this much (besides its 7 days), in segments of an eighth of it: the broker's disk
+    # is bounded by topics x partitions x (this + a segment)
+    kafka_retention_bytes: int = 1 << 29  # MAILROOM_KAFKA_RETENTION_BYTES
     # Kafka's SASL/SCRAM passwords as JSON {"principal": "password"} (principals: schemas/access.py); a principal
     # not named here gets one generated once into <run_dir>/kafka-passwords.json (mode 0600)
     kafka_passwords: str = field(default="", repr=False)  # MAILROOM_KAFKA_PASSWORDS

@@ -21,6 +21,18 @@ from models.scoring import FeatureSetMismatch
 
 REFUSALS = (ConfigError, FeatureSetMismatch, RegistryError)  # what stops a job before it starts, with a message
 EXACTLY_ONCE, AT_LEAST_ONCE = "exactly-once", "at-least-once"  # --delivery
+HASHMAP, ROCKSDB = "hashmap", "rocksdb"  # --state-backend
+# Each job's state backend, by what its state must hold (figures from `mailroom soak`, 80 docs/s):
+STATE_BACKENDS = {
+    # the duplicate window: ~42 checkpointed bytes per doc_id, 24 h at 80/s = ~290 MB; expiry by TTL, which on
+    # RocksDB needs a compaction filter that a thread-mode Python worker cannot create (see udfs.adapters.common)
+    "router": HASHMAP,
+    # per-sender history (TTL) and model slots: bounded by the number of senders, read and written per record
+    "scoring": HASHMAP,
+    # every prediction waits up to 7 days for its verdict, with its model inputs (~1.8 KB each): 48 M at 80/s, far
+    # beyond a TaskManager's heap; its waits end by timers (no TTL), so RocksDB on disk, checkpointed incrementally
+    "accuracy": ROCKSDB,
+}
 
 
 def refuse_to_start_on_errors(main: Callable) -> Callable:
@@ -46,6 +58,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, bounded_help: str, failur
                         help="exactly-once (default): transactional output, visible to read_committed readers when the checkpoint "
                         "that commits it completes, never twice; at-least-once: output visible at once, but a restart sends again "
                         "what followed the last checkpoint, for consumers that de-duplicate by doc_id")
+    parser.add_argument("--state-backend", choices=[HASHMAP, ROCKSDB], default=None,
+                        help="where keyed state lives: hashmap (the heap) or rocksdb (local disk, incremental checkpoints); "
+                        "default: the job's own (router and scoring hashmap, accuracy rocksdb; see jobs.environment.STATE_BACKENDS)")
     parser.add_argument("--checkpoint-interval-ms", type=int, default=None, metavar="MS",
                         help="checkpoint every MS ms (default: flink-conf/config.yaml's); with exactly-once, how long output waits")
     if failure_budget is not None:
@@ -55,7 +70,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, bounded_help: str, failur
 
 
 def make_env(settings: Settings, job: str, parallelism: int | None = None, restore_from: str | None = None,
-             delivery: str = EXACTLY_ONCE, checkpoint_interval_ms: int | None = None) -> StreamExecutionEnvironment:
+             delivery: str = EXACTLY_ONCE, checkpoint_interval_ms: int | None = None,
+             state_backend: str | None = None) -> StreamExecutionEnvironment:
     """An environment with the project's Flink config and the Kafka connector jar.
 
     Run as a plain Python program this starts a local MiniCluster; under `flink run -py` the
@@ -63,6 +79,8 @@ def make_env(settings: Settings, job: str, parallelism: int | None = None, resto
     reporter listens on `settings.host:metrics_port(settings, job)`. Checkpoints go to
     <run_dir>/checkpoints/<job>/; `restore_from` resumes from a checkpoint or savepoint path. At-least-once
     `delivery` also checkpoints without aligning barriers (no input waits for a slow channel's barrier).
+    Keyed state lives in `state_backend` (default: the job's, `STATE_BACKENDS`); RocksDB keeps its files under
+    <run_dir>/flink/rocksdb/ and checkpoints incrementally.
     """
     config = Configuration()
     for key, value in job_config(settings).items():
@@ -71,6 +89,8 @@ def make_env(settings: Settings, job: str, parallelism: int | None = None, resto
     if embedded():
         config.set_string("rest.port", str(embedded_ui_port(settings, job)))  # the MiniCluster's web UI
         config.set_string(REPORTER_PORT, str(metrics_port(settings, job)))  # its Prometheus reporter
+    for key, value in state_backend_config(settings, state_backend or STATE_BACKENDS.get(job, HASHMAP)).items():
+        config.set_string(key, value)
     if restore_from:
         config.set_string("execution.state-recovery.path", restore_from)
     if delivery == AT_LEAST_ONCE:
@@ -84,6 +104,20 @@ def make_env(settings: Settings, job: str, parallelism: int | None = None, resto
     if parallelism:
         env.set_parallelism(parallelism)
     return env
+
+
+def state_backend_config(settings: Settings, backend: str) -> dict[str, str]:
+    """The Flink options of a state backend.
+
+    >>> state_backend_config(Settings(run_dir=Path("/r")), ROCKSDB)["execution.checkpointing.incremental"]
+    'true'
+    """
+    if backend == HASHMAP:
+        return {"state.backend.type": HASHMAP}
+    if backend == ROCKSDB:
+        return {"state.backend.type": ROCKSDB, "execution.checkpointing.incremental": "true",
+                "state.backend.rocksdb.localdir": str((settings.run_dir / "flink" / "rocksdb").resolve())}
+    raise ConfigError(f"unknown state backend {backend!r}: {HASHMAP} or {ROCKSDB}")
 
 
 def checkpoint_root(settings: Settings, job: str) -> Path:

@@ -10,8 +10,9 @@ they receive, and at seeded moments one of each fault strikes:
 * `redis-stopped`: Redis stopped for `--redis-outage-s` (the feature mirror waits, scoring goes on);
 * `bad-models`: a corrupt model (its file is not what its sha256 says) and one trained on another feature set,
   published on the control topic (both refused, the champion keeps serving);
-* `poison-records`: a routed scan whose bytes are no image and one whose PNG is cut off (each dead-lettered
-  PROCESSING_ERROR by scoring, the documents around them scored);
+* `poison-records`: a routed scan whose bytes are no image and one whose PNG is cut off (their layout features
+  raise: each dead-lettered PROCESSING_ERROR by scoring, the documents around them scored), and one whose second
+  page is cut off (OCR raises on it: the reading is FAILED and the layout model decides it, delivered once);
 * `scoring-upgraded`: the scoring job stopped with a savepoint and resumed from it, as for an upgrade.
 
 At the end it reads every output topic read_committed and prints the books: documents sent; in a department topic
@@ -48,6 +49,9 @@ console = Console(width=160)
 
 FAULTS = ("taskmanager-killed", "broker-restarted", "redis-stopped", "bad-models", "poison-records", "scoring-upgraded")
 JOBS = ("router", "scoring", "accuracy")
+MEMORY_CAPS = {"kafka": "JVM heap capped by MAILROOM_KAFKA_HEAP", "redis used_memory": "capped by maxmemory 256 MB",
+               "flink": "jobmanager.memory.process.size 1024m", "taskmanager": "taskmanager.memory.process.size 2048m",
+               "whole stack": "every service's resident memory, summed per sample"}
 
 
 # --- plain logic: the schedule, the books, the pauses ------------------------------------------
@@ -141,6 +145,37 @@ def per_second(arrivals_ms: list[float], start_ms: float) -> list[int]:
     return counts
 
 
+def disk_usage(root: Path) -> dict[str, int]:
+    """Bytes under each top-level folder of `root` (files directly in it count as "."), skipping what vanishes
+    while it is walked (Kafka deletes segments, Flink old checkpoints).
+
+    >>> import tempfile; d = Path(tempfile.mkdtemp()); (d / "a").mkdir(); _ = (d / "a" / "x").write_bytes(b"12345")
+    >>> _ = (d / "top").write_bytes(b"1"); disk_usage(d)
+    {'.': 1, 'a': 5}
+    """
+    sizes: Counter = Counter()
+    for folder, _, files in os.walk(root):
+        part = Path(folder).relative_to(root).parts
+        for name in files:
+            try:
+                sizes[part[0] if part else "."] += os.stat(os.path.join(folder, name)).st_size
+            except FileNotFoundError:
+                continue
+    return dict(sorted(sizes.items()))
+
+
+def peaks(samples: list[dict], key: str, value: str) -> dict[str, float]:
+    """The largest `value` of each `key` among samples.
+
+    >>> peaks([{"job": "a", "bytes": 3}, {"job": "a", "bytes": 5}, {"job": "b", "bytes": 1}], "job", "bytes")
+    {'a': 5, 'b': 1}
+    """
+    out: dict[str, float] = {}
+    for sample in samples:
+        out[sample[key]] = max(out.get(sample[key], sample[value]), sample[value])
+    return out
+
+
 def source_key(topic: str, partition: int, offset: int) -> str:
     return f"{topic}/{partition}/{offset}"
 
@@ -160,6 +195,7 @@ class SoakConfig:
     faults: tuple[str, ...] = FAULTS
     redis_outage_s: float = 30.0
     drain_timeout_s: float = 600.0
+    keep_topics: bool = False  # leave the run's topics (and grants) on the broker for a look afterwards
     out: Path = PROJECT_DIR / "soak-results"
 
 
@@ -253,6 +289,9 @@ class Soak:
         self.books = Books()
         self.struck: list[StruckFault] = []
         self.checkpoints: list[dict] = []  # samples of each job's latest checkpoint size
+        self.disk: list[dict] = []  # samples of the run directory's use, by folder
+        self.memory: list[dict] = []  # samples of each service's resident memory (and Redis's own figure)
+        self.state_backends: dict[str, str] = {}  # job -> the state backend Flink reports for it
         self.jobs: dict[str, str] = {}  # job -> Flink job id
         self.out = config.out / self.run_id
         self._stop = threading.Event()
@@ -365,13 +404,18 @@ class Soak:
         png = record["image"]
         poisons = [{**record, "doc_id": f"{self.run_id}-poison-noimage", "image": b"these bytes are not an image at all"},
                    {**record, "doc_id": f"{self.run_id}-poison-cutoff", "image": png[: max(64, len(png) // 3)]}]
+        ocr_breaking = {**record, "doc_id": f"{self.run_id}-poison-ocr", "pages": [png[: max(64, len(png) // 3)]]}
         out = producer(self.s)
         for poison in poisons:
             meta = out.send(topic_name("routed_scans", self.s.topic_prefix), codec.encode("routed_document", poison),
                             key=poison["doc_id"].encode()).get(30)
             self.books.expected_dead.add(source_key(meta.topic, meta.partition, meta.offset))
+        out.send(topic_name("routed_scans", self.s.topic_prefix), codec.encode("routed_document", ocr_breaking),
+                 key=ocr_breaking["doc_id"].encode()).get(30)
+        self.books.sent.add(ocr_breaking["doc_id"])
         out.close()
-        return "a routed scan that is no image, and one cut off after a third of its PNG"
+        return ("a routed scan that is no image and one cut off after a third of its PNG (features raise: dead-lettered); "
+                "one whose second page is cut off (OCR raises: the layout model decides it)")
 
     def _savepoint_and_resume(self) -> str:
         savepoint = self.stack.flink.stop_with_savepoint(self.jobs["scoring"], self.s.run_dir / "savepoints")
@@ -388,16 +432,29 @@ class Soak:
             except Exception as exc:  # a fault mid-repair: try again next time
                 console.print(f"[yellow]supervisor: {type(exc).__name__}: {exc}[/yellow]")
 
-    def _sample_checkpoints(self) -> None:
-        while not self._stop.wait(15):
+    def _sample_resources(self, every_s: float = 15) -> None:
+        """Each job's latest checkpoint size, the run directory's disk use by folder, and each service's memory."""
+        while not self._stop.wait(every_s):
+            now = time.time() * 1000
             for job, jid in list(self.jobs.items()):
                 try:
                     latest = (self.stack.flink.rest(f"/jobs/{jid}/checkpoints").get("latest") or {}).get("completed") or {}
-                except Exception:
+                    if job not in self.state_backends:
+                        self.state_backends[job] = self.stack.flink.rest(f"/jobs/{jid}/checkpoints/config").get("state_backend", "?")
+                except Exception:  # the job restarting, the cluster mid-repair: next time
                     continue
                 if latest:
-                    self.checkpoints.append({"job": job, "at_ms": time.time() * 1000, "bytes": latest.get("state_size") or
-                                             latest.get("checkpointed_size", 0)})
+                    self.checkpoints.append({"job": job, "at_ms": now, "bytes": latest.get("state_size") or latest.get("checkpointed_size", 0)})
+            self.disk.append({"at_ms": now, **disk_usage(self.s.run_dir)})
+            services = [service for service in self.stack.status() if service.rss_mb is not None]
+            for service in services:
+                self.memory.append({"service": service.name, "at_ms": now, "mb": service.rss_mb})
+            self.memory.append({"service": "whole stack", "at_ms": now, "mb": round(sum(service.rss_mb for service in services), 1)})
+            try:
+                info = self.s.redis_client("operator", socket_timeout=2).info("memory")
+                self.memory.append({"service": "redis used_memory", "at_ms": now, "mb": round(info["used_memory"] / 2**20, 1)})
+            except Exception:  # Redis stopped by a fault
+                pass
 
     # the whole run
 
@@ -419,7 +476,7 @@ class Soak:
                       + ", ".join(f"{f.kind} at {f.at_s:.0f} s" for f in faults))
         retrainer = None
         watcher = OutputWatcher(self.s, self.books, truth, self.config.verdict_share, self.config.seed)
-        threads = [threading.Thread(target=self._supervise, daemon=True), threading.Thread(target=self._sample_checkpoints, daemon=True)]
+        threads = [threading.Thread(target=self._supervise, daemon=True), threading.Thread(target=self._sample_resources, daemon=True)]
         started_ms = time.time() * 1000
         try:
             for job in JOBS:
@@ -451,7 +508,19 @@ class Soak:
                 from mailroom.submit import stop_job
 
                 stop_job(retrainer)
-        return self._report(watcher, started_ms)
+        report = self._report(watcher, started_ms)
+        if not self.config.keep_topics:
+            self._delete_topics()
+        return report
+
+    def _delete_topics(self) -> None:
+        """The run's topics and grants go: a soak writes gigabytes the next run does not read."""
+        from mailroom.kafkautil import delete_topics, revoke
+        from schemas.topics import TOPICS
+
+        delete_topics(self.s, [t.name(self.s.topic_prefix) for t in TOPICS])
+        revoke(self.s, lambda name: name.startswith(self.s.topic_prefix))
+        console.print(f"deleted the topics {self.s.topic_prefix}* (--keep-topics keeps them)")
 
     def _drain(self, watcher: OutputWatcher) -> None:
         """Wait until every document and bad record is accounted for, sending the last verdicts, or until nothing
@@ -481,10 +550,13 @@ class Soak:
         for struck in self.struck:
             struck.pause_s = longest_pause_after(struck.started_ms, watcher.arrivals_ms)
         figures = self.books.figures()
-        disk = sum(p.stat().st_size for p in self.s.run_dir.rglob("*") if p.is_file())
+        disk = disk_usage(self.s.run_dir)
         report = {"run_id": self.run_id, "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.config).items()},
                   "books": figures, "faults": [asdict(s) for s in self.struck],
-                  "checkpoints": self.checkpoints, "run_dir_bytes": disk,
+                  "checkpoints": self.checkpoints, "checkpoint_peak_bytes": peaks(self.checkpoints, "job", "bytes"),
+                  "state_backends": self.state_backends, "disk": self.disk, "run_dir_bytes": sum(disk.values()), "run_dir_by_folder": disk,
+                  "disk_peak_bytes": max((sum(v for k, v in d.items() if k != "at_ms") for d in self.disk), default=sum(disk.values())),
+                  "memory": self.memory, "memory_peak_mb": peaks(self.memory, "service", "mb"),
                   "out_per_second": per_second(watcher.arrivals_ms, started_ms), "started_ms": started_ms,
                   "passed": figures["lost"] == 0 and figures["duplicated"] == 0 and figures["labelled_twice"] == 0}
         (self.out / "soak.json").write_text(json.dumps(report, indent=2))
@@ -494,6 +566,8 @@ class Soak:
 
 
 def _plot(report: dict, path: Path) -> None:
+    """Documents out per second with the faults marked; below, the run directory's disk use by folder and each
+    job's checkpoint size."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -501,7 +575,7 @@ def _plot(report: dict, path: Path) -> None:
 
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(11, 4))
+    fig, (ax, disk_ax) = plt.subplots(2, 1, figsize=(11, 7), sharex=True, height_ratios=(3, 2))
     counts = np.asarray(report["out_per_second"], dtype=float)
     smooth = np.convolve(counts, np.ones(5) / 5, mode="same") if counts.size >= 5 else counts  # exactly-once output comes per checkpoint
     ax.plot(range(counts.size), smooth, lw=1.0, color="tab:blue", label="5 s mean")
@@ -510,8 +584,21 @@ def _plot(report: dict, path: Path) -> None:
         end = max((fault["ended_ms"] - report["started_ms"]) / 1000, start + 1)
         ax.axvspan(start, end, color="tab:red", alpha=0.25)
         ax.annotate(fault["kind"], (start, ax.get_ylim()[1] * 0.95), rotation=90, fontsize=7, va="top")
-    ax.set(xlabel="seconds since the first document", ylabel="documents into department topics / s", ylim=(0, None),
+    ax.set(ylabel="documents into department topics / s", ylim=(0, None),
            title=f"{report['run_id']}: lost {report['books']['lost']}, duplicated {report['books']['duplicated']}")
+    seconds = lambda samples: [(x["at_ms"] - report["started_ms"]) / 1000 for x in samples]  # noqa: E731
+    folders = sorted({k for d in report["disk"] for k in d if k != "at_ms"}, key=lambda k: -max(d.get(k, 0) for d in report["disk"]))
+    if report["disk"]:
+        disk_ax.stackplot(seconds(report["disk"]), *[[d.get(k, 0) / 2**30 for d in report["disk"]] for k in folders[:6]],
+                          labels=folders[:6], alpha=0.6)
+    checkpoints = disk_ax.twinx()
+    for job in sorted({c["job"] for c in report["checkpoints"]}):
+        samples = [c for c in report["checkpoints"] if c["job"] == job]
+        checkpoints.plot(seconds(samples), [c["bytes"] / 2**20 for c in samples], lw=1.2, label=f"checkpoint: {job}")
+    disk_ax.set(xlabel="seconds since the first document", ylabel="run directory GiB (by folder)", ylim=(0, None))
+    checkpoints.set(ylabel="checkpoint MiB", ylim=(0, None))
+    disk_ax.legend(loc="upper left", fontsize=7)
+    checkpoints.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -532,6 +619,16 @@ def _print(report: dict, out: Path) -> None:
         faults.add_row(fault["kind"], f"{(fault['started_ms'] - report['started_ms']) / 1000:.0f}",
                        f"{(fault['ended_ms'] - fault['started_ms']) / 1000:.1f}", str(fault["pause_s"]), fault["detail"])
     console.print(faults)
+    resources = Table(title="resources (peaks over the run)")
+    for column in ("what", "peak", "note"):
+        resources.add_column(column)
+    for job, size in report["checkpoint_peak_bytes"].items():
+        resources.add_row(f"checkpoint: {job}", f"{size / 2**20:,.1f} MB", f"state backend {report['state_backends'].get(job, '?')}")
+    for service, mb in report["memory_peak_mb"].items():
+        resources.add_row(f"memory: {service}", f"{mb:,.0f} MB", MEMORY_CAPS.get(service.split(" ")[0] if service.startswith("taskmanager") else service, ""))
+    resources.add_row("disk: run directory", f"{report['disk_peak_bytes'] / 2**20:,.0f} MB", "at the end: " + ", ".join(
+        f"{k} {v / 2**20:,.0f} MB" for k, v in sorted(report["run_dir_by_folder"].items(), key=lambda kv: -kv[1])[:4]))
+    console.print(resources)
     console.print(f"{'[green]passed[/green]' if report['passed'] else '[red]failed[/red]'}: lost {books['lost']}, duplicated "
                   f"{books['duplicated']}; report {out / 'soak.json'}, plot {out / 'soak.png'}; run directory "
                   f"{report['run_dir_bytes'] / 2**20:,.0f} MB")
@@ -544,7 +641,7 @@ def _interrupted(*_) -> None:
 def _cmd(args, settings: Settings) -> int:
     config = SoakConfig(docs=args.docs, rate=args.rate, scan_share=args.scan_share, verdict_share=args.verdict_share, seed=args.seed,
                         taskmanagers=args.taskmanagers, slots=args.slots, faults=tuple(args.faults), redis_outage_s=args.redis_outage_s,
-                        out=args.out)
+                        out=args.out, keep_topics=args.keep_topics)
     if config.taskmanagers < 2:
         console.print("[red]error:[/red] a soak needs at least two TaskManagers (--taskmanagers 2): one of them is killed")
         return 2
@@ -569,5 +666,6 @@ def register(sub) -> None:
     parser.add_argument("--faults", nargs="*", choices=FAULTS, default=list(FAULTS), metavar="F",
                         help=f"faults to inject, once each (default all: {', '.join(FAULTS)}); none for a clean run")
     parser.add_argument("--redis-outage-s", type=float, default=d.redis_outage_s, help="how long Redis stays down (default %(default)s)")
+    parser.add_argument("--keep-topics", action="store_true", help="leave the run's topics on the broker (default: deleted after the report)")
     parser.add_argument("--out", type=Path, default=d.out, help="report directory (default %(default)s)")
     parser.set_defaults(func=_cmd)

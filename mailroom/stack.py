@@ -241,6 +241,9 @@ class Kafka(TrackedService):
             "allow.everyone.if.no.acl.found": "false",
             "super.users": f"User:{operator};User:{controller}",
             "log.dirs": str(self.data),
+            # a bounded disk: each partition drops its oldest segments beyond this (and beyond 7 days)
+            "log.retention.bytes": str(self.s.kafka_retention_bytes),
+            "log.segment.bytes": str(max(self.s.kafka_retention_bytes // 8, 1 << 20)),
             # a single broker cannot meet the default replication factor of 3
             "offsets.topic.replication.factor": "1",
             "transaction.state.log.replication.factor": "1",

@@ -2,6 +2,9 @@
 
 * `unreadable_scan`: a routed scan whose image bytes are not an image: computing its layout
   features raises (PIL.UnidentifiedImageError), as a scan that slipped past a router would.
+* `ocr_breaking_scan`: a routed scan whose first page is sound and whose second is a PNG cut off after a
+  third of its bytes: the layout features come from page 1, and OCR raises on page 2 (the reading is FAILED,
+  the layout model decides; nothing is dead-lettered for it).
 * `slow_text_model`: the registry's text champion, made to take minutes on any batch of more
   than two documents (a Loop of matrix products that changes nothing), so that it passes the
   two-document smoke batch of a deploy and then misses every deadline.
@@ -49,6 +52,14 @@ def unreadable_scan(routed_scan: bytes, doc_id: str) -> bytes:
     record = codec.decode(routed_scan, expected="routed_document").record
     assert record["content_type"] == "IMAGE"
     record.update(doc_id=doc_id, image=b"these bytes are not an image at all")
+    return codec.encode("routed_document", record)
+
+
+def ocr_breaking_scan(routed_scan: bytes, doc_id: str) -> bytes:
+    """A routed scan like `routed_scan`, with a second page that is its first cut off after a third."""
+    record = codec.decode(routed_scan, expected="routed_document").record
+    assert record["content_type"] == "IMAGE"
+    record.update(doc_id=doc_id, pages=[record["image"][: len(record["image"]) // 3]])
     return codec.encode("routed_document", record)
 
 

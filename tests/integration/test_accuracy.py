@@ -8,10 +8,12 @@ from __future__ import annotations
 import json
 import random
 import time
+import urllib.request
 
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
+from config.flinkconf import embedded_ui_port
 from jobs.environment import latest_checkpoint
 from mailroom.kafkautil import producer, read_topic
 from mailroom.submit import run_job, start_job, stop_job
@@ -130,6 +132,7 @@ def test_planted_degradation_alerts_and_a_healthy_model_does_not(pipeline_settin
 
 
 def test_crash_and_restart_counts_no_pair_twice(pipeline_settings, tmp_path):
+    """The job (its waits in RocksDB) killed after a checkpoint and resumed from it: every pair once."""
     settings = pipeline_settings
     predictions, truths = _stream(400, wrong_on=None, seed=4)
     group = f"{settings.topic_prefix}accuracy"
@@ -142,6 +145,10 @@ def test_crash_and_restart_counts_no_pair_twice(pipeline_settings, tmp_path):
         while not (latest_checkpoint(settings, "accuracy") and len(_read(settings, "labelled_examples", timeout_s=1)) >= 100):
             assert time.monotonic() < deadline and job.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
             time.sleep(1)
+        base = f"http://{settings.host}:{embedded_ui_port(settings, 'accuracy')}"
+        job_id = json.load(urllib.request.urlopen(f"{base}/jobs/overview", timeout=5))["jobs"][0]["jid"]
+        config = json.load(urllib.request.urlopen(f"{base}/jobs/{job_id}/checkpoints/config", timeout=5))
+        assert config["state_backend"] == "EmbeddedRocksDBStateBackend", config  # the waits live on disk (jobs.environment)
         _send(settings, "predictions", "prediction", predictions[200:300])
         _send(settings, "ground_truth", "ground_truth", truths[200:300])
     finally:

@@ -21,7 +21,7 @@ from schemas.redis_keys import mirror_stats_key, sender_key
 from schemas.topics import department_topic_key, topic_name
 from models.generator import generate
 from schemas import codec
-from tests.poison import poison_document, poison_text_model, routed_values, unreadable_scan
+from tests.poison import ocr_breaking_scan, poison_document, poison_text_model, routed_values, unreadable_scan
 from tests.unit.badinputs import text_document
 from tests.unit.test_codec import _apache_read
 from models.features import FEATURE_SET_ID
@@ -171,7 +171,8 @@ def test_model_with_another_feature_set_is_refused_at_start(pipeline_settings, t
 def test_poison_records_are_dead_lettered_and_the_documents_around_them_scored(pipeline_settings, tmp_path):
     """A scan whose bytes are no image (its features raise) and a text the model raises on,
     sent among good documents through the real broker: both end in dead letters with their
-    original bytes and coordinates, every other document is scored once, the books balance."""
+    original bytes and coordinates, every other document is scored once, the books balance.
+    A scan whose second page makes OCR raise is scored once by its layout, its reading FAILED."""
     settings = pipeline_settings
     docs = list(generate(40, seed=29, scan_share=0.4))
     now = int(time.time() * 1000)
@@ -181,6 +182,7 @@ def test_poison_records_are_dead_lettered_and_the_documents_around_them_scored(p
     routed = routed_values(docs[:10]) + routed_values([poison_document(text_doc, "poison-text")]) + routed_values(docs[10:])
     scan = next(v for v in routed if codec.decode(v).record["content_type"] == "IMAGE")
     routed.insert(20, unreadable_scan(scan, "poison-scan"))
+    routed.insert(30, ocr_breaking_scan(scan, "poison-ocr"))
     prod, sent = producer(settings), {}
     for value in routed:
         record = codec.decode(value).record
@@ -194,8 +196,10 @@ def test_poison_records_are_dead_lettered_and_the_documents_around_them_scored(p
     result = run_job(settings, "jobs.scoring", ["--bounded", "--registry", str(registry)], timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
 
-    predictions = _predictions(settings, len(docs))
-    assert sorted(p["doc_id"] for p in predictions) == sorted(d["doc_id"] for d in docs)  # every good one, once
+    predictions = _predictions(settings, len(docs) + 1)
+    assert sorted(p["doc_id"] for p in predictions) == sorted([d["doc_id"] for d in docs] + ["poison-ocr"])  # every good one, once
+    [ocr_broken] = [p for p in predictions if p["doc_id"] == "poison-ocr"]
+    assert ocr_broken["ocr_status"] == "FAILED" and ocr_broken["model_name"] != "mailroom-scan", ocr_broken
     letters = {r["doc_id"]: r for r in (codec.decode(m.value, expected="dead_letter").record
                                         for m in read_topic(settings, topic_name("dead_letters", settings.topic_prefix), min_count=2))}
     assert sorted(letters) == ["poison-scan", "poison-text"]

@@ -148,3 +148,22 @@ def test_services_started_elsewhere_with_our_secrets_count_as_running(stack, tes
         assert "not started by mailroom" in statuses[name].detail
     assert other.up()["started"] == []
     assert other.down() == [] and all(s.running for s in stack.status() if s.name in ("kafka", "redis", "mlflow", "prometheus"))
+
+
+def test_the_broker_bounds_each_partition_on_disk(stack, test_settings):
+    """The broker applies the retention cap to every topic (its disk: topics x partitions x (cap + a segment))."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    from mailroom.kafkautil import admin
+    from schemas.topics import topic_name
+
+    client = admin(test_settings)
+    try:
+        topic = topic_name("documents", test_settings.topic_prefix)
+        described = client.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)], config_filter="all")
+        [configs] = [entries for by_name in described.values() for entries in by_name.values()]
+    finally:
+        client.close()
+    value = lambda key: int(configs[key]["value"] if isinstance(configs[key], dict) else configs[key])  # noqa: E731
+    assert value("retention.bytes") == test_settings.kafka_retention_bytes
+    assert value("segment.bytes") == test_settings.kafka_retention_bytes // 8
