@@ -50,7 +50,7 @@ console = Console(width=160)
 FAULTS = ("taskmanager-killed", "broker-restarted", "redis-stopped", "bad-models", "poison-records", "scoring-upgraded")
 JOBS = ("router", "scoring", "accuracy")
 MEMORY_CAPS = {"kafka": "JVM heap capped by MAILROOM_KAFKA_HEAP", "redis used_memory": "capped by maxmemory 256 MB",
-               "flink": "jobmanager.memory.process.size 1024m", "taskmanager": "taskmanager.memory.process.size 2048m",
+               "flink": "the JobManager and the TaskManagers: 1024m + TaskManagers x 2048m", "taskmanager": "taskmanager.memory.process.size 2048m",
                "whole stack": "every service's resident memory, summed per sample"}
 
 
@@ -146,19 +146,20 @@ def per_second(arrivals_ms: list[float], start_ms: float) -> list[int]:
 
 
 def disk_usage(root: Path) -> dict[str, int]:
-    """Bytes under each top-level folder of `root` (files directly in it count as "."), skipping what vanishes
-    while it is walked (Kafka deletes segments, Flink old checkpoints).
+    """Bytes allocated under each top-level folder of `root` (files directly in it count as "."), as `du` counts
+    them (Kafka's preallocated index files are sparse: their size is not their use), skipping what vanishes while
+    it is walked (Kafka deletes segments, Flink old checkpoints).
 
-    >>> import tempfile; d = Path(tempfile.mkdtemp()); (d / "a").mkdir(); _ = (d / "a" / "x").write_bytes(b"12345")
-    >>> _ = (d / "top").write_bytes(b"1"); disk_usage(d)
-    {'.': 1, 'a': 5}
+    >>> import tempfile; d = Path(tempfile.mkdtemp()); (d / "a").mkdir(); _ = (d / "a" / "x").write_bytes(b"1" * 10_000)
+    >>> _ = (d / "top").write_bytes(b"1"); use = disk_usage(d); sorted(use), use["a"] >= 10_000
+    (['.', 'a'], True)
     """
     sizes: Counter = Counter()
     for folder, _, files in os.walk(root):
         part = Path(folder).relative_to(root).parts
         for name in files:
             try:
-                sizes[part[0] if part else "."] += os.stat(os.path.join(folder, name)).st_size
+                sizes[part[0] if part else "."] += os.stat(os.path.join(folder, name)).st_blocks * 512
             except FileNotFoundError:
                 continue
     return dict(sorted(sizes.items()))
@@ -449,7 +450,8 @@ class Soak:
             services = [service for service in self.stack.status() if service.rss_mb is not None]
             for service in services:
                 self.memory.append({"service": service.name, "at_ms": now, "mb": service.rss_mb})
-            self.memory.append({"service": "whole stack", "at_ms": now, "mb": round(sum(service.rss_mb for service in services), 1)})
+            whole = sum(service.rss_mb for service in services if not service.name.startswith("taskmanager"))  # flink's counts them
+            self.memory.append({"service": "whole stack", "at_ms": now, "mb": round(whole, 1)})
             try:
                 info = self.s.redis_client("operator", socket_timeout=2).info("memory")
                 self.memory.append({"service": "redis used_memory", "at_ms": now, "mb": round(info["used_memory"] / 2**20, 1)})
