@@ -266,7 +266,8 @@ def _grayscale(image: Image.Image) -> Image.Image:
 
 
 def clean_image(data: bytes, claimed_format: str, max_pixels: int, max_side: int, max_pages: int = 1) -> tuple[list[bytes], ImageCleaning]:
-    """The image's pages (the first `max_pages` of them) as 8-bit grayscale PNGs, longest side <= max_side.
+    """The image's pages (the first `max_pages` of them) as 8-bit grayscale PNGs, longest side <= max_side; a
+    PNG that is usable as sent (`_usable_as_sent`) is checked (`_verify_png`) and passed on as it is, not decoded.
 
     Checks the bytes really are `claimed_format` (PNG, JPEG or TIFF) and refuses more than
     `max_pixels` on any page before decoding its pixels. Raises FormatMismatch, CorruptImage or
@@ -287,6 +288,11 @@ def clean_image(data: bytes, claimed_format: str, max_pixels: int, max_side: int
     except _PILLOW_DATA_ERRORS as exc:
         raise CorruptImage(f"cannot read the {claimed_format} header: {exc}") from None
     mode = image.mode
+    if _usable_as_sent(image, claimed_format, max_pixels, max_side, frames):
+        _verify_png(data)
+        return [data], ImageCleaning(original_format=claimed_format, original_mode=mode, original_width=width, original_height=height,
+                                     original_bytes=len(data), final_width=width, final_height=height, final_bytes=len(data),
+                                     frames=frames, resized=False, orientation_applied=False)
     pages, first, orientation = [], None, 1
     for number in range(min(frames, max(1, max_pages))):
         if number:
@@ -314,6 +320,26 @@ def clean_image(data: bytes, claimed_format: str, max_pixels: int, max_side: int
         resized=first.size != (width, height),
         orientation_applied=orientation != 1,
     )
+
+
+USABLE_MODES = ("L",)  # routed scans are 8-bit gray PNGs: a page already so travels as it came
+
+
+def _usable_as_sent(image: Image.Image, claimed_format: str, max_pixels: int, max_side: int, frames: int) -> bool:
+    """Whether the page can travel as it was sent, from its header alone: a single-page 8-bit gray PNG, no
+    transparency, no EXIF (so no orientation to apply), within the size limits. Then it is not decoded here:
+    the scoring job decodes it once, for its layout features and OCR."""
+    return (claimed_format == "PNG" and frames == 1 and image.mode in USABLE_MODES and "transparency" not in image.info
+            and "exif" not in image.info and image.width * image.height <= max_pixels and max(image.size) <= max_side)
+
+
+def _verify_png(data: bytes) -> None:
+    """Every chunk present and its CRC right, through IEND, without inflating the pixels: catches a cut-off or
+    damaged file for the price of a checksum. Raises CorruptImage."""
+    try:
+        Image.open(io.BytesIO(data), formats=["PNG"]).verify()
+    except _PILLOW_DATA_ERRORS as exc:
+        raise CorruptImage(f"the PNG file is damaged: {exc}") from None
 
 
 def _clean_page(image: Image.Image, claimed_format: str, max_pixels: int, max_side: int, number: int) -> tuple[Image.Image, int]:

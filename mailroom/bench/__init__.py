@@ -5,6 +5,8 @@ Every variant runs over the same generated documents (models.generator: `--docs`
 | variant         | what runs                                                                                   |
 |-----------------|---------------------------------------------------------------------------------------------|
 | limit           | the champions in onnxruntime, in batches of ScoringConfig.batch_size, inputs precomputed    |
+| stages          | where a document's time goes: the scoring logic's stages timed in plain Python (no Kafka,   |
+|                 | nothing cached), beside the scoring job's CPU ms per document at p1 when mailroom ran       |
 | router          | `jobs.router --bounded` over a pre-filled documents topic: text-only, then scans-only       |
 | reading         | the same routed pages read by the `tesseract` command line (a process per page: the limit)  |
 |                 | and by the scan reader in one process (engine loaded); then mailroom-scans: `jobs.scoring`  |

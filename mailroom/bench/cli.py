@@ -14,15 +14,16 @@ from typing import Callable
 
 from config.settings import PROJECT_DIR, Settings
 from mailroom.bench.corpus import build_corpus
-from mailroom.bench.figures import AT_LEAST_ONCE, NO_OCR, SCANS, SHADOW, DeployFigures, Result, report
-from mailroom.bench.output import console, deploy_table, err, plot, table
+from mailroom.bench.figures import AT_LEAST_ONCE, NO_OCR, SCANS, SHADOW, DeployFigures, Result, StageProfile, report
+from mailroom.bench.output import console, deploy_table, err, plot, stage_table, table
 from mailroom.bench.variants import (OCR_PAGES, QUICK_OCR_PAGES, BenchError, Run, profile_scoring, run_deploys, run_limit, run_reading_limits,
-                                     run_router, run_stream, scans_only)
+                                     run_router, run_stream, scans_only, stage_profile)
 
-VARIANTS = ("limit", "router", "reading", "peer", "mailroom", AT_LEAST_ONCE, NO_OCR, SHADOW, "deploy")
+VARIANTS = ("limit", "stages", "router", "reading", "peer", "mailroom", AT_LEAST_ONCE, NO_OCR, SHADOW, "deploy")
 DOCS, QUICK_DOCS = 12_000, 400
 DEPLOYS, QUICK_DEPLOYS = 5, 3  # champion deploys of the deploy measurement
 PACED_S, QUICK_PACED_S = 20.0, 5.0  # how long the paced producer offers load
+STAGE_DOCS, QUICK_STAGE_DOCS = 600, 100  # documents the stage profile times (their scans read by OCR, nothing cached)
 ROUTER_TEXT_DOCS, QUICK_ROUTER_TEXT_DOCS = 20_000, 2_000  # text documents are repeated up to this many (the router is fast on text)
 
 
@@ -57,7 +58,7 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
     docs = args.docs or (QUICK_DOCS if args.quick else DOCS)
     variants = [v for v in VARIANTS if v in args.variants]
     try:
-        config = _check_ready(settings, needs_kafka=not args.profile and variants != ["limit"])
+        config = _check_ready(settings, needs_kafka=not args.profile and not set(variants) <= {"limit", "stages"})
     except BenchError as exc:
         err.print(f"[red]error:[/red] {exc}")
         return 1
@@ -74,11 +75,13 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     run = Run(settings, corpus, out_dir, run_id, tuple(args.parallelism or ((1,) if args.quick else (1, 2))),
               QUICK_PACED_S if args.quick else PACED_S, QUICK_ROUTER_TEXT_DOCS if args.quick else ROUTER_TEXT_DOCS,
-              args.deploys or (QUICK_DEPLOYS if args.quick else DEPLOYS), args.checkpoint_interval_ms)
+              args.deploys or (QUICK_DEPLOYS if args.quick else DEPLOYS))
     run.log_dir.mkdir(exist_ok=True)
     steps: list[tuple[str, Callable[[], Result | DeployFigures]]] = []
     if "limit" in variants:
         steps.append(("limit", lambda: run_limit(run)))
+    if "stages" in variants:
+        steps.append(("stages of the scoring logic", lambda: stage_profile(corpus, config, QUICK_STAGE_DOCS if args.quick else STAGE_DOCS)))
     if "router" in variants:
         steps += [(f"router {kind}", lambda kind=kind: run_router(run, kind)) for kind in ("text", "scans")
                   if any((d["content_type"] == "image") == (kind == "scans") for d in corpus.documents)]
@@ -87,14 +90,17 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
         steps += [(f"{SCANS} p{p}", lambda p=p: run_stream(replace(run, corpus=scans_only(corpus)), SCANS, p)) for p in run.parallelism]
     if "peer" in variants:
         steps += [(f"peer p{p}", lambda p=p: run_stream(run, "peer", p)) for p in run.parallelism]
+    intervals = args.checkpoint_interval_ms or [None]  # a sweep: each mailroom variant at each interval, side by side
     for p in run.parallelism:  # at-least-once, mailroom-no-ocr and mailroom-shadow beside mailroom at the same parallelism
-        steps += [(f"{variant} p{p}", lambda variant=variant, p=p: run_stream(run, variant, p))
-                  for variant in ("mailroom", AT_LEAST_ONCE, NO_OCR, SHADOW)
+        steps += [(f"{variant} p{p}" + (f" ckpt {ms} ms" if ms else ""),
+                   lambda variant=variant, p=p, ms=ms: run_stream(replace(run, checkpoint_interval_ms=ms), variant, p))
+                  for variant in ("mailroom", AT_LEAST_ONCE, NO_OCR, SHADOW) for ms in intervals
                   if variant in variants]
     results: list[Result] = []
     if "deploy" in variants:  # under half of mailroom's sustained rate at that parallelism, if measured above; else idle
         steps += [(f"deploy p{p}", lambda p=p: run_deploys(run, p, _half_rate(results, p))) for p in run.parallelism]
     deploys: list[DeployFigures] = []
+    profiles: list[StageProfile] = []
     errors = []
     for name, step in steps:
         console.print(f"[bold]{name}[/bold]")
@@ -102,6 +108,8 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
             figures = step()
             if isinstance(figures, list):
                 results += figures
+            elif isinstance(figures, StageProfile):
+                profiles.append(figures)
             else:
                 (deploys if isinstance(figures, DeployFigures) else results).append(figures)
         except BenchError as exc:
@@ -112,10 +120,13 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
             "max_batch_delay_ms": config.max_batch_delay_ms, "paced_s": run.paced_s,
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
             "method": _bench_doc().split("How it measures")[1].split("Peer and mailroom")[0].strip()}
+    meta["stages"] = [{"seconds": p.seconds, "docs": p.docs} for p in profiles]
     (out_dir / "bench.json").write_text(json.dumps(report(results, meta, errors, deploys), indent=2))
     if results:
         plot(results, out_dir / "bench.png")
         console.print(table(results))
+    for profile in profiles:
+        console.print(stage_table(profile, results))
     if deploys:
         console.print(deploy_table(deploys))
     console.print(f"raw figures: {out_dir / 'bench.json'}; plot: {out_dir / 'bench.png'}; logs: {run.log_dir}")
@@ -143,8 +154,9 @@ def register(sub) -> None:
                         help="parallelisms of peer, mailroom, mailroom-shadow and deploy (default 1 2; --quick 1)")
     parser.add_argument("--deploys", type=int, metavar="N", help=f"champion deploys the deploy measurement times (default {DEPLOYS}; "
                         f"--quick {QUICK_DEPLOYS}), alternating two versions")
-    parser.add_argument("--checkpoint-interval-ms", type=int, metavar="MS", help="the scoring job's checkpoint interval in the mailroom "
-                        "variants (default: flink-conf/config.yaml's, 2 s); exactly-once output waits for the checkpoint that commits it")
+    parser.add_argument("--checkpoint-interval-ms", type=int, nargs="+", metavar="MS", help="the scoring job's checkpoint interval in the "
+                        "mailroom variants (default: flink-conf/config.yaml's); several: a sweep, each variant at each interval, with "
+                        "the shortest that keeps throughput (exactly-once output waits for the checkpoint that commits it)")
     parser.add_argument("--profile", action="store_true", help="instead: profile the scoring logic in plain Python (cProfile, no Kafka) "
                         "and print the top functions by cumulative time")
     parser.add_argument("--out", type=Path, default=PROJECT_DIR / "bench-results", help="results directory (default: %(default)s)")

@@ -84,15 +84,64 @@ class Result:
     own_cores: float | None = None  # the variant's processes, on average while they ran
     machine_busy_cores: float | None = None  # machine-wide (the broker, the bench, other users too)
     shadow: dict | None = None  # mailroom-shadow: shadow_check of the shadow-predictions topic
+    checkpoint_interval_ms: int | None = None  # the scoring job's, when the run swept several
 
     @property
     def label(self) -> str:
-        return f"{self.variant} {self.input}" + (f" p{self.parallelism}" if self.parallelism else "")
+        return (f"{self.variant} {self.input}" + (f" p{self.parallelism}" if self.parallelism else "")
+                + (f" ckpt {self.checkpoint_interval_ms} ms" if self.checkpoint_interval_ms else ""))
+
+
+STAGES = ("decode the record", "scan: decode the page, layout features", "scan: OCR", "sender features", "score the batch, encode outputs")
+
+
+@dataclass
+class StageProfile:
+    """Where a document's time goes in the scoring logic (plain Python, one thread, nothing cached): seconds per
+    stage summed over `docs` documents of each kind (text, scan)."""
+
+    seconds: dict  # kind -> stage -> s
+    docs: dict  # kind -> documents
+
+    def ms_per_doc(self, kind: str, stage: str) -> float | None:
+        n, spent = self.docs.get(kind, 0), self.seconds.get(kind, {}).get(stage, 0.0)
+        return 1000 * spent / n if n and spent else None  # None: the stage is not a step of this kind
+
+    def mixed_ms_per_doc(self) -> float | None:
+        """The logic's ms per document over the whole mix."""
+        n = sum(self.docs.values())
+        return 1000 * sum(sum(stages.values()) for stages in self.seconds.values()) / n if n else None
+
+    def rows(self, job_cpu_ms_per_doc: float | None = None) -> list[tuple[str, float | None, float | None, float | None]]:
+        """(stage, text ms/doc, scan ms/doc, share of the mix), then the whole logic and, given the job's CPU ms per
+        document over the same mix, what the rest of the job costs (Flink, the bridge, Kafka, serialisation).
+
+        >>> p = StageProfile({"text": {"decode the record": 0.1, "sender features": 0.1}, "scan": {"scan: OCR": 1.0}}, {"text": 100, "scan": 10})
+        >>> [(stage, text, scan, round(share, 3)) for stage, text, scan, share in p.rows(20.0)][-2:]
+        [('all of the logic', 2.0, 100.0, 0.545), ('the rest of the job (Flink, bridge, Kafka)', None, None, 0.455)]
+        """
+        mixed = self.mixed_ms_per_doc() or 0.0
+        n = sum(self.docs.values()) or 1
+        total = max(job_cpu_ms_per_doc or 0.0, mixed) or 1.0
+        out = []
+        for stage in STAGES:
+            spent = sum(stages.get(stage, 0.0) for stages in self.seconds.values())
+            if spent:
+                out.append((stage, self.ms_per_doc("text", stage), self.ms_per_doc("scan", stage), 1000 * spent / n / total))
+        text = sum(self.seconds.get("text", {}).values()) * 1000 / self.docs["text"] if self.docs.get("text") else None
+        scan = sum(self.seconds.get("scan", {}).values()) * 1000 / self.docs["scan"] if self.docs.get("scan") else None
+        out.append(("all of the logic", text, scan, mixed / total))
+        if job_cpu_ms_per_doc:
+            out.append(("the rest of the job (Flink, bridge, Kafka)", None, None, max(job_cpu_ms_per_doc - mixed, 0.0) / total))
+        return out
 
 
 def _head_to_head(results: list[Result]) -> dict[int, tuple[float, float]]:
     """parallelism -> (mailroom docs/s, peer docs/s), for each parallelism both ran at."""
-    rates = {(r.variant, r.parallelism): r.docs_per_s for r in results if r.docs_per_s}
+    rates: dict = {}
+    for r in results:  # a checkpoint-interval sweep: the first interval's row
+        if r.docs_per_s:
+            rates.setdefault((r.variant, r.parallelism), r.docs_per_s)
     both = sorted(p for variant, p in rates if variant == "mailroom" and ("peer", p) in rates)
     return {p: (rates["mailroom", p], rates["peer", p]) for p in both}
 
@@ -112,7 +161,7 @@ def goal_line(results: list[Result]) -> str:
         line = ("Goal: Mailroom's scoring job sustains " + ", ".join(parts) + " the throughput of the hand-written peer, Kafka in to "
                 "Kafka out - and gives exactly-once output and checkpointed sender state, which the peer lacks (it auto-commits "
                 "offsets, loses its state on restart, and at p>1 splits each sender's history across processes).")
-    extra = [text for text in (delivery_line(results), shadow_line(results), ocr_line(results)) if text]
+    extra = [text for text in (delivery_line(results), interval_line(results), shadow_line(results), ocr_line(results)) if text]
     return "\n".join([line, *extra])
 
 
@@ -136,6 +185,28 @@ def delivery_line(results: list[Result]) -> str | None:
 
     parts = [f"p{p} {p99(eo)} vs {p99(alo)} ms (docs/s {eo.docs_per_s or 0:,.0f} vs {alo.docs_per_s or 0:,.0f})" for p, eo, alo in pairs]
     return "Delivery: p99 at half load, exactly-once vs at-least-once: " + ", ".join(parts) + "."
+
+
+def interval_line(results: list[Result], keep: float = 0.95) -> str | None:
+    """A checkpoint-interval sweep of the mailroom variant, per parallelism: docs/s and p99 at each interval, and the
+    shortest interval that keeps `keep` of the best throughput (exactly-once output waits for the checkpoint).
+
+    >>> rows = [Result("mailroom", "routed", 1, 10, r, latency_ms={"p99": l}, checkpoint_interval_ms=i)
+    ...         for i, r, l in ((2000, 100, 2400.0), (1000, 99, 1300.0), (500, 97, 800.0), (250, 80, 600.0))]
+    >>> interval_line(rows)
+    'Checkpoint interval, mailroom p1: 2000 ms 100 docs/s p99 2,400; 1000 ms 99 docs/s p99 1,300; 500 ms 97 docs/s p99 800; 250 ms 80 docs/s p99 600 (shortest keeping 95% of the best rate: 500 ms).'
+    """
+    lines = []
+    for p in sorted({r.parallelism or 0 for r in results}):
+        swept = sorted((r for r in results if r.variant == "mailroom" and (r.parallelism or 0) == p and r.checkpoint_interval_ms and r.docs_per_s),
+                       key=lambda r: -r.checkpoint_interval_ms)
+        if len(swept) < 2:
+            continue
+        best = max(r.docs_per_s for r in swept)
+        chosen = min(r.checkpoint_interval_ms for r in swept if r.docs_per_s >= keep * best)
+        parts = [f"{r.checkpoint_interval_ms} ms {r.docs_per_s:,.0f} docs/s p99 {(r.latency_ms or {}).get('p99') or 0:,.0f}" for r in swept]
+        lines.append(f"Checkpoint interval, mailroom p{p}: " + "; ".join(parts) + f" (shortest keeping {keep:.0%} of the best rate: {chosen} ms).")
+    return "\n".join(lines) or None
 
 
 # --- reading scans -------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from mailroom.bench.figures import DeployFigures, Result, goal_line
+from mailroom.bench.figures import DeployFigures, Result, StageProfile, goal_line
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
@@ -26,6 +26,20 @@ def table(results: list[Result]) -> Table:
         out.add_row(r.variant, r.input, num(r.parallelism), f"{r.docs:,}", num(r.docs_per_s), num(r.offered_per_s), num(latency.get("p50")), num(latency.get("p95")),
                     num(latency.get("p99")), num(r.cpu_s, 1), num(r.cpu_ms_per_doc, 2), num(r.peak_rss_mb),
                     "-" if r.own_cores is None else f"{r.own_cores:.1f}/{r.machine_busy_cores:.1f}")
+    return out
+
+
+def stage_table(profile: StageProfile, results: list[Result]) -> Table:
+    """Where a document's time goes: the scoring logic's stages, beside what the scoring job spent per document."""
+    job = next((r for r in results if r.variant == "mailroom" and r.parallelism == 1 and r.cpu_ms_per_doc), None)
+    out = Table(title=f"where a document's time goes (scoring logic in plain Python, {sum(profile.docs.values()):,} documents, nothing cached)",
+                caption_justify="left", caption=("share: of the scoring job's CPU ms per document at p1 "
+                                                 f"({job.cpu_ms_per_doc:,.2f}, same mix)" if job else "share: of the logic's own time "
+                                                 "(run the mailroom variant beside it for the job's)"))
+    for name in ("stage", "text ms/doc", "scan ms/doc", "share"):
+        out.add_column(name, justify="left" if name == "stage" else "right")
+    for stage, text, scan, share in profile.rows(job.cpu_ms_per_doc if job else None):
+        out.add_row(stage, num(text, 2), num(scan, 2), f"{share:.0%}")
     return out
 
 

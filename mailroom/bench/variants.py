@@ -24,7 +24,7 @@ from tqdm import tqdm
 from config.settings import Settings
 from mailroom.kafkautil import client_config
 from mailroom.bench.corpus import Corpus, pending_documents
-from mailroom.bench.figures import (AT_LEAST_ONCE, NO_OCR, OCR_CLI, OCR_READER, SCANS, SHADOW, DeployFigures, Result, Window, deploy_timing, first_serving, percentiles, shadow_check,
+from mailroom.bench.figures import (AT_LEAST_ONCE, NO_OCR, OCR_CLI, OCR_READER, SCANS, SHADOW, STAGES, DeployFigures, Result, StageProfile, Window, deploy_timing, first_serving, percentiles, shadow_check,
                                     sustained_window)
 from mailroom.bench.output import console
 from mailroom.bench.peer import PeerScorer
@@ -285,6 +285,7 @@ def run_stream(run: Run, variant: str, parallelism: int) -> Result:
     result.latency_ms = percentiles(a.arrived_ms - a.received_ms for a in paced)
     result.scored_latency_ms = percentiles(a.scored_ms - a.received_ms for a in paced)
     result.shadow = checked
+    result.checkpoint_interval_ms = run.checkpoint_interval_ms if variant != "peer" else None
     return result
 
 
@@ -588,6 +589,52 @@ class EventWatcher(TopicWatcher):
             self.events.append((codec.decode(value, expected="model_event").record, arrived_ms))
         except codec.DecodeError:
             pass  # not a model event: nothing the bench waits for
+
+
+def stage_profile(corpus: Corpus, config, limit: int = 600) -> StageProfile:
+    """The scoring logic (as PeerScorer runs it) over the first `limit` routed documents in plain Python, nothing
+    cached, each stage timed: where a document's time goes, text and scans apart."""
+    from collections import Counter, defaultdict
+
+    from models.features import SenderHistory
+    from udfs.dead_letters import SourceRecord
+    from udfs.reading import ScanReader
+    from udfs.scoring import BatchScorer, SenderFeatures
+
+    scorer, reader, features = BatchScorer(config), ScanReader(config.ocr, config.read_scans, None), SenderFeatures(mirror=None)
+    seconds: dict = defaultdict(lambda: dict.fromkeys(STAGES, 0.0))
+    docs, histories, batch = Counter(), {}, []
+
+    def score(batch: list) -> None:
+        started = time.perf_counter()
+        scorer.score([doc for _, doc in batch], now_ms())
+        for kind, _ in batch:  # a batch's time, shared by its documents
+            seconds[kind][STAGES[4]] += (time.perf_counter() - started) / len(batch)
+
+    for _, value in tqdm(corpus.routed[:limit], desc="stages", unit="doc", leave=False):
+        started = time.perf_counter()
+        routed = codec.decode(value, expected="routed_document").record
+        kind = "scan" if routed["content_type"] == "IMAGE" else "text"
+        docs[kind] += 1
+        read = time.perf_counter()
+        seconds[kind][STAGES[0]] += read - started
+        scan = None
+        if kind == "scan":
+            scan = reader.read(routed, routed["routed_ms"])  # as if it had just been routed: read, not waited out
+            ocr_s = scan.reading.milliseconds / 1000
+            seconds[kind][STAGES[2]] += ocr_s
+            seconds[kind][STAGES[1]] += time.perf_counter() - read - ocr_s
+            read = time.perf_counter()
+        history = histories.setdefault(routed["sender"], SenderHistory())
+        batch.append((kind, features.observe(history, routed, SourceRecord(value, "", -1, -1), scan)))
+        seconds[kind][STAGES[3]] += time.perf_counter() - read
+        if len(batch) == config.batch_size:
+            score(batch)
+            batch = []
+    if batch:
+        score(batch)
+    reader.close()
+    return StageProfile({kind: dict(stages) for kind, stages in seconds.items()}, dict(docs))
 
 
 def profile_scoring(corpus: Corpus, config, top: int = 25) -> tuple[float, str]:

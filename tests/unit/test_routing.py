@@ -160,6 +160,41 @@ def test_scan_is_routed_as_grayscale_png(image_format):
     assert not cleaning["resized"] and doc["text"] is None and doc["text_cleaning"] is None
 
 
+def _gray_png(size: tuple[int, int] = (850, 1100), **save) -> bytes:
+    out = io.BytesIO()
+    png_pixels(scan_image("PNG", size)).convert("L").save(out, "PNG", **save)
+    return out.getvalue()
+
+
+def test_a_gray_png_within_the_limits_travels_as_it_was_sent():
+    """Decode once: the router checks the header and the chunks' checksums, and passes the bytes on untouched."""
+    original = _gray_png()
+    _, doc = routed(codec.encode("document", scan_document(image=original)))
+    assert doc["image"] == original and doc["pages"] == []
+    cleaning = doc["image_cleaning"]
+    assert (cleaning["original_mode"], cleaning["final_bytes"], cleaning["original_bytes"], cleaning["resized"]) == ("L", len(original), len(original), False)
+
+
+@pytest.mark.parametrize("damage", ["cut off", "a flipped bit", "no end"])
+def test_a_damaged_gray_png_is_dead_lettered_without_being_decoded(damage):
+    original = _gray_png()
+    middle = len(original) // 2
+    bad = {"cut off": original[:middle], "a flipped bit": original[:middle] + bytes([original[middle] ^ 0x10]) + original[middle + 1:],
+           "no end": original[:-12]}[damage]
+    result, _ = routed(codec.encode("document", scan_document(image=bad)))
+    assert result.destination == Destination.DEAD_LETTER and result.reason == Reason.CORRUPT_IMAGE, result.message
+
+
+def test_a_gray_png_that_needs_work_is_still_cleaned():
+    """Too large, or with EXIF (an orientation to apply): decoded, fitted and encoded again."""
+    _, large = routed(codec.encode("document", scan_document(image=_gray_png((3000, 4000)))))
+    assert png_pixels(large["image"]).size == (1500, 2000) and large["image_cleaning"]["resized"]
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    _, turned = routed(codec.encode("document", scan_document(image=_gray_png((60, 20), exif=exif.tobytes()))))
+    assert png_pixels(turned["image"]).size == (20, 60) and turned["image_cleaning"]["orientation_applied"]
+
+
 def test_large_scan_is_scaled_down_keeping_its_aspect_ratio():
     value = codec.encode("document", scan_document(image=scan_image("JPEG", (3000, 4000)), image_format="JPEG"))
     _, doc = routed(value)
