@@ -70,6 +70,8 @@ class Mailbox:
     scan_share: float
     our_company: str
     senders: list[Sender] = field(default_factory=list)
+    # label -> (the senders inclined to send it, their cumulative weights): sender_for picks in O(log n), not O(n)
+    _inclined: dict[str, tuple[list[Sender], list[float]]] = field(default_factory=dict, init=False, repr=False)
 
     def new_sender(self, label: str) -> Sender:
         r = self.rng
@@ -95,14 +97,19 @@ class Mailbox:
         paper_rate = 0.0 if self.scan_share <= 0 else 1.0 if self.scan_share >= 1 else r.betavariate(a, b)  # scan_share 1: every document a scan
         sender = Sender(f"{local}@{domain}", first, last, company, lang, role, activity=activity, paper_rate=paper_rate)
         self.senders.append(sender)
+        for inclined, weight in ROLES[role][1].items():
+            if weight:
+                chosen, cumulative = self._inclined.setdefault(inclined, ([], []))
+                chosen.append(sender)
+                cumulative.append((cumulative[-1] if cumulative else 0) + sender.activity * weight)
         return sender
 
     def sender_for(self, label: str) -> Sender:
         """An existing sender inclined to send `label` (weighted by activity), or a new one."""
-        candidates = [s for s in self.senders if ROLES[s.role][1].get(label)]
+        candidates, cumulative = self._inclined.get(label, ([], []))
         if not candidates or self.rng.random() < NEW_SENDER_P.get(label, 0.15):
             return self.new_sender(label)
-        return self.rng.choices(candidates, weights=[s.activity * ROLES[s.role][1][label] for s in candidates])[0]
+        return self.rng.choices(candidates, cum_weights=cumulative)[0]  # the same draw as weights=, summed as they came
 
 
 def generate(n: int, seed: int, scan_share: float = 0.3, fragment_half: int | None = None, start_ms: int = START_MS) -> list[dict]:
