@@ -184,6 +184,10 @@ def source_key(topic: str, partition: int, offset: int) -> str:
 # --- the run ------------------------------------------------------------------------------------
 
 
+class SoakRefused(RuntimeError):
+    """The soak cannot start as asked (its message says why and what to do)."""
+
+
 @dataclass(frozen=True)
 class SoakConfig:
     docs: int = 100_000
@@ -197,6 +201,7 @@ class SoakConfig:
     redis_outage_s: float = 30.0
     drain_timeout_s: float = 600.0
     keep_topics: bool = False  # leave the run's topics (and grants) on the broker for a look afterwards
+    cancel_running: bool = False  # cancel the jobs the session cluster already runs (else the run is refused)
     out: Path = PROJECT_DIR / "soak-results"
 
 
@@ -228,7 +233,8 @@ class OutputWatcher:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(30)
+        if self._thread.ident is not None:  # started
+            self._thread.join(30)
 
     def take_verdicts(self) -> list[dict]:
         with self._lock:
@@ -467,6 +473,7 @@ class Soak:
 
         self.out.mkdir(parents=True, exist_ok=True)
         self.stack.up(with_flink=True)
+        self._claim_the_cluster()
         ensure_champions(self.s)
         Kafka(self.s).create_topics()
         docs, bad = self._documents()
@@ -515,6 +522,19 @@ class Soak:
         if not self.config.keep_topics:
             self._delete_topics()
         return report
+
+    def _claim_the_cluster(self) -> None:
+        """The soak's jobs need every slot of the cluster it declares: jobs already running there (another soak's,
+        a submission that outlived its caller) are cancelled with `cancel_running`, else the run is refused."""
+        running = self.stack.flink.unfinished_jobs()
+        if not running:
+            return
+        names = ", ".join(f"{job['name']} ({job['jid'][:8]}, {job['state']})" for job in running)
+        if not self.config.cancel_running:
+            raise SoakRefused(f"the session cluster already runs {len(running)} job(s): {names}. The soak needs their slots: "
+                              "cancel them in the Flink web UI, or run again with --cancel-running")
+        self.stack.flink.cancel_all()
+        console.print(f"cancelled the cluster's running jobs: {names}")
 
     def _delete_topics(self) -> None:
         """The run's topics and grants go: a soak writes gigabytes the next run does not read."""
@@ -644,12 +664,16 @@ def _interrupted(*_) -> None:
 def _cmd(args, settings: Settings) -> int:
     config = SoakConfig(docs=args.docs, rate=args.rate, scan_share=args.scan_share, verdict_share=args.verdict_share, seed=args.seed,
                         taskmanagers=args.taskmanagers, slots=args.slots, faults=tuple(args.faults), redis_outage_s=args.redis_outage_s,
-                        out=args.out, keep_topics=args.keep_topics)
+                        out=args.out, keep_topics=args.keep_topics, cancel_running=args.cancel_running)
     if config.taskmanagers < 2:
         console.print("[red]error:[/red] a soak needs at least two TaskManagers (--taskmanagers 2): one of them is killed")
         return 2
     signal.signal(signal.SIGTERM, _interrupted)  # a stop like Ctrl-C's: the jobs are cancelled, the retrainer stopped
-    report = Soak(settings, config).run()
+    try:
+        report = Soak(settings, config).run()
+    except SoakRefused as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
     shutil.rmtree(settings.run_dir / "savepoints", ignore_errors=True)
     return 0 if report["passed"] else 1
 
@@ -669,6 +693,8 @@ def register(sub) -> None:
     parser.add_argument("--faults", nargs="*", choices=FAULTS, default=list(FAULTS), metavar="F",
                         help=f"faults to inject, once each (default all: {', '.join(FAULTS)}); none for a clean run")
     parser.add_argument("--redis-outage-s", type=float, default=d.redis_outage_s, help="how long Redis stays down (default %(default)s)")
+    parser.add_argument("--cancel-running", action="store_true", help="cancel the jobs the session cluster already runs "
+                        "(default: refuse to start beside them: the soak needs every slot)")
     parser.add_argument("--keep-topics", action="store_true", help="leave the run's topics on the broker (default: deleted after the report)")
     parser.add_argument("--out", type=Path, default=d.out, help="report directory (default %(default)s)")
     parser.set_defaults(func=_cmd)

@@ -735,11 +735,14 @@ class FlinkCluster:
             raise StackError(f"the savepoint of job {job} failed: {state['operation']['failure-cause']}")
         return state["operation"]["location"]
 
+    def unfinished_jobs(self) -> list[dict]:
+        """The session cluster's jobs that have not ended (REST /jobs/overview rows: jid, name, state, ...)."""
+        return [job for job in self.rest("/jobs/overview")["jobs"] if job["state"] not in ("FINISHED", "CANCELED", "FAILED")]
+
     def cancel_all(self) -> None:
         """Cancel every job of the session cluster that has not ended."""
-        for job in self.rest("/jobs/overview")["jobs"]:
-            if job["state"] not in ("FINISHED", "CANCELED", "FAILED"):
-                self.rest(f"/jobs/{job['jid']}", method="PATCH")
+        for job in self.unfinished_jobs():
+            self.rest(f"/jobs/{job['jid']}", method="PATCH")
 
     def registered(self) -> list[dict]:
         """The TaskManagers the JobManager has registered (REST /taskmanagers), by resource id."""
