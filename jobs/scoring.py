@@ -97,7 +97,9 @@ def parse_args(argv: list[str], settings: Settings) -> argparse.Namespace:
     parser.add_argument("--deadline-ms", type=int, default=ScoringConfig.deadline_ms,
                         help="the champion's time for one micro-batch; past it the previous model (or the prior) decides (default: %(default)s)")
     parser.add_argument("--triage-threshold", type=float, default=ScoringConfig.triage_threshold,
-                        help="below this top probability a document goes to triage (default: %(default)s)")
+                        help="below this top probability a scan goes to triage (default: %(default)s)")
+    parser.add_argument("--text-triage-threshold", type=float, default=ScoringConfig.text_triage_threshold,
+                        help="below this top probability a text document goes to triage (default: %(default)s)")
     ocr = parser.add_argument_group("reading scans (OCR)")
     ocr.add_argument("--no-ocr", action="store_true", help="do not read scans: the layout model decides every scan (the fallback-only path)")
     ocr.add_argument("--no-ocr-cache", action="store_true", help="read every page, even one read before (benchmarks); default: "
@@ -118,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings.from_env().as_principal(JOB)  # each job is its own Kafka principal (schemas/access.py)
     args = parse_args(sys.argv[1:] if argv is None else argv, settings)
     config = ScoringConfig.from_registry(args.registry, batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay_ms,
-                                         triage_threshold=args.triage_threshold, max_failures_per_minute=args.max_failures_per_minute,
+                                         triage_threshold=args.triage_threshold,
+                                         text_triage_threshold=args.text_triage_threshold, max_failures_per_minute=args.max_failures_per_minute,
                                          deadline_ms=args.deadline_ms, read_scans=not args.no_ocr,
                                          ocr_cache_dir=None if args.no_ocr_cache else str(settings.cache_dir / "ocr"),
                                          ocr=OcrConfig(languages=args.ocr_languages, page_timeout_ms=args.ocr_page_timeout_ms,

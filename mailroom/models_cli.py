@@ -79,7 +79,8 @@ def train_config(quick: bool = False, kinds: tuple[str, ...] = TRAINED_KINDS, n:
     return TrainConfig(generated=n if n is not None else (300 if quick else 3000), real_dir=real_dir,
                        real_cap_per_source=(150 if quick else 1200) if real_cap is None else (real_cap or None), quick=quick,
                        ocr_generated_cap=(QUICK_OCR_CAP if quick else None) if ocr_cap is None else (ocr_cap or None),
-                       kinds=tuple(kinds), **{"triage_threshold": ScoringConfig.triage_threshold, **options})
+                       kinds=tuple(kinds), **{"triage_threshold": ScoringConfig.triage_threshold,
+                                                               "text_triage_threshold": ScoringConfig.text_triage_threshold, **options})
 
 
 def train_models(config: TrainConfig, registry_dir: Path | None, progress: bool = True) -> dict[str, int | None]:

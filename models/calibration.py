@@ -1,14 +1,17 @@
 """Confidence that means something: temperature scaling, expected calibration error, the triage table.
 
-The text model is a logistic regression without intercept, so dividing its weights by a temperature
+The scan model is a logistic regression without intercept, so dividing its weights by a temperature
 `t` is exactly temperature scaling (softmax(z / t)) and the model stays a plain LogisticRegression
-that skl2onnx converts. `t` is fitted on out-of-distribution scores (each real source scored by a
+that skl2onnx converts. The text model is a mixture of such regressions (`models.ensemble.RobustVote`):
+one `t` divides every member's weights, and it is fitted on the likelihood of the mixture
+(`mixture`, `fit_temperature` with member scores). `t` is fitted on out-of-distribution scores (each real source scored by a
 model trained without it) together with the in-distribution held-out scores, each side with equal
 weight (the left-out side less when it has fewer rows than the held-out side), so that a top
 probability of 0.8 means about 80 % right on documents unlike the training sources too.
 
 Routing (`udfs.scoring`): a document goes to its label's department when its top probability is at
-least the triage threshold, else to triage; `other` goes to triage as well. So a document is routed
+least the triage threshold of its model kind (`ScoringConfig.threshold`: the text model's 0.9, the scan
+models' 0.7), else to triage; `other` goes to triage as well. So a document is routed
 *automatically* when its top probability >= threshold and its predicted department is not triage;
 it went to the *wrong department* when that department is not its true label's.
 
@@ -27,7 +30,7 @@ from schemas.labels import DEPARTMENTS, TRIAGE
 
 N_BINS = 10
 TEMPERATURES = np.exp(np.linspace(np.log(0.05), np.log(20.0), 241))  # the grid `fit_temperature` searches
-THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 
 
 def softmax(scores: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -63,20 +66,43 @@ def label_index(labels, classes) -> np.ndarray:
     return np.array([where.get(str(label), -1) for label in labels])
 
 
-def fit_temperature(parts: list[tuple[np.ndarray, np.ndarray]], weights: list[float] | None = None) -> float:
-    """The temperature minimising the weighted mean of each part's mean negative log-likelihood; a
-    part is (decision scores [n, classes], label index [n]). Rows whose label the model lacks are skipped."""
+def mixture(member_scores: np.ndarray, weights=None, temperature: float = 1.0) -> np.ndarray:
+    """Sum over members of weight x softmax(scores / temperature): `member_scores` [members, rows, classes] (or one
+    member's [rows, classes]), `weights` one per member (None: equal), normalised to sum 1.
+
+    >>> mixture(np.array([[[0.0, 0.0]], [[10.0, -10.0]]]), [0.5, 0.5]).round(2).tolist()
+    [[0.75, 0.25]]
+    """
+    member_scores = np.asarray(member_scores, dtype=np.float64)
+    if member_scores.ndim == 2:
+        return softmax(member_scores, temperature)
+    weights = np.ones(len(member_scores)) if weights is None else np.asarray(weights, dtype=np.float64)
+    return sum(w * softmax(s, temperature) for w, s in zip(weights / weights.sum(), member_scores))
+
+
+def fit_temperature(parts: list[tuple], weights: list[float] | None = None) -> float:
+    """The temperature minimising the weighted mean of each part's mean negative log-likelihood; a part is (decision
+    scores [n, classes], label index [n]) or, for a mixture of members (`mixture`), (member scores [members, n,
+    classes], label index [n], member weights). Rows whose label the model lacks are skipped."""
     weights = weights or [1.0] * len(parts)
-    kept = [(s[i >= 0], i[i >= 0], w) for (s, i), w in zip(parts, weights)]
-    kept = [(s, i, w) for s, i, w in kept if len(i) and w > 0]
+    kept = []
+    for part, w in zip(parts, weights):
+        scores, index = np.asarray(part[0]), np.asarray(part[1])
+        members = part[2] if len(part) > 2 else None
+        rows = index >= 0
+        if rows.any() and w > 0:
+            kept.append((scores[..., rows, :], index[rows], members, w))
     if not kept:
         return 1.0
-    losses = [sum(w * -np.log(softmax(s, t)[np.arange(len(i)), i] + 1e-12).mean() for s, i, w in kept) for t in TEMPERATURES]
+    losses = [sum(w * -np.log(mixture(s, m, t)[np.arange(len(i)), i] + 1e-12).mean() for s, i, m, w in kept) for t in TEMPERATURES]
     return float(TEMPERATURES[int(np.argmin(losses))])
 
 
 def temper(classifier, temperature: float):
-    """Fold a temperature into a fitted LogisticRegression (in place): softmax(z / t) exactly."""
+    """Fold a temperature into a fitted LogisticRegression (in place): softmax(z / t) exactly; a classifier with its
+    own `temper` (models.ensemble.RobustVote: every member) does it itself."""
+    if hasattr(classifier, "temper"):
+        return classifier.temper(temperature)
     classifier.coef_ = classifier.coef_ / temperature
     classifier.intercept_ = classifier.intercept_ / temperature
     return classifier

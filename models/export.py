@@ -20,6 +20,7 @@ import onnx
 from skl2onnx import convert_sklearn
 from sklearn.feature_extraction.text import TfidfVectorizer
 
+import models.ensemble  # noqa: F401 (registers the RobustVote converter with skl2onnx)
 from models.modelio import INPUT_NAMES, initial_types, onnx_feeds, onnx_session, sklearn_matrix
 from models.features import FEATURE_SET_ID, SENDER_FEATURES, model_text
 

@@ -82,7 +82,7 @@ def test_documents_end_to_end_into_department_topics_exactly_once(pipeline_setti
             d, p = record["decision"], logged[record["doc_id"]]
             assert d["model_version"] == str(champion_versions[d["model_name"]]) and p["feature_set_id"] == FEATURE_SET_ID
             assert (d["label"], d["model_name"], d["probabilities"], record["department"]) == (p["label"], p["model_name"], p["probabilities"], dept)
-            confident = d["confidence"] >= ScoringConfig.triage_threshold
+            confident = d["confidence"] >= config.threshold("text" if d["model_name"] == "mailroom-text" else "scan")
             assert dept == (DEPARTMENTS[d["label"]] if confident else DEPARTMENTS["other"])
             if d["label"] == truth[record["doc_id"]] and confident:
                 assert dept == DEPARTMENTS[truth[record["doc_id"]]]  # right model -> right department

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from models.calibration import (expected_calibration_error, fit_temperature, label_index, reliability, reliability_png, routing, softmax, temper,
-                                threshold_table)
+from models.calibration import (TEMPERATURES, expected_calibration_error, fit_temperature, label_index, mixture, reliability, reliability_png, routing, softmax,
+                                temper, threshold_table)
 
 
 def test_ece_matches_a_hand_computed_example():
@@ -37,6 +37,23 @@ def test_fit_temperature_softens_overconfident_scores_and_sharpens_underconfiden
     assert fit_temperature([(logits / 3, labels)]) == pytest.approx(1 / 3, rel=0.15)
     assert fit_temperature([(logits, np.full(2000, -1))]) == 1.0  # nothing to fit on
     assert fit_temperature([(logits * 4, labels), (logits / 3, labels)], weights=[1.0, 0.0]) == pytest.approx(4, rel=0.15)
+
+
+def test_fit_temperature_on_a_mixture_of_members():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 3, 3000)
+    logits = rng.normal(0, 1, (2, 3000, 3))
+    logits[:, np.arange(3000), labels] += 1.5
+    # two identical members are one member: the same temperature as for it alone
+    same = np.stack([logits[0] * 4, logits[0] * 4])
+    assert fit_temperature([(same, labels, [0.3, 0.7])]) == pytest.approx(fit_temperature([(logits[0] * 4, labels)]))
+    # otherwise it is the grid's temperature with the least negative log-likelihood of the mixture, not of either member
+    t = fit_temperature([(logits * 3, labels, [0.5, 0.5])])
+    nll = lambda temperature: -np.log(mixture(logits * 3, [0.5, 0.5], temperature)[np.arange(3000), labels]).mean()
+    assert t == pytest.approx(min(TEMPERATURES, key=nll))
+    assert t != pytest.approx(fit_temperature([(logits[0] * 3, labels)]))
+    assert np.allclose(mixture(logits[0]), softmax(logits[0]))  # one member: a plain softmax
+    assert np.allclose(mixture(logits, [1.0, 0.0], 2.0), softmax(logits[0], 2.0))
 
 
 def test_temper_is_exactly_softmax_over_temperature():

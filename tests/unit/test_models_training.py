@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+from models.calibration import THRESHOLDS, mixture
+from models.ensemble import RobustVote
 from models.generator import generate
 from models.examples_store import TrainingRows
 from models.training import (GENERATED_SOURCE, LABELLED_SOURCE, Candidate, build_dataset, calibrate, choose, context_vectors,
@@ -77,7 +79,7 @@ def test_search_scores_every_candidate_on_the_split_and_on_each_left_out_source(
     calibration = calibrate(pipeline.named_steps["classifier"], scored, ["letters", "tickets"], threshold=0.5)
     assert calibration["temperature"] > 0 and set(calibration["left_out"]) == {"letters", "tickets"}
     for side in [calibration["held_out"], *calibration["left_out"].values()]:
-        assert 0 <= side["ece"] <= 1 and side["at_threshold"]["threshold"] == 0.5 and len(side["thresholds"]) == 7
+        assert 0 <= side["ece"] <= 1 and side["at_threshold"]["threshold"] == 0.5 and len(side["thresholds"]) == len(THRESHOLDS)
     # the winner fitted on train was temperature-scaled in place: same decisions, the held-out figures' probabilities
     assert np.array_equal(pipeline.predict(held_out.matrix()), scored["held_out"].predicted)
 
@@ -108,3 +110,37 @@ def test_labelled_rows_join_the_training_side_with_their_weights_and_their_words
     assert "zqnew" in features.named_transformers_["text"].vocabulary_  # the mailbox's own words, not only the generator's
     classifier = fit_classifier(candidate, z, both, seed=0)
     assert classifier.predict(features.transform(both.rows([len(both) - 1]).matrix()))[0] == "complaint"
+
+
+def test_text_candidates_vote_with_a_member_fitted_on_the_generated_documents_only(mixed):
+    data, train, held_out = mixed
+    candidate = text_candidates(quick=True)[0]
+    features, z = fit_features("text", candidate, train)
+    vote = fit_classifier(candidate, z, train, seed=0)
+    assert isinstance(vote, RobustVote) and len(vote.members) == 2 and vote.drop_top == 1
+    generated = np.flatnonzero(train.sources == GENERATED_SOURCE)
+    alone = fit_classifier(Candidate("logreg", tuple((k, v) for k, v in candidate.params if k not in ("generated_member", "drop_top")),
+                                     candidate.features), z[generated], train.rows(generated), seed=0)
+    assert np.allclose(vote.members[1].coef_, alone.coef_)  # the second member never saw the two fake real sources
+    assert not np.allclose(vote.members[0].coef_, alone.coef_)
+    weights = dict(candidate.params)["generated_member"]
+    assert vote._weights().tolist() == pytest.approx([1 - weights, weights])
+    only_generated = fit_classifier(candidate, z[generated], train.rows(generated), seed=0)
+    assert len(only_generated.members) == 1  # nothing else to leave out: one member
+
+
+def test_search_and_calibration_with_the_vote_keep_the_served_probabilities(mixed):
+    data, train, held_out = mixed
+    candidates = text_candidates(quick=True)
+    pipeline, best, results, scored = search("text", candidates, train, held_out, data, ["letters", "tickets"], seed=0, guard=0.02, bar=Bar())
+    held = scored["held_out"]
+    assert held.member_scores.shape == (2, len(held_out), len(held.classes))
+    assert np.allclose(held.probabilities, pipeline.predict_proba(held_out.matrix()))
+    calibration = calibrate(pipeline.named_steps["classifier"], scored, ["letters", "tickets"], threshold=0.5)
+    t = calibration["temperature"]
+    assert "every member" in calibration["method"]
+    # tempered in place: what the pipeline (and so the ONNX graph) serves is the mixture at the fitted temperature
+    served = pipeline.predict_proba(held_out.matrix())
+    assert np.allclose(served, mixture(held.member_scores, held.member_weights, t))
+    assert calibration["held_out"]["at_threshold"]["n_automatic"] == sum(
+        (served.max(axis=1) >= 0.5) & (held.classes[served.argmax(axis=1)] != "other"))

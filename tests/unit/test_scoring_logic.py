@@ -9,6 +9,7 @@ import pytest
 
 from models.features import FEATURE_SET_ID, SENDER_FEATURES, SenderHistory
 from schemas import codec
+from schemas.labels import DEPARTMENTS
 from tests.poison import poison_document, poison_text_model, routed_values, unreadable_scan
 from udfs.batching import MicroBatcher
 from udfs.dead_letters import MAX_MESSAGE_CHARS, FailureBudget, FailureStorm, SourceRecord, processing_error
@@ -157,8 +158,16 @@ def test_batch_scorer_answers_in_batch_order_and_sends_unsure_documents_to_triag
         assert (r["model_text"] is None) == (r["model_name"] == "mailroom-image") and bool(r["image_features"]) == (r["content_type"] == "IMAGE")
     deliveries = [codec.decode(delivery, expected="department_document").record for _, delivery, _ in scored]
     assert [(d["doc_id"], d["department"], d["decision"]["label"]) for d in deliveries] == [(r["doc_id"], r["department"], r["label"]) for r in records]
-    everything_to_triage = BatchScorer(ScoringConfig.from_registry(registry, triage_threshold=1.01)).score(batch, now_ms=123).predictions
+    everything_to_triage = BatchScorer(ScoringConfig.from_registry(registry, triage_threshold=1.01, text_triage_threshold=1.01)).score(
+        batch, now_ms=123).predictions
     assert {department for department, _, _ in everything_to_triage} == {"triage"}
+    # each kind has its threshold: the text model's sends only the text documents to triage, the other only the scans
+    for overrides, sent in (({"text_triage_threshold": 1.01, "triage_threshold": 0.0}, "text"), ({"triage_threshold": 1.01, "text_triage_threshold": 0.0}, "scans")):
+        decided = BatchScorer(ScoringConfig.from_registry(registry, **overrides)).score(batch, now_ms=123).predictions
+        for doc, (department, _, value) in zip(batch, decided):
+            label = codec.decode(value, expected="prediction").record["label"]
+            to_triage = (doc.kind == "text") == (sent == "text")
+            assert department == ("triage" if to_triage else DEPARTMENTS[label]), (doc.kind, overrides)
 
 
 def test_score_isolating_finds_exactly_the_documents_the_model_raises_on(registry, tmp_path):
