@@ -36,6 +36,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
@@ -49,6 +50,7 @@ console = Console(width=160)
 
 FAULTS = ("taskmanager-killed", "broker-restarted", "redis-stopped", "bad-models", "poison-records", "scoring-upgraded")
 JOBS = ("router", "scoring", "accuracy")
+JOB_ARGS = {"scoring": ("--ocr-parallelism", "2")}  # every submission of a job, the resumed one too
 MEMORY_CAPS = {"kafka": "JVM heap capped by MAILROOM_KAFKA_HEAP", "redis used_memory": "capped by maxmemory 256 MB",
                "flink": "the JobManager and the TaskManagers: 1024m + TaskManagers x 2048m", "taskmanager": "taskmanager.memory.process.size 2048m",
                "whole stack": "every service's resident memory, summed per sample"}
@@ -132,6 +134,20 @@ def longest_pause_after(at_ms: float, arrivals_ms: list[float], within_s: float 
     return round(max(gaps), 1) if gaps else round((later[0] - at_ms) / 1000, 1)
 
 
+def caught_up_after(at_ms: float, arrivals_ms: list[float], latencies_ms: list[float], until_ms: float = float("inf"),
+                    bound_s: float = 10.0) -> float:
+    """Seconds from a fault at `at_ms` to the last arrival before `until_ms` (the next fault) that came more than
+    `bound_s` after its receipt: how long the backlog the fault left took to clear (0: none formed).
+
+    >>> caught_up_after(1000, [1500, 3000, 9000, 12000], [200, 14000, 11000, 300])
+    8.0
+    >>> caught_up_after(1000, [1500, 3000], [200, 400])
+    0.0
+    """
+    late = [t for t, latency in zip(arrivals_ms, latencies_ms) if at_ms <= t < until_ms and latency > bound_s * 1000]
+    return round((max(late) - at_ms) / 1000, 1) if late else 0.0
+
+
 def per_second(arrivals_ms: list[float], start_ms: float) -> list[int]:
     """Arrivals in each second from `start_ms`.
 
@@ -177,6 +193,19 @@ def peaks(samples: list[dict], key: str, value: str) -> dict[str, float]:
     return out
 
 
+def latency_per_window(arrivals_ms: list[float], latencies_ms: list[float], start_ms: float, window_s: int = 10) -> list[float | None]:
+    """The median latency (s) of the arrivals in each `window_s` from `start_ms` (None: nothing arrived).
+
+    >>> latency_per_window([1000, 2000, 25000], [1000, 3000, 500], 0)
+    [2.0, None, 0.5]
+    """
+    windows: dict[int, list[float]] = {}
+    for t, latency in zip(arrivals_ms, latencies_ms):
+        if t >= start_ms:
+            windows.setdefault(int((t - start_ms) // (window_s * 1000)), []).append(latency / 1000)
+    return [round(float(np.median(windows[i])), 1) if i in windows else None for i in range(max(windows) + 1 if windows else 0)]
+
+
 def source_key(topic: str, partition: int, offset: int) -> str:
     return f"{topic}/{partition}/{offset}"
 
@@ -213,6 +242,7 @@ class StruckFault:
     ended_ms: float = 0.0
     detail: str = ""
     pause_s: float | None = None
+    caught_up_s: float | None = None  # until documents arrived within 10 s of their receipt again
 
 
 class OutputWatcher:
@@ -223,6 +253,7 @@ class OutputWatcher:
         self.s, self.books, self.truth = settings, books, truth
         self.verdict_share, self.rng = verdict_share, random.Random(seed)
         self.arrivals_ms: list[float] = []
+        self.latencies_ms: list[float] = []  # of each arrival: from its receipt upstream
         self.verdicts: list[dict] = []  # to send, filled as documents arrive
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -275,6 +306,7 @@ class OutputWatcher:
             doc_id = record["doc_id"]
             self.books.delivered[doc_id] += 1
             self.arrivals_ms.append(now_ms)
+            self.latencies_ms.append(now_ms - record["received_ms"])
             label = self.truth.get(doc_id)
             if label and self.books.delivered[doc_id] == 1 and self.rng.random() < self.verdict_share:
                 predicted = record["decision"]["label"]
@@ -308,7 +340,7 @@ class Soak:
     def _submit(self, job: str, *extra: str) -> str:
         from mailroom.submit import run_job
 
-        result = run_job(self.s, f"jobs.{job}", ["--group-id", f"{self.s.topic_prefix}{job}", *extra], cluster=True, detached=True,
+        result = run_job(self.s, f"jobs.{job}", ["--group-id", f"{self.s.topic_prefix}{job}", *JOB_ARGS.get(job, ()), *extra], cluster=True, detached=True,
                          timeout=600)
         if result.returncode != 0:
             raise RuntimeError(f"submitting the {job} job failed:\n{result.stderr[-2000:]}")
@@ -490,7 +522,7 @@ class Soak:
         started_ms = time.time() * 1000
         try:
             for job in JOBS:
-                self.jobs[job] = self._submit(job, *(["--ocr-parallelism", "2"] if job == "scoring" else []))
+                self.jobs[job] = self._submit(job)
             from mailroom.submit import start_job
 
             retrainer = start_job(self.s, "mailroom.cli", ["retrainer"], self.out / "retrainer.log")
@@ -570,8 +602,10 @@ class Soak:
         time.sleep(10)  # a last checkpoint interval or two: duplicates would show here
 
     def _report(self, watcher: OutputWatcher, started_ms: float) -> dict:
-        for struck in self.struck:
+        for struck, following in zip(self.struck, [*self.struck[1:], None]):
             struck.pause_s = longest_pause_after(struck.started_ms, watcher.arrivals_ms)
+            struck.caught_up_s = caught_up_after(struck.started_ms, watcher.arrivals_ms, watcher.latencies_ms,
+                                                 following.started_ms if following else float("inf"))
         figures = self.books.figures()
         disk = disk_usage(self.s.run_dir)
         report = {"run_id": self.run_id, "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.config).items()},
@@ -581,6 +615,8 @@ class Soak:
                   "disk_peak_bytes": max((sum(v for k, v in d.items() if k != "at_ms") for d in self.disk), default=sum(disk.values())),
                   "memory": self.memory, "memory_peak_mb": peaks(self.memory, "service", "mb"),
                   "out_per_second": per_second(watcher.arrivals_ms, started_ms), "started_ms": started_ms,
+                  "latency_p50_per_10s": latency_per_window(watcher.arrivals_ms, watcher.latencies_ms, started_ms),
+                  "latency_ms": {q: round(float(np.percentile(watcher.latencies_ms, q)), 0) for q in (50, 99)} if watcher.latencies_ms else {},
                   "passed": figures["lost"] == 0 and figures["duplicated"] == 0 and figures["labelled_twice"] == 0}
         (self.out / "soak.json").write_text(json.dumps(report, indent=2))
         _plot(report, self.out / "soak.png")
@@ -596,8 +632,6 @@ def _plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    import numpy as np
-
     fig, (ax, disk_ax) = plt.subplots(2, 1, figsize=(11, 7), sharex=True, height_ratios=(3, 2))
     counts = np.asarray(report["out_per_second"], dtype=float)
     smooth = np.convolve(counts, np.ones(5) / 5, mode="same") if counts.size >= 5 else counts  # exactly-once output comes per checkpoint
@@ -607,6 +641,12 @@ def _plot(report: dict, path: Path) -> None:
         end = max((fault["ended_ms"] - report["started_ms"]) / 1000, start + 1)
         ax.axvspan(start, end, color="tab:red", alpha=0.25)
         ax.annotate(fault["kind"], (start, ax.get_ylim()[1] * 0.95), rotation=90, fontsize=7, va="top")
+    latency = [(10 * i + 5, v) for i, v in enumerate(report.get("latency_p50_per_10s", [])) if v is not None]
+    if latency:
+        late = ax.twinx()
+        late.plot(*zip(*latency), color="tab:orange", lw=1.0, label="median latency (s, per 10 s)")
+        late.set(ylabel="receipt to department, s", ylim=(0, None))
+        late.legend(loc="upper right", fontsize=7)
     ax.set(ylabel="documents into department topics / s", ylim=(0, None),
            title=f"{report['run_id']}: lost {report['books']['lost']}, duplicated {report['books']['duplicated']}")
     seconds = lambda samples: [(x["at_ms"] - report["started_ms"]) / 1000 for x in samples]  # noqa: E731
@@ -636,12 +676,16 @@ def _print(report: dict, out: Path) -> None:
         table.add_row(key.replace("_", " "), json.dumps(value) if isinstance(value, dict) else f"{value:,}")
     console.print(table)
     faults = Table(title="faults")
-    for column in ("fault", "at s", "took s", "output paused s", "what"):
+    for column in ("fault", "at s", "took s", "output paused s", "caught up s", "what"):
         faults.add_column(column)
     for fault in report["faults"]:
         faults.add_row(fault["kind"], f"{(fault['started_ms'] - report['started_ms']) / 1000:.0f}",
-                       f"{(fault['ended_ms'] - fault['started_ms']) / 1000:.1f}", str(fault["pause_s"]), fault["detail"])
+                       f"{(fault['ended_ms'] - fault['started_ms']) / 1000:.1f}", str(fault["pause_s"]), str(fault["caught_up_s"]), fault["detail"])
     console.print(faults)
+    latency = report["latency_ms"]
+    if latency:
+        console.print(f"receipt to a department topic: p50 {latency[50] / 1000:.1f} s, p99 {latency[99] / 1000:.1f} s (caught up: the "
+                      "backlog a fault left cleared, documents within 10 s of their receipt again)")
     resources = Table(title="resources (peaks over the run)")
     for column in ("what", "peak", "note"):
         resources.add_column(column)
