@@ -39,7 +39,7 @@ def test_at_least_once_delivery_checkpoints_without_alignment_at_the_interval_as
     from jobs.environment import AT_LEAST_ONCE, EXACTLY_ONCE
 
     default = make_env(test_settings, "router", parallelism=1).get_checkpoint_config()
-    assert default.get_checkpointing_mode() == CheckpointingMode.EXACTLY_ONCE and default.get_checkpoint_interval() == 2000
+    assert default.get_checkpointing_mode() == CheckpointingMode.EXACTLY_ONCE and default.get_checkpoint_interval() == 1000
     chosen = make_env(test_settings, "router", parallelism=1, delivery=AT_LEAST_ONCE, checkpoint_interval_ms=250).get_checkpoint_config()
     assert chosen.get_checkpointing_mode() == CheckpointingMode.AT_LEAST_ONCE and chosen.get_checkpoint_interval() == 250
     kept = make_env(test_settings, "router", parallelism=1, delivery=EXACTLY_ONCE, checkpoint_interval_ms=500).get_checkpoint_config()
