@@ -474,6 +474,7 @@ class Soak:
 
     def _sample_resources(self, every_s: float = 15) -> None:
         """Each job's latest checkpoint size, the run directory's disk use by folder, and each service's memory."""
+        redis = self.s.redis_client("operator", socket_timeout=2)  # reconnects by itself after Redis comes back
         while not self._stop.wait(every_s):
             now = time.time() * 1000
             for job, jid in list(self.jobs.items()):
@@ -492,7 +493,7 @@ class Soak:
             whole = sum(service.rss_mb for service in services if not service.name.startswith("taskmanager"))  # flink's counts them
             self.memory.append({"service": "whole stack", "at_ms": now, "mb": round(whole, 1)})
             try:
-                info = self.s.redis_client("operator", socket_timeout=2).info("memory")
+                info = redis.info("memory")
                 self.memory.append({"service": "redis used_memory", "at_ms": now, "mb": round(info["used_memory"] / 2**20, 1)})
             except Exception:  # Redis stopped by a fault
                 pass

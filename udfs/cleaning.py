@@ -289,7 +289,7 @@ def clean_image(data: bytes, claimed_format: str, max_pixels: int, max_side: int
         raise CorruptImage(f"cannot read the {claimed_format} header: {exc}") from None
     mode = image.mode
     if _usable_as_sent(image, claimed_format, max_pixels, max_side, frames):
-        _verify_png(data)
+        _verify_png(image)
         return [data], ImageCleaning(original_format=claimed_format, original_mode=mode, original_width=width, original_height=height,
                                      original_bytes=len(data), final_width=width, final_height=height, final_bytes=len(data),
                                      frames=frames, resized=False, orientation_applied=False)
@@ -333,11 +333,11 @@ def _usable_as_sent(image: Image.Image, claimed_format: str, max_pixels: int, ma
             and "exif" not in image.info and image.width * image.height <= max_pixels and max(image.size) <= max_side)
 
 
-def _verify_png(data: bytes) -> None:
+def _verify_png(image: Image.Image) -> None:
     """Every chunk present and its CRC right, through IEND, without inflating the pixels: catches a cut-off or
-    damaged file for the price of a checksum. Raises CorruptImage."""
+    damaged file for the price of a checksum. The opened `image` is spent after it. Raises CorruptImage."""
     try:
-        Image.open(io.BytesIO(data), formats=["PNG"]).verify()
+        image.verify()
     except _PILLOW_DATA_ERRORS as exc:
         raise CorruptImage(f"the PNG file is damaged: {exc}") from None
 
