@@ -164,6 +164,5 @@ def test_the_broker_bounds_each_partition_on_disk(stack, test_settings):
         [configs] = [entries for by_name in described.values() for entries in by_name.values()]
     finally:
         client.close()
-    value = lambda key: int(configs[key]["value"] if isinstance(configs[key], dict) else configs[key])  # noqa: E731
-    assert value("retention.bytes") == test_settings.kafka_retention_bytes
-    assert value("segment.bytes") == test_settings.kafka_retention_bytes // 8
+    assert int(configs["retention.bytes"]["value"]) == test_settings.kafka_retention_bytes
+    assert int(configs["segment.bytes"]["value"]) == test_settings.kafka_retention_bytes // 8
