@@ -32,6 +32,7 @@ from mailroom.stack import DashboardService
 from config.flinkconf import embedded_ui_port
 from mailroom.feedback import FeedbackProfile, send_feedback, simulate_feedback, with_predictions
 from mailroom.kafkautil import client_config, MAX_MESSAGE_BYTES, producer, read_topic
+from mailroom.memory import StackMemory, stack_parts, write_record
 from mailroom.models_cli import train_config, train_models
 from mailroom.produce import to_document
 from config.settings import Settings
@@ -193,6 +194,7 @@ def run(settings: Settings, count: int = 600, rate: float = 30.0, scan_share: fl
     bad = unreadable_messages(random.Random(seed), max(3, count // 50))
     jobs = {}
     clock = ArrivalClock(settings, run_id)
+    memory = StackMemory(stack_parts(settings)).start()  # the services, and this process with the jobs it starts
     try:
         for name in ("router", "scoring"):
             log_dir = job_log_dir(settings, f"jobs.{name}")
@@ -212,7 +214,13 @@ def run(settings: Settings, count: int = 600, rate: float = 30.0, scan_share: fl
         for job in jobs.values():
             stop_job(job)
     report = _report(settings, docs, clock, dead, len(sent))
-    report["accuracy"] = _accuracy(settings, docs, list(clock.predictions.values()), seed, drift, started_ms, run_id)
+    try:
+        report["accuracy"] = _accuracy(settings, docs, list(clock.predictions.values()), seed, drift, started_ms, run_id)
+    finally:
+        memory.stop()
+    write_record(settings, run_id, memory)
+    report["peak_rss_mb"] = round(memory.peak_mb, 1)
+    console.print(f"memory: {memory.summary()}")
     console.print(f"[bold]watch it:[/bold] dashboard {settings.dashboard_login_url} | Prometheus {settings.prometheus_url} | "
                   f"MLflow {settings.mlflow_url} | `mailroom stack down` stops them")
     return report

@@ -64,8 +64,26 @@ def ensure_topics(settings: Settings, names: list[str], partitions: int = 1) -> 
                 client.create_topics(new)
             except TopicAlreadyExistsError:
                 pass
+            await_leaders(client, [t.name for t in new])
     finally:
         client.close()
+
+
+def await_leaders(client: KafkaAdminClient, names: list[str], timeout_s: float = 30.0) -> None:
+    """Return once every partition of the topics `names` answers at its leader. CreateTopics returns before that: a
+    producer right after it gets NotLeaderForPartitionError (and retries), and the metadata may show no partitions yet."""
+    from kafka.admin import OffsetSpec
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        described = {t["name"]: t["partitions"] for t in client.describe_topics(names) if t["error_code"] == 0 and t["partitions"]}
+        if described.keys() >= set(names):
+            break
+        if time.monotonic() > deadline:
+            raise KafkaError(f"topics without partitions {timeout_s:.0f} s after their creation: {sorted(set(names) - described.keys())}")
+        time.sleep(0.1)
+    partitions = {TopicPartition(name, p["partition_index"]): OffsetSpec.LATEST for name, found in described.items() for p in found}
+    client.list_partition_offsets(partitions, timeout_ms=max(1, int(1000 * (deadline - time.monotonic()))))  # retries NotLeader
 
 
 def delete_topics(settings: Settings, names: list[str]) -> None:

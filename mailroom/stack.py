@@ -357,12 +357,12 @@ class Kafka(TrackedService):
                   "a new store is formatted and the topics created again", file=sys.stderr)
 
     def create_topics(self) -> list[str]:
-        """Create the declared topics that do not exist yet, every principal's user and the ACLs of schemas/access.py
-        for this topic prefix; return the names of the topics created."""
+        """Create the declared topics that do not exist yet (returning once each partition has a leader), every
+        principal's user and the ACLs of schemas/access.py for this topic prefix; return the names of the topics created."""
         from kafka import KafkaAdminClient
         from kafka.admin import NewTopic
 
-        from mailroom.kafkautil import client_config, ensure_access
+        from mailroom.kafkautil import await_leaders, client_config, ensure_access
 
         ensure_access(self.s)
         admin = KafkaAdminClient(**client_config(self.s, OPERATOR), request_timeout_ms=10000)
@@ -381,6 +381,7 @@ class Kafka(TrackedService):
                         for t in missing
                     ]
                 )
+                await_leaders(admin, [t.name(self.s.topic_prefix) for t in missing])
             return [t.name(self.s.topic_prefix) for t in missing]
         finally:
             admin.close()
@@ -734,6 +735,12 @@ class FlinkCluster:
         if "failure-cause" in state["operation"]:
             raise StackError(f"the savepoint of job {job} failed: {state['operation']['failure-cause']}")
         return state["operation"]["location"]
+
+    def job_taskmanagers(self, name: str) -> set[str]:
+        """The resource ids of the TaskManagers the running job `name`'s subtasks are deployed on."""
+        jid = self.running_job(name, timeout_s=30)
+        vertices = self.rest(f"/jobs/{jid}")["vertices"]
+        return {tm["taskmanager-id"] for vertex in vertices for tm in self.rest(f"/jobs/{jid}/vertices/{vertex['id']}/taskmanagers")["taskmanagers"]}
 
     def unfinished_jobs(self) -> list[dict]:
         """The session cluster's jobs that have not ended (REST /jobs/overview rows: jid, name, state, ...)."""

@@ -54,6 +54,7 @@ def job_command(settings: Settings, module: str, args: list[str], cluster: bool 
         "-pyexec", settings.python_executable,
         "-pyclientexec", settings.python_executable,
         "-py", script,
+        "--",  # the job's own arguments from here: else the CLI takes a leading --parallelism N (or -p, -d ...) for itself
         *args,
     ]
     return cmd, env

@@ -2,25 +2,35 @@
 
 Every variant runs over the same generated documents (models.generator: `--docs`, `--scan-share`):
 
-| variant         | what runs                                                                                   |
-|-----------------|---------------------------------------------------------------------------------------------|
-| limit           | the champions in onnxruntime, in batches of ScoringConfig.batch_size, inputs precomputed    |
-| stages          | where a document's time goes: the scoring logic's stages timed in plain Python (no Kafka,   |
-|                 | nothing cached), beside the scoring job's CPU ms per document at p1 when mailroom ran       |
-| router          | `jobs.router --bounded` over a pre-filled documents topic: text-only, then scans-only       |
-| reading         | the same routed pages read by the `tesseract` command line (a process per page: the limit)  |
-|                 | and by the scan reader in one process (engine loaded); then mailroom-scans: `jobs.scoring`  |
-|                 | over the scans alone at each p (OCR is most of its work), nothing cached                    |
-| peer            | what a user would write instead: a kafka-python loop (`PeerScorer`) from the routed topics  |
-|                 | to the department topics + predictions; at-least-once, sender state in a dict, p processes  |
-| mailroom        | `jobs.scoring` on the embedded MiniCluster at `--parallelism p`: exactly-once, checkpointed |
-|                 | scans read by OCR (nothing cached)                                                          |
-| mailroom-no-ocr | the same job with `--no-ocr`: the layout model decides every scan (the fallback-only path)  |
-| mailroom-shadow | the same job, each kind's champion also deployed as its challenger at sample 1.0            |
-|                 | (`mailroom.control.deploy`): every document scored twice, paired on shadow-predictions      |
-| deploy          | the running scoring job at p (under half mailroom's sustained rate, if measured; else       |
-|                 | idle): `--deploys` text champion deploys alternating two versions (a copy of the            |
-|                 | champion registered as another one), each timed until every subtask serves it               |
+| variant                | what runs                                                                              |
+|------------------------|----------------------------------------------------------------------------------------|
+| limit                  | the champions in onnxruntime, in batches of ScoringConfig.batch_size, inputs           |
+|                        | precomputed                                                                            |
+| stages                 | where a document's time goes: the scoring logic's stages timed in plain Python (no     |
+|                        | Kafka, nothing cached), beside the scoring job's CPU ms per document at p1             |
+| router                 | `jobs.router --bounded` over a pre-filled documents topic: text-only, scans-only, and  |
+|                        | the same scans as colour PNGs (decoded and re-encoded: the path before decode-once)    |
+| reading                | the same routed pages read by the `tesseract` command line (a process per page: the    |
+|                        | limit) and by the scan reader in one process (engine loaded); then mailroom-scans:     |
+|                        | `jobs.scoring` over the scans alone at each p (OCR is most of its work), nothing cached |
+| peer                   | what a user would write instead: a kafka-python loop (`PeerScorer`) from the routed    |
+|                        | topics to the department topics + predictions; at-least-once, sender state in a dict,  |
+|                        | p processes                                                                            |
+| mailroom               | `jobs.scoring` on the embedded MiniCluster at `--parallelism p`: exactly-once,         |
+|                        | checkpointed, scans read by OCR (nothing cached)                                       |
+| mailroom-at-least-once | the same job with `--delivery at-least-once`: output visible without waiting for the   |
+|                        | checkpoint that commits it                                                             |
+| mailroom-cluster       | the same job submitted to a session cluster of its own with p TaskManager processes,   |
+|                        | one slot each (the Flink way to use more cores: a Python interpreter per process)      |
+| mailroom-no-ocr        | the same job with `--no-ocr`: the layout model decides every scan (fallback-only path) |
+| mailroom-shadow        | the same job, each kind's champion also deployed as its challenger at sample 1.0       |
+|                        | (`mailroom.control.deploy`): every document scored twice, paired on shadow-predictions |
+| deploy                 | the running scoring job at p (under half mailroom's sustained rate, if measured; else  |
+|                        | idle): `--deploys` text champion deploys alternating two versions (a copy of the       |
+|                        | champion registered as another one), each timed until every subtask serves it          |
+
+After the results table, a table of the figures to reach (issue 13): each a ratio of rows of this run (or a p99),
+and the whole stack's peak memory from the latest `make run` (which records it in the run directory).
 
 How it measures (one Flink job at a time: the machines here have 2 cores):
 - throughput: over a pre-filled backlog, records per second between the 10th and 90th

@@ -14,12 +14,13 @@ from typing import Callable
 
 from config.settings import PROJECT_DIR, Settings
 from mailroom.bench.corpus import build_corpus
-from mailroom.bench.figures import AT_LEAST_ONCE, NO_OCR, SCANS, SHADOW, DeployFigures, Result, StageProfile, report
-from mailroom.bench.output import console, deploy_table, err, plot, stage_table, table
-from mailroom.bench.variants import (OCR_PAGES, QUICK_OCR_PAGES, BenchError, Run, profile_scoring, run_deploys, run_limit, run_reading_limits,
+from mailroom.memory import read_record
+from mailroom.bench.figures import AT_LEAST_ONCE, CLUSTER, NO_OCR, SCANS, SHADOW, DeployFigures, Result, StageProfile, report, targets
+from mailroom.bench.output import console, deploy_table, err, plot, stage_table, table, targets_table
+from mailroom.bench.variants import (OCR_PAGES, QUICK_OCR_PAGES, ROUTER_INPUTS, BenchError, Run, profile_scoring, run_deploys, run_limit, run_reading_limits,
                                      run_router, run_stream, scans_only, stage_profile)
 
-VARIANTS = ("limit", "stages", "router", "reading", "peer", "mailroom", AT_LEAST_ONCE, NO_OCR, SHADOW, "deploy")
+VARIANTS = ("limit", "stages", "router", "reading", "peer", "mailroom", AT_LEAST_ONCE, CLUSTER, NO_OCR, SHADOW, "deploy")
 DOCS, QUICK_DOCS = 12_000, 400
 DEPLOYS, QUICK_DEPLOYS = 5, 3  # champion deploys of the deploy measurement
 PACED_S, QUICK_PACED_S = 20.0, 5.0  # how long the paced producer offers load
@@ -83,8 +84,8 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
     if "stages" in variants:
         steps.append(("stages of the scoring logic", lambda: stage_profile(corpus, config, QUICK_STAGE_DOCS if args.quick else STAGE_DOCS)))
     if "router" in variants:
-        steps += [(f"router {kind}", lambda kind=kind: run_router(run, kind)) for kind in ("text", "scans")
-                  if any((d["content_type"] == "image") == (kind == "scans") for d in corpus.documents)]
+        steps += [(f"router {kind}", lambda kind=kind: run_router(run, kind)) for kind in ROUTER_INPUTS
+                  if any((d["content_type"] == "image") == (kind != "text") for d in corpus.documents)]
     if "reading" in variants:  # the tesseract CLI and the in-process reader, then the scoring job over the scans alone at each p
         steps.append(("reading: CLI and in-process", lambda: run_reading_limits(run, QUICK_OCR_PAGES if args.quick else OCR_PAGES)))
         steps += [(f"{SCANS} p{p}", lambda p=p: run_stream(replace(run, corpus=scans_only(corpus)), SCANS, p)) for p in run.parallelism]
@@ -94,7 +95,7 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
     for p in run.parallelism:  # at-least-once, mailroom-no-ocr and mailroom-shadow beside mailroom at the same parallelism
         steps += [(f"{variant} p{p}" + (f" ckpt {ms} ms" if ms else ""),
                    lambda variant=variant, p=p, ms=ms: run_stream(replace(run, checkpoint_interval_ms=ms), variant, p))
-                  for variant in ("mailroom", AT_LEAST_ONCE, NO_OCR, SHADOW) for ms in intervals
+                  for variant in ("mailroom", AT_LEAST_ONCE, CLUSTER, NO_OCR, SHADOW) for ms in intervals
                   if variant in variants]
     results: list[Result] = []
     if "deploy" in variants:  # under half of mailroom's sustained rate at that parallelism, if measured above; else idle
@@ -121,10 +122,12 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
             "method": _bench_doc().split("How it measures")[1].split("Peer and mailroom")[0].strip()}
     meta["stages"] = [{"seconds": p.seconds, "docs": p.docs} for p in profiles]
-    (out_dir / "bench.json").write_text(json.dumps(report(results, meta, errors, deploys), indent=2))
+    stack_memory = read_record(settings)
+    (out_dir / "bench.json").write_text(json.dumps(report(results, meta, errors, deploys, stack_memory), indent=2))
     if results:
         plot(results, out_dir / "bench.png")
         console.print(table(results))
+        console.print(targets_table(targets(results, stack_memory)))
     for profile in profiles:
         console.print(stage_table(profile, results))
     if deploys:

@@ -12,6 +12,7 @@ from typing import Iterable
 SHADOW = "mailroom-shadow"  # the scoring job with the champion also in the CHALLENGER slot, sample 1.0
 AT_LEAST_ONCE = "mailroom-at-least-once"  # the scoring job with --delivery at-least-once: output visible without waiting for a checkpoint
 NO_OCR = "mailroom-no-ocr"  # the scoring job with --no-ocr: the layout model decides every scan (the fallback-only path)
+CLUSTER = "mailroom-cluster"  # the scoring job on a session cluster of its own: one TaskManager process (one slot) per subtask
 SCANS = "mailroom-scans"  # the scoring job over the scans alone: its scan reader's pages per second
 OCR_CLI = "tesseract-cli"  # the `tesseract` command line, one process per page: the reading limit
 OCR_READER = "scan-reader"  # udfs.reading.ScanReader in one process, the engine loaded once
@@ -85,6 +86,7 @@ class Result:
     machine_busy_cores: float | None = None  # machine-wide (the broker, the bench, other users too)
     shadow: dict | None = None  # mailroom-shadow: shadow_check of the shadow-predictions topic
     checkpoint_interval_ms: int | None = None  # the scoring job's, when the run swept several
+    taskmanagers: int | None = None  # mailroom-cluster: the TaskManager processes its subtasks ran on
 
     @property
     def label(self) -> str:
@@ -402,8 +404,75 @@ class DeployFigures:
         return deploy_summary(self.deploys)
 
 
-def report(results: list[Result], meta: dict, errors: list[str], deploys: Iterable[DeployFigures] = ()) -> dict:
+# --- the figures to reach (issue 13) --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """One figure to reach: what is compared, the goal, what this run measured (None: not measured) and how."""
+
+    figure: str
+    goal: str
+    measured: float | None
+    detail: str
+    met: bool | None  # None: not measured
+
+
+def _target(figure: str, goal: str, measured: float | None, detail: str, at_least: float | None = None,
+            at_most: float | None = None) -> Target:
+    met = None if measured is None else (measured >= at_least if at_least is not None else measured <= at_most)
+    return Target(figure, goal, measured, detail, met)
+
+
+def targets(results: list[Result], stack_memory: dict | None = None) -> list[Target]:
+    """The figures to reach, each from this run's rows side by side (a sweep: its first interval's rows); the
+    stack's memory from the latest `make run` (`stack_memory`: what mailroom.demo recorded, or None).
+
+    >>> rows = [Result("peer", "m", 1, 9, 10.0), Result("mailroom", "m", 1, 9, 12.0, latency_ms={"p99": 900.0}),
+    ...         Result(CLUSTER, "m", 2, 9, 21.0), Result("peer", "m", 2, 9, 20.0)]
+    >>> [(t.figure.split(":")[0], t.measured, t.met) for t in targets(rows)][:4]
+    [('scoring job / peer at p1', 1.2, True), ('scoring job / peer at p2', 1.05, True), ('p2 on two TaskManagers / p1 on the MiniCluster', 1.75, True), ('p99 at half load, exactly-once', 900.0, True)]
+    """
+    rows: dict = {}
+    for r in results:
+        rows.setdefault((r.variant, r.input if r.variant == "router" else None, r.parallelism), r)
+
+    def rate(variant: str, p: int | None, input_: str | None = None) -> float | None:
+        row = rows.get((variant, input_, p))
+        return row.docs_per_s if row else None
+
+    def p99(variant: str, p: int) -> float | None:
+        row = rows.get((variant, None, p))
+        return (row.latency_ms or {}).get("p99") if row else None
+
+    def vs(a: float | None, b: float | None) -> str:
+        return f"{_num(a)} vs {_num(b)} docs/s"
+
+    out = [_target("scoring job / peer at p1: docs/s", ">= 1.0x", _ratio(rate("mailroom", 1), rate("peer", 1)),
+                   f"MiniCluster {vs(rate('mailroom', 1), rate('peer', 1))}", at_least=1.0)]
+    at_p2, where = (CLUSTER, "two TaskManagers") if rate(CLUSTER, 2) else ("mailroom", "MiniCluster")
+    out.append(_target("scoring job / peer at p2: docs/s", ">= 1.0x", _ratio(rate(at_p2, 2), rate("peer", 2)),
+                       f"{where} {vs(rate(at_p2, 2), rate('peer', 2))}", at_least=1.0))
+    out.append(_target("p2 on two TaskManagers / p1 on the MiniCluster", ">= 1.7x", _ratio(rate(CLUSTER, 2), rate("mailroom", 1)),
+                       vs(rate(CLUSTER, 2), rate("mailroom", 1)) + (f"; p1 on one TaskManager {_num(rate(CLUSTER, 1))}" if rate(CLUSTER, 1) else ""),
+                       at_least=1.7))
+    out.append(_target("p99 at half load, exactly-once", "<= 1,000 ms", p99("mailroom", 1), "mailroom p1, receipt to a department topic",
+                       at_most=1000))
+    out.append(_target("p99 at half load, at-least-once", "<= 300 ms", p99(AT_LEAST_ONCE, 1), f"{AT_LEAST_ONCE} p1", at_most=300))
+    out.append(_target("router, scans: gray PNGs passed as sent / the same pages decoded and re-encoded", ">= 2.0x",
+                       _ratio(rate("router", 1, "scans"), rate("router", 1, "scans in colour")),
+                       vs(rate("router", 1, "scans"), rate("router", 1, "scans in colour")), at_least=2.0))
+    peak = (stack_memory or {}).get("peak_rss_mb")
+    out.append(_target("peak RSS of the whole embedded stack during `make run`", "<= 3,072 MB", peak,
+                       f"make run {stack_memory['run_id']} at {stack_memory['at']}" if stack_memory else "no record: run `make run`",
+                       at_most=3072))
+    return out
+
+
+def report(results: list[Result], meta: dict, errors: list[str], deploys: Iterable[DeployFigures] = (),
+           stack_memory: dict | None = None) -> dict:
     """Everything the JSON file holds."""
     return {**meta, "results": [{"label": r.label, **asdict(r)} for r in results], "goal": goal(results),
+            "targets": [asdict(t) for t in targets(results, stack_memory)], "stack_memory": stack_memory,
             "shadow_cost": shadow_cost(results), "reading": ocr_figures(results), "deploy_to_serving": [{**asdict(d), "summary": d.summary} for d in deploys],
             "errors": errors}

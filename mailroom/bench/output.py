@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from mailroom.bench.figures import DeployFigures, Result, StageProfile, goal_line
+from mailroom.bench.figures import DeployFigures, Result, StageProfile, Target, goal_line
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
@@ -23,9 +23,24 @@ def table(results: list[Result]) -> Table:
         out.add_column(name, justify="left" if name in ("variant", "input") else "right")
     for r in results:
         latency = r.latency_ms or {}
-        out.add_row(r.variant + (f" ckpt {r.checkpoint_interval_ms} ms" if r.checkpoint_interval_ms else ""), r.input, num(r.parallelism), f"{r.docs:,}", num(r.docs_per_s), num(r.offered_per_s), num(latency.get("p50")), num(latency.get("p95")),
+        out.add_row(r.variant + (f" ckpt {r.checkpoint_interval_ms} ms" if r.checkpoint_interval_ms else ""), r.input,
+                    num(r.parallelism) + (f" on {r.taskmanagers} TM" if r.taskmanagers else ""), f"{r.docs:,}", num(r.docs_per_s), num(r.offered_per_s), num(latency.get("p50")), num(latency.get("p95")),
                     num(latency.get("p99")), num(r.cpu_s, 1), num(r.cpu_ms_per_doc, 2), num(r.peak_rss_mb),
                     "-" if r.own_cores is None else f"{r.own_cores:.1f}/{r.machine_busy_cores:.1f}")
+    return out
+
+
+def targets_table(rows: list[Target]) -> Table:
+    """The figures to reach beside what this run measured."""
+    out = Table(title="figures to reach (issue 13), this run side by side", caption_justify="left",
+                caption="ratios from rows of this one run; the memory from the latest `make run` on this machine.")
+    for name in ("figure", "goal", "measured", "met", "from"):
+        out.add_column(name, justify="right" if name in ("measured", "met") else "left")
+    for t in rows:
+        unit = "x" if t.goal.endswith("x") else (" ms" if t.goal.endswith(" ms") else " MB")
+        measured = "-" if t.measured is None else (f"{t.measured:.2f}x" if unit == "x" else f"{t.measured:,.0f}{unit}")
+        met = "not measured" if t.met is None else ("[green]yes[/green]" if t.met else "[red]no[/red]")
+        out.add_row(t.figure, t.goal, measured, met, t.detail)
     return out
 
 

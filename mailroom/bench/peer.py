@@ -6,8 +6,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import faulthandler
+import os
 import signal
 import threading
+
+from kafka import ConsumerRebalanceListener
 
 from config.settings import Settings
 from mailroom.kafkautil import client_config
@@ -74,10 +77,40 @@ class PeerScorer:
         return scored
 
 
+class _LogAssignment(ConsumerRebalanceListener):
+    """Says in the peer's log which partitions the group gave this process (none: it waits for a rebalance)."""
+
+    def on_partitions_revoked(self, revoked) -> None:
+        print(f"peer {os.getpid()}: revoked {len(revoked)} partitions", flush=True)
+
+    def on_partitions_assigned(self, assigned) -> None:
+        print(f"peer {os.getpid()}: assigned {len(assigned)} partitions: {sorted((tp.topic, tp.partition) for tp in assigned)}", flush=True)
+
+
+def _joined_consumer(settings: Settings, topics: list[str], group_id: str):
+    """A group consumer of `topics` that knows their partitions before it joins.
+
+    kafka-python joins the group before its first metadata of the subscribed topics has arrived: the group leader's
+    first assignment then holds no partitions ("No partition metadata for topic", seen at every start here), and it
+    recovers only if a later metadata response differs from the one the assignment was made with. When the refresh
+    it requests is answered by a response already in flight (from before the subscription), nothing differs, and the
+    process polls an empty assignment until metadata_max_age_ms (5 minutes): the bench's "0 of 6,000, then nothing
+    for 120 s". So: the topics' metadata first, then subscribe; and a 10 s metadata age bounds any later miss."""
+    from kafka import KafkaConsumer
+    from kafka.errors import KafkaError
+
+    consumer = KafkaConsumer(**client_config(settings), group_id=group_id, auto_offset_reset="earliest", enable_auto_commit=True,
+                             metadata_max_age_ms=10_000)
+    for topic in topics:
+        if not consumer.partitions_for_topic(topic):  # a blocking metadata fetch of the topic
+            consumer.close()
+            raise KafkaError(f"topic {topic} has no partitions the peer can see")
+    consumer.subscribe(topics, listener=_LogAssignment())
+    return consumer
+
+
 def peer_main(argv: list[str] | None = None) -> int:
     """One peer process: routed topics -> PeerScorer -> department topics + predictions, until SIGTERM."""
-    from kafka import KafkaConsumer
-
     from mailroom.kafkautil import producer
     from udfs.scoring import ScoringConfig
 
@@ -93,8 +126,7 @@ def peer_main(argv: list[str] | None = None) -> int:
     scorer = PeerScorer(config)
     departments = {dept: topic_name(department_topic_key(label), prefix) for label, dept in DEPARTMENTS.items()}
     predictions = topic_name("predictions", prefix)
-    consumer = KafkaConsumer(topic_name("routed_text", prefix), topic_name("routed_scans", prefix), **client_config(settings),
-                             group_id=args.group_id, auto_offset_reset="earliest", enable_auto_commit=True)
+    consumer = _joined_consumer(settings, [topic_name("routed_text", prefix), topic_name("routed_scans", prefix)], args.group_id)
     out = producer(settings)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())

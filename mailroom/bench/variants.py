@@ -17,14 +17,14 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import TYPE_CHECKING, Iterator, NamedTuple
 
 from tqdm import tqdm
 
 from config.settings import Settings
 from mailroom.kafkautil import client_config
 from mailroom.bench.corpus import Corpus, pending_documents
-from mailroom.bench.figures import (AT_LEAST_ONCE, NO_OCR, OCR_CLI, OCR_READER, SCANS, SHADOW, STAGES, DeployFigures, Result, StageProfile, Window, deploy_timing, first_serving, percentiles, shadow_check,
+from mailroom.bench.figures import (AT_LEAST_ONCE, CLUSTER, NO_OCR, OCR_CLI, OCR_READER, SCANS, SHADOW, STAGES, DeployFigures, Result, StageProfile, Window, deploy_timing, first_serving, percentiles, shadow_check,
                                     sustained_window)
 from mailroom.bench.output import console
 from mailroom.bench.peer import PeerScorer
@@ -34,10 +34,13 @@ from schemas import codec
 from schemas.labels import DEPARTMENTS
 from schemas.topics import BY_KEY, TOPICS, department_topic_key, topic_name
 
+if TYPE_CHECKING:
+    from mailroom.stack import FlinkCluster
+
 PACED_PREFIX = "paced-"  # doc_id prefix of the paced phase's documents
 LOAD_PREFIX = "load-"  # doc_id prefix of the documents scored while deploys happen
 LIMIT_SECONDS = 3.0
-SCORING_VARIANTS = ("mailroom", AT_LEAST_ONCE, SHADOW, NO_OCR, SCANS)  # run jobs.scoring
+SCORING_VARIANTS = ("mailroom", AT_LEAST_ONCE, SHADOW, NO_OCR, SCANS, CLUSTER)  # run jobs.scoring
 KINDS = {"routed_text": ("text",), "routed_scans": ("scan", "image")}  # routed topic key -> the model kinds that decide its documents
 OCR_PAGES, QUICK_OCR_PAGES = 60, 12  # pages the reading limit (CLI) and the in-process reader read
 DEPLOY_KIND = "text"  # the kind the deploy measurement deploys
@@ -77,7 +80,7 @@ def scratch(run: Run, name: str, own_registry: bool = False) -> Iterator[Setting
     from mailroom.stack import Kafka
 
     settings = replace(run.settings.with_run_dir(run.out_dir / "run" / name), topic_prefix=f"bench-{run.run_id}-{name}.")
-    settings = replace(settings, flink_rest_port=_free_flink_port(settings))
+    settings = _free_ports(settings)
     if own_registry:
         shutil.copytree(run.settings.registry_dir, settings.run_dir / "registry", ignore=shutil.ignore_patterns(".lock"))
         settings = replace(settings, registry_dir=settings.run_dir / "registry")
@@ -89,17 +92,38 @@ def scratch(run: Run, name: str, own_registry: bool = False) -> Iterator[Setting
         shutil.rmtree(settings.run_dir, ignore_errors=True)  # checkpoints
 
 
-def _free_flink_port(settings: Settings) -> int:
-    """A flink_rest_port whose embedded jobs' web UI ports are free: the bench's jobs must not
-    collide with a job someone runs beside them on the default ports."""
+def _free_ports(settings: Settings) -> Settings:
+    """Settings whose Flink ports (a session cluster's REST and RPC, the embedded jobs' web UIs) and metrics reporter
+    ports are free: the bench's jobs and clusters must not collide with a job or cluster someone runs beside them."""
     from config.flinkconf import embedded_ui_port
+    from config.monitoring import METRICS_PORT_OFFSETS
     from mailroom.stack import port_free
 
-    for base in range(settings.flink_rest_port + 500, settings.flink_rest_port + 1500, 100):
-        trial = replace(settings, flink_rest_port=base)
-        if all(port_free(settings.host, embedded_ui_port(trial, job)) for job in ("router", "scoring")):
-            return base
-    raise BenchError(f"no free ports for the jobs' web UI above {settings.flink_rest_port + 500}")
+    for shift in range(500, 1500, 100):
+        trial = replace(settings, flink_rest_port=settings.flink_rest_port + shift, metrics_port=settings.metrics_port + shift)
+        ports = [trial.flink_rest_port, trial.flink_rest_port + 1, *(embedded_ui_port(trial, job) for job in ("router", "scoring")),
+                 *range(trial.metrics_port, trial.metrics_port + max(METRICS_PORT_OFFSETS.values()) + 1)]
+        if all(port_free(settings.host, port) for port in ports):
+            return trial
+    raise BenchError(f"no free Flink and metrics ports above {settings.flink_rest_port + 500} and {settings.metrics_port + 500}")
+
+
+@contextmanager
+def session_cluster(settings: Settings, taskmanagers: int) -> Iterator["FlinkCluster"]:
+    """A session cluster of the variant's own (its run directory and ports): `taskmanagers` TaskManager processes
+    with one slot each, stopped afterwards."""
+    from mailroom.stack import FlinkCluster, StackError
+
+    cluster = FlinkCluster(settings, taskmanagers=taskmanagers, slots=1)
+    try:
+        cluster.start()
+    except StackError as exc:
+        cluster.stop()
+        raise BenchError(f"the session cluster of {taskmanagers} TaskManagers did not start: {exc}") from None
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def _await_group_exit(proc: subprocess.Popen, timeout_s: float = 60) -> None:
@@ -107,6 +131,7 @@ def _await_group_exit(proc: subprocess.Popen, timeout_s: float = 60) -> None:
     next job finds its ports free."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        proc.poll()  # reap the group's leader once it has ended (a zombie still makes the group exist)
         try:
             os.killpg(proc.pid, 0)  # signal 0: only asks whether the group still exists
         except ProcessLookupError:
@@ -195,18 +220,32 @@ def _reading_result(variant: str, pages: int, wall_s: float, cpu_s: float) -> Re
                   cpu_ms_per_doc=round(1000 * cpu_s / pages, 1), wall_s=round(wall_s, 1))
 
 
+ROUTER_INPUTS = ("text", "scans", "scans in colour")  # colour: the same pages as RGB PNGs, which the router decodes and re-encodes
+
+
+def _in_colour(doc: dict) -> dict:
+    """The scan with its page as an RGB PNG: not usable as sent, so the router decodes, grays and re-encodes it
+    (the path every scan took before the router passed gray PNGs through)."""
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.open(io.BytesIO(doc["image"])).convert("RGB").save(out, format="PNG")
+    return {**doc, "image": out.getvalue()}
+
+
 def run_router(run: Run, kind: str) -> Result:
-    """jobs.router --bounded over a pre-filled documents topic holding only texts or only scans."""
+    """jobs.router --bounded over a pre-filled documents topic holding only texts, only scans or only scans in colour."""
     from mailroom.kafkautil import read_topic
     from mailroom.produce import DocumentProducer, plan, to_document
     from mailroom.submit import start_job, stop_job
 
-    is_scan = kind == "scans"
+    is_scan = kind != "text"
     docs = [d for d in run.corpus.documents if (d["content_type"] == "image") == is_scan]
+    docs = [_in_colour(d) for d in docs] if kind == "scans in colour" else docs
     copies = 1 if is_scan else max(1, math.ceil(run.router_text_docs / max(1, len(docs))))
     candidates = [(f"{d['doc_id']} copy {k}", to_document({**d, "doc_id": f"{d['doc_id']}-{k}"}, d["received_ms"]))
                   for k in range(copies) for d in docs]
-    name = f"router-{kind}"
+    name = f"router-{kind.replace(' ', '-')}"
     with scratch(run, name) as settings:
         with DocumentProducer(settings) as producer:
             sent = producer.send_plan(plan(candidates))
@@ -251,11 +290,13 @@ def run_stream(run: Run, variant: str, parallelism: int) -> Result:
         if not shadow:
             _send_backlog(settings, run.corpus, name)
         log = run.log_dir / f"{name}.log"
-        with OutputWatcher(settings) as watcher, (EventWatcher(settings) if shadow else nullcontext()) as events:
+        with OutputWatcher(settings) as watcher, (EventWatcher(settings) if shadow else nullcontext()) as events, \
+                (session_cluster(settings, parallelism) if variant == CLUSTER else nullcontext()) as cluster:
             started = time.time()
             procs = _start(settings, variant, parallelism, log, run.checkpoint_interval_ms)
+            taskmanagers = None
             try:
-                with TreeSampler([p.pid for p in procs]) as sampler:
+                with TreeSampler([p.pid for p in procs] + [p.pid for p in (cluster.processes() if cluster else [])]) as sampler:
                     for kind, version in challengers.items():
                         _await_serving(events, kind, "CHALLENGER", version, 0, parallelism, procs, log, f"{name}: {kind} challenger")
                     if shadow:
@@ -265,6 +306,8 @@ def run_stream(run: Run, variant: str, parallelism: int) -> Result:
                     window = sustained_window(a.scored_ms for a in watcher.arrivals["backlog"].values())
                     if window is None:
                         raise BenchError(f"{name}: the backlog was scored too fast to time; use more --docs")
+                    if cluster:  # where its subtasks ran: one TaskManager process each, or the scaling says nothing
+                        taskmanagers = len(cluster.job_taskmanagers("mailroom-scoring"))
                     sent, offered = _pace(settings, run.corpus, window.rate / 2, run.paced_s, name)
                     _await(watcher, "paced", sent, procs, log, f"{name}: paced")
                 scored = [*watcher.arrivals["backlog"], *watcher.arrivals["paced"]]
@@ -276,6 +319,8 @@ def run_stream(run: Run, variant: str, parallelism: int) -> Result:
                     time.sleep(1)
                 raise
             finally:
+                if cluster:  # the attached client then ends by itself
+                    cluster.cancel_all()
                 for proc in procs:
                     stop_job(proc)
                     _await_group_exit(proc)
@@ -285,6 +330,7 @@ def run_stream(run: Run, variant: str, parallelism: int) -> Result:
     result.latency_ms = percentiles(a.arrived_ms - a.received_ms for a in paced)
     result.scored_latency_ms = percentiles(a.scored_ms - a.received_ms for a in paced)
     result.shadow = checked
+    result.taskmanagers = taskmanagers
     result.checkpoint_interval_ms = run.checkpoint_interval_ms if variant != "peer" else None
     return result
 
@@ -471,7 +517,8 @@ def _start(settings: Settings, variant: str, parallelism: int, log: Path, checkp
         args += ["--no-ocr"] if variant == NO_OCR else []
         args += ["--delivery", "at-least-once"] if variant == AT_LEAST_ONCE else []
         args += ["--checkpoint-interval-ms", str(checkpoint_interval_ms)] if checkpoint_interval_ms else []
-        return [start_job(settings, "jobs.scoring", args, log, log_dir=log.with_suffix(""))]
+        # mailroom-cluster: submitted (attached) to the variant's session cluster, one TaskManager per subtask
+        return [start_job(settings, "jobs.scoring", args, log, cluster=variant == CLUSTER, log_dir=log.with_suffix(""))]
     # the peer: `python -m mailroom.bench` runs peer_main (__main__.py)
     return [start_job(settings, "mailroom.bench", ["--group-id", group, "--ocr-max-wait-ms", str(DAY_MS)], log) for _ in range(parallelism)]
 

@@ -38,7 +38,8 @@ def router_topics(topics):
 
 
 def _submit_router(settings, router_topics, group: str, *extra: str) -> str:
-    submitted = run_job(settings, "jobs.router", _args(router_topics, group, "--parallelism", "2", *extra), cluster=True, detached=True,
+    # --parallelism first, as `mailroom job router --cluster --parallelism 2` passes it: the job must get it, not the flink CLI
+    submitted = run_job(settings, "jobs.router", ["--parallelism", "2", *_args(router_topics, group, *extra)], cluster=True, detached=True,
                         timeout=300)
     assert submitted.returncode == 0, submitted.stderr[-3000:] + submitted.stdout[-3000:]
     return FlinkCluster(settings).running_job("mailroom-router")

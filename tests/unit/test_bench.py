@@ -10,9 +10,12 @@ from types import SimpleNamespace
 import pytest
 
 from mailroom.bench.cli import _half_rate
-from mailroom.bench.figures import (SHADOW, DeployFigures, Result, deploy_summary, deploy_timing, first_serving, goal, goal_line,
-                                    percentiles, report, shadow_check, shadow_cost, shadow_line, spread, sustained_window)
-from mailroom.bench.output import deploy_table, plot, table
+from mailroom.bench.figures import (AT_LEAST_ONCE, CLUSTER, SHADOW, DeployFigures, Result, deploy_summary, deploy_timing, first_serving,
+                                    goal, goal_line, percentiles, report, shadow_check, shadow_cost, shadow_line, spread, sustained_window,
+                                    targets)
+from mailroom.bench.output import deploy_table, plot, table, targets_table
+from mailroom.bench.variants import _in_colour
+from mailroom.memory import StackMemory, read_record, write_record
 from mailroom.bench.peer import PeerScorer
 from mailroom.bench.sampling import Usage
 from schemas import codec
@@ -299,3 +302,94 @@ def test_kafka_python_checksums_with_the_locked_c_crc32c():
     assert util.crc32c_c is not None  # the crc32c wheel from the lock
     data = bytearray(os.urandom(5000))
     assert default_records.calc_crc32c(memoryview(data)[61:]) == pure_python(memoryview(data)[61:])
+
+def _rows_for_targets(**rates) -> list[Result]:
+    rows = [Result("peer", "m", 1, 9, rates.get("peer1", 10.0)), Result("peer", "m", 2, 9, rates.get("peer2", 18.0)),
+            Result("mailroom", "m", 1, 9, rates.get("mailroom1", 12.0), latency_ms={"p99": rates.get("eo_p99", 1200.0)}),
+            Result("mailroom", "m", 2, 9, rates.get("mailroom2", 13.0)),
+            Result(AT_LEAST_ONCE, "m", 1, 9, 12.0, latency_ms={"p99": rates.get("alo_p99", 250.0)}),
+            Result("router", "scans", 1, 9, rates.get("router_gray", 300.0)), Result("router", "scans in colour", 1, 9, 100.0),
+            Result("router", "text", 1, 9, 900.0)]
+    if "cluster2" in rates:
+        rows.append(Result(CLUSTER, "m", 2, 9, rates["cluster2"], taskmanagers=2))
+    return rows
+
+
+def test_targets_compare_rows_of_one_run_and_say_which_are_met():
+    memory = {"run_id": "run1", "at": "2026-12-02 01:00 UTC", "peak_rss_mb": 3500.0}
+    found = {t.figure: t for t in targets(_rows_for_targets(cluster2=21.0), memory)}
+    assert found["scoring job / peer at p1: docs/s"].measured == 1.2 and found["scoring job / peer at p1: docs/s"].met
+    at_p2 = found["scoring job / peer at p2: docs/s"]  # the two-TaskManager row, not the MiniCluster's 13
+    assert at_p2.measured == round(21 / 18, 2) and "two TaskManagers" in at_p2.detail and at_p2.met
+    assert found["p2 on two TaskManagers / p1 on the MiniCluster"].measured == 1.75
+    assert found["p99 at half load, exactly-once"].met is False and found["p99 at half load, at-least-once"].met is True
+    router = next(t for t in found.values() if t.figure.startswith("router, scans"))
+    assert router.measured == 3.0 and router.met
+    peak = found["peak RSS of the whole embedded stack during `make run`"]
+    assert peak.measured == 3500.0 and peak.met is False and "run1" in peak.detail
+
+
+def test_targets_without_their_rows_are_not_measured_and_p2_falls_back_to_the_minicluster():
+    found = {t.figure: t for t in targets(_rows_for_targets())}
+    assert found["p2 on two TaskManagers / p1 on the MiniCluster"].met is None
+    assert found["scoring job / peer at p2: docs/s"].measured == round(13 / 18, 2) and "MiniCluster" in found["scoring job / peer at p2: docs/s"].detail
+    assert found["peak RSS of the whole embedded stack during `make run`"].met is None
+    assert {t.met for t in targets([])} == {None}
+
+
+def test_the_targets_table_and_the_report_hold_every_target():
+    rows = _rows_for_targets(cluster2=30.0)
+    shown = _render(targets_table(targets(rows)))
+    assert "2.50x" in shown and "not measured" in shown and "1,200 ms" in shown
+    data = json.loads(json.dumps(report(rows, {"run_id": "r"}, [], stack_memory=None)))
+    assert len(data["targets"]) == 7 and data["stack_memory"] is None
+    assert "2 on 2 TM" in _render(table(rows))
+
+
+def _render(renderable) -> str:
+    from rich.console import Console
+
+    console = Console(width=250, record=True)
+    console.print(renderable)
+    return console.export_text()
+
+
+def test_scans_in_colour_take_the_routers_full_path_and_gray_ones_pass_as_sent():
+    """The bench's "scans in colour" input: the same page, which the router must decode and re-encode."""
+    from models.generator import generate
+    from udfs.cleaning import clean_image
+
+    scan = next(d for d in generate(40, seed=3, scan_share=0.5) if d["content_type"] == "image")
+    limits = dict(max_pixels=40_000_000, max_side=4000)
+    (as_sent,), _ = clean_image(scan["image"], "PNG", **limits)
+    assert as_sent == scan["image"]
+    colour = _in_colour(scan)["image"]
+    (cleaned,), _ = clean_image(colour, "PNG", **limits)
+    assert colour != scan["image"] and cleaned != colour
+    from PIL import Image
+    import io
+
+    assert Image.open(io.BytesIO(colour)).mode == "RGB" and Image.open(io.BytesIO(cleaned)).mode == "L"
+
+
+def test_stack_memory_counts_each_process_of_the_trees_once_and_keeps_the_peak(tmp_path):
+    import subprocess
+    import sys
+
+    hold = "import sys, time; block = bytearray(160 * 2**20); block[::4096] = b'x' * len(block[::4096]); print('ready', flush=True); time.sleep(60)"
+    child = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        memory = StackMemory({"holder": child.pid, "this test": os.getpid()})  # the child is in both trees: counted once
+        memory.sample()
+        assert memory.at_peak["holder"] > 160 and memory.at_peak["this test"] < memory.peak_mb - 160
+        child.kill()
+        child.wait()
+        memory.sample()  # the peak stays
+        assert memory.peak_mb > 160 and "holder" in memory.at_peak and "GiB" in memory.summary()
+    finally:
+        child.kill()
+    settings = SimpleNamespace(run_dir=tmp_path)
+    assert read_record(settings) is None
+    write_record(settings, "run1", memory)
+    assert read_record(settings)["peak_rss_mb"] == round(memory.peak_mb, 1) and read_record(settings)["run_id"] == "run1"
