@@ -200,6 +200,7 @@ def run(settings: Settings, count: int = 600, rate: float = 30.0, scan_share: fl
             log_dir = job_log_dir(settings, f"jobs.{name}")
             log_dir.mkdir(parents=True, exist_ok=True)
             jobs[name] = start_job(settings, f"jobs.{name}", JOB_ARGS.get(name, []), log_dir / "job.out")
+            memory.parts[f"{name} job"] = jobs[name].pid
         with console.status("starting the router and scoring jobs (a MiniCluster each) ..."):
             for name, job in jobs.items():
                 wait_until_running(settings, name, job)

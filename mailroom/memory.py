@@ -17,8 +17,9 @@ OWN = "mailroom run and its jobs"  # this process's tree: the jobs' Python clien
 
 
 class StackMemory:
-    """Samples, in a thread, the RSS of every process of named process trees (`parts`: name -> root PID; a process
-    counts once, in the first part that holds it). Keeps the peak of the sum and each part's share at that peak."""
+    """Samples, in a thread, the RSS of every process of named process trees (`parts`: name -> root PID, more may be
+    added while it runs; a process counts once, in the first part that holds it, OWN's tree last). Keeps the peak of
+    the sum and each part's share at that peak."""
 
     def __init__(self, parts: dict[str, int], interval_s: float = 1.0):
         self.parts = parts
@@ -52,7 +53,7 @@ class StackMemory:
     def sample(self) -> None:
         seen: set[int] = set()
         by_part = {}
-        for name, pid in self.parts.items():
+        for name, pid in sorted(self.parts.items(), key=lambda part: part[0] == OWN):  # own tree last: a job counts as itself
             try:
                 root = psutil.Process(pid)
                 tree = [root, *root.children(recursive=True)]
