@@ -34,7 +34,6 @@ ENV_VARS = {
     "kafka_port": "MAILROOM_KAFKA_PORT",
     "kafka_controller_port": "MAILROOM_KAFKA_CONTROLLER_PORT",
     "kafka_heap": "MAILROOM_KAFKA_HEAP",
-    "embedded_jvm_heap": "MAILROOM_EMBEDDED_JVM_HEAP",
     "kafka_retention_bytes": "MAILROOM_KAFKA_RETENTION_BYTES",
     "redis_port": "MAILROOM_REDIS_PORT",
     "redis_password": "MAILROOM_REDIS_PASSWORD",
@@ -71,9 +70,6 @@ class Settings:
     kafka_port: int = 29092  # MAILROOM_KAFKA_PORT: the broker's client listener
     kafka_controller_port: int = 29093  # MAILROOM_KAFKA_CONTROLLER_PORT: the KRaft controller
     kafka_heap: str = "512m"  # MAILROOM_KAFKA_HEAP: the broker JVM's -Xmx
-    # an embedded job's JVM (its MiniCluster, and in thread mode its Python too, whose memory is outside this) -Xmx;
-    # unbounded, a JVM here may take a quarter of the machine's memory before it collects
-    embedded_jvm_heap: str = "512m"  # MAILROOM_EMBEDDED_JVM_HEAP
     # a partition keeps at most this much (besides its 7 days), in segments of an eighth of it: the broker's disk
     # is bounded by topics x partitions x (this + a segment)
     kafka_retention_bytes: int = 1 << 29  # MAILROOM_KAFKA_RETENTION_BYTES

@@ -43,7 +43,6 @@ def job_command(settings: Settings, module: str, args: list[str], cluster: bool 
     env = {**os.environ, **settings.as_env()}
     if not cluster:
         env["FLINK_LOG_DIR"] = str(log_dir or job_log_dir(settings, module))
-        env["JVM_ARGS"] = f"{env.get('JVM_ARGS', '')} -Xmx{settings.embedded_jvm_heap}".strip()  # pyflink's gateway passes these on
         return [settings.python_executable, "-m", module, *args], env
     script = importlib.util.find_spec(module).origin
     flink = FlinkCluster(settings)

@@ -1,5 +1,5 @@
 """`mailroom bench` on the real stack: the peer joins its group knowing its partitions, created topics take writes
-at once, and the scoring job runs spread over two TaskManager processes beside the peer."""
+at once, and the scoring job runs spread over two TaskManager processes."""
 
 from __future__ import annotations
 
@@ -49,24 +49,22 @@ def test_created_topics_take_writes_at_once(pipeline_settings):
         out.close()
 
 
-def test_the_bench_runs_the_scoring_job_on_two_taskmanagers_beside_the_peer(pipeline_settings, tmp_path):
-    """A quick bench of the peer and the scoring job at p2, the job on a session cluster of its own with two
-    TaskManager processes: every document scored by each, the job's subtasks on both TaskManagers, the figures to
-    reach in the report."""
+def test_the_bench_runs_the_scoring_job_on_two_taskmanagers(pipeline_settings, tmp_path):
+    """A quick bench of the scoring job at p2 on a session cluster of its own with two TaskManager processes: every
+    document scored, the job's subtasks on both TaskManagers (a leading --parallelism once went to the flink CLI
+    instead, and the job ran at 1), the figures to reach in the report, and nothing of the cluster left after it."""
     env = {**os.environ, **pipeline_settings.as_env(), "PYTHONIOENCODING": "utf-8"}
-    out = subprocess.run([pipeline_settings.python_executable, "-m", "mailroom.cli", "bench", "--quick", "--docs", "240", "--variants",
-                          "peer", "mailroom-cluster", "--parallelism", "2", "--out", str(tmp_path)], env=env, capture_output=True,
+    out = subprocess.run([pipeline_settings.python_executable, "-m", "mailroom.cli", "bench", "--quick", "--docs", "200", "--variants",
+                          "mailroom-cluster", "--parallelism", "2", "--out", str(tmp_path)], env=env, capture_output=True,
                          text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     (run_dir,) = tmp_path.iterdir()
     data = json.loads((run_dir / "bench.json").read_text())
-    rows = {row["variant"]: row for row in data["results"]}
-    assert set(rows) == {"peer", "mailroom-cluster"} and not data["errors"]
-    for row in rows.values():
-        assert row["parallelism"] == 2 and row["docs"] == data["routed"] and row["docs_per_s"] > 0 and row["latency_ms"]["p99"] > 0
-    assert rows["mailroom-cluster"]["taskmanagers"] == 2 and rows["peer"]["taskmanagers"] is None
+    (row,) = data["results"]
+    assert (row["variant"], row["parallelism"], row["taskmanagers"]) == ("mailroom-cluster", 2, 2) and not data["errors"]
+    assert row["docs"] == data["routed"] and row["docs_per_s"] > 0 and row["latency_ms"]["p99"] > 0
     at_p2 = next(t for t in data["targets"] if t["figure"].startswith("scoring job / peer at p2"))
-    assert at_p2["measured"] == round(rows["mailroom-cluster"]["docs_per_s"] / rows["peer"]["docs_per_s"], 2)
-    assert "figures to reach" in out.stdout and "two TaskManagers" in out.stdout
+    assert at_p2["measured"] is None and "two TaskManagers" in at_p2["detail"]  # no peer ran: nothing to compare with
+    assert "figures to reach" in out.stdout
     left = [p.pid for p in psutil.process_iter(["cmdline"]) if str(run_dir) in " ".join(p.info["cmdline"] or [])]
-    assert not left  # the variant's cluster and jobs are gone with it
+    assert not left  # the variant's cluster and job are gone with it
