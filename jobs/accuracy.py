@@ -37,19 +37,23 @@ from udfs.joining import JOIN_VERSION, JoinConfig
 from udfs.metrics import MetricsConfig
 
 
+IDLE_INPUT_MS = 30_000  # an unbounded input silent this long stops holding back the joins' watermark
+
+
 def build(predictions, truths, shadows, join: JoinConfig, metrics: MetricsConfig, out_of_orderness_ms: int, redis_ttl_s: int,
-          redis_client_factory=None) -> dict:
+          redis_client_factory=None, idle_input_ms: int | None = IDLE_INPUT_MS) -> dict:
     """Wire the joins and the metrics over (value, topic, partition, offset) rows of predictions,
     ground truth and shadow pairs. Returns the metrics (accuracy and shadow reports), alerts,
     retraining requests, labelled examples, labelled shadow pairs and dead letters. `redis_client_factory` (None: no
-    Redis) feeds the dashboard hashes."""
+    Redis) feeds the dashboard hashes. `idle_input_ms` None: no input is ever taken for idle (a bounded run: each
+    input's end releases the watermark; taking a slow-starting input for idle let the other's event time run ahead
+    and expire waits before their partners were read)."""
 
     def event_time(rows, record_type: str, field: str, uid: str):
-        strategy = (  # with_idleness returns a new strategy without a Python assigner: assigner last
-            WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(out_of_orderness_ms))
-            .with_idleness(Duration.of_seconds(30))
-            .with_timestamp_assigner(EventTimeOf(field))
-        )
+        strategy = WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(out_of_orderness_ms))
+        if idle_input_ms is not None:
+            strategy = strategy.with_idleness(Duration.of_millis(idle_input_ms))
+        strategy = strategy.with_timestamp_assigner(EventTimeOf(field))  # with_idleness drops a Python assigner: assigner last
         decoded = rows.process(DecodeOrDeadLetter(record_type, JOB, JOIN_VERSION, join.max_failures_per_minute),
                                output_type=Types.PICKLED_BYTE_ARRAY()).name(f"decode {record_type}").uid(f"{uid}-decode")
         return decoded, decoded.assign_timestamps_and_watermarks(strategy).name(f"event time: {field}").uid(f"{uid}-event-time")
@@ -130,7 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     shadows = read_records(env, settings, [topic_name("shadow_predictions", prefix)], f"{args.group_id}-shadow", bounded=args.bounded,
                            start_ms=args.from_ms)
     redis = functools.partial(settings.redis_client, "accuracy", socket_timeout=2, socket_connect_timeout=2)
-    outputs = build(predictions, truths, shadows, join, metrics, args.out_of_orderness_ms, args.redis_ttl_s, redis)
+    outputs = build(predictions, truths, shadows, join, metrics, args.out_of_orderness_ms, args.redis_ttl_s, redis,
+                    idle_input_ms=None if args.bounded else IDLE_INPUT_MS)
     exactly_once = args.delivery == EXACTLY_ONCE
     for key, stream in outputs.items():
         topic = topic_name(key, prefix)
