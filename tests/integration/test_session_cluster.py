@@ -90,8 +90,7 @@ def test_a_killed_taskmanager_is_started_again_and_the_job_loses_and_doubles_not
     values = _documents(2000)
     try:
         job = _submit_router(test_settings, router_topics, f"{test_settings.topic_prefix}router-{uuid.uuid4().hex[:6]}")
-        vertices = _rest(test_settings, f"/jobs/{job}")["vertices"]
-        spread = {tm["taskmanager-id"] for v in vertices for tm in _rest(test_settings, f"/jobs/{job}/vertices/{v['id']}/taskmanagers")["taskmanagers"]}
+        spread = two_taskmanagers.job_taskmanagers("mailroom-router")
         assert len(spread) == 2, spread  # parallelism 2 over both TaskManagers, one slot each
 
         _send(test_settings, router_topics["input"], values[:1000])
