@@ -40,19 +40,26 @@ from udfs.metrics import MetricsConfig
 IDLE_INPUT_MS = 30_000  # an unbounded input silent this long stops holding back the joins' watermark
 
 
-def build(predictions, truths, shadows, join: JoinConfig, metrics: MetricsConfig, out_of_orderness_ms: int, redis_ttl_s: int,
-          redis_client_factory=None, idle_input_ms: int | None = IDLE_INPUT_MS) -> dict:
+def build(predictions, truths, shadows, join: JoinConfig, metrics: MetricsConfig, out_of_orderness_ms: int | None, redis_ttl_s: int,
+          redis_client_factory=None) -> dict:
     """Wire the joins and the metrics over (value, topic, partition, offset) rows of predictions,
     ground truth and shadow pairs. Returns the metrics (accuracy and shadow reports), alerts,
     retraining requests, labelled examples, labelled shadow pairs and dead letters. `redis_client_factory` (None: no
-    Redis) feeds the dashboard hashes. `idle_input_ms` None: no input is ever taken for idle (a bounded run: each
-    input's end releases the watermark; taking a slow-starting input for idle let the other's event time run ahead
-    and expire waits before their partners were read)."""
+    Redis) feeds the dashboard hashes.
+
+    `out_of_orderness_ms` is the watermark's lag behind the newest event of an input (an input silent
+    for IDLE_INPUT_MS stops holding the joins back). None, for a bounded run: no watermark before the
+    end of the input, so every wait ends when all of it has been read. A backlog is read a partition
+    at a time, so its event time jumps back and forth by up to its whole span; a watermark that
+    followed it would end the waits of records still unread, and the counts would depend on which
+    partition and topic happened to be read first."""
 
     def event_time(rows, record_type: str, field: str, uid: str):
-        strategy = WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(out_of_orderness_ms))
-        if idle_input_ms is not None:
-            strategy = strategy.with_idleness(Duration.of_millis(idle_input_ms))
+        if out_of_orderness_ms is None:
+            strategy = WatermarkStrategy.no_watermarks()
+        else:
+            strategy = WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(out_of_orderness_ms)).with_idleness(
+                Duration.of_millis(IDLE_INPUT_MS))
         strategy = strategy.with_timestamp_assigner(EventTimeOf(field))  # with_idleness drops a Python assigner: assigner last
         decoded = rows.process(DecodeOrDeadLetter(record_type, JOB, JOIN_VERSION, join.max_failures_per_minute),
                                output_type=Types.PICKLED_BYTE_ARRAY()).name(f"decode {record_type}").uid(f"{uid}-decode")
@@ -109,9 +116,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--min-support", type=int, default=m.min_support, help="labelled pairs before alerting (default %(default)s)")
     parser.add_argument("--min-macro-f1", type=float, default=m.min_macro_f1, help="alert below this macro-F1 (default %(default)s)")
     parser.add_argument("--min-accuracy", type=float, default=m.min_accuracy, help="alert below this accuracy (default %(default)s)")
-    parser.add_argument("--out-of-orderness-ms", type=int, default=5 * MINUTE_MS, help="watermark lag behind the newest event (default 5 min)")
+    parser.add_argument("--out-of-orderness-ms", type=int, default=5 * MINUTE_MS, help="watermark lag behind the newest event (default 5 min); a --bounded run has none before its end")
     parser.add_argument("--redis-ttl-s", type=int, default=7 * DAY_S, help="TTL of the dashboard keys in Redis (default 7 days)")
-    add_run_arguments(parser, "stop at the inputs' latest offsets at start; then every wait ends", failure_budget=j.max_failures_per_minute)
+    add_run_arguments(parser, "stop at the inputs' latest offsets at start; every wait ends there, all of the input known",
+                      failure_budget=j.max_failures_per_minute)
     parser.add_argument("--from-ms", type=int, default=None, help="read records written from this epoch ms on, not from the group's offsets")
     return parser.parse_args(argv)
 
@@ -134,8 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     shadows = read_records(env, settings, [topic_name("shadow_predictions", prefix)], f"{args.group_id}-shadow", bounded=args.bounded,
                            start_ms=args.from_ms)
     redis = functools.partial(settings.redis_client, "accuracy", socket_timeout=2, socket_connect_timeout=2)
-    outputs = build(predictions, truths, shadows, join, metrics, args.out_of_orderness_ms, args.redis_ttl_s, redis,
-                    idle_input_ms=None if args.bounded else IDLE_INPUT_MS)
+    outputs = build(predictions, truths, shadows, join, metrics, None if args.bounded else args.out_of_orderness_ms,
+                    args.redis_ttl_s, redis)
     exactly_once = args.delivery == EXACTLY_ONCE
     for key, stream in outputs.items():
         topic = topic_name(key, prefix)

@@ -81,10 +81,10 @@ def test_join_in_either_order_late_truth_and_figures_match_sklearn(pipeline_sett
     prod.send(topic_name("ground_truth", settings.topic_prefix), b"not a ground truth record", partition=0).get(10)
     prod.close()
 
-    # Truths here come up to 3 h out of order, close to the 3.5 h wait: the watermark must allow
-    # for that disorder, or reading one partition ahead would end waits for truths still unread.
+    # Truths here come up to 3 h out of order, close to the 3.5 h wait, and each topic is read a
+    # partition at a time: a bounded run ends no wait before all of its input is read.
     result = run_job(settings, "jobs.accuracy", ["--bounded", "--group-id", f"{settings.topic_prefix}accuracy", "--truth-wait-ms",
-                                                 str(2 * HOUR_MS + 3 * HOUR_MS // 2), "--out-of-orderness-ms", str(4 * HOUR_MS), *ONE_WINDOW],
+                                                 str(2 * HOUR_MS + 3 * HOUR_MS // 2), *ONE_WINDOW],
                      timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -190,8 +190,8 @@ def test_shadow_pairs_are_judged_against_their_truth_and_the_paired_counts_match
     _send(settings, "ground_truth", "ground_truth", sorted(truths, key=lambda t: t["sent_ms"]))
     _send(settings, "shadow_predictions", "shadow_prediction", shadows[120:])  # the rest of the pairs after their truth
 
-    result = run_job(settings, "jobs.accuracy", ["--bounded", "--group-id", f"{settings.topic_prefix}accuracy", *ONE_WINDOW,
-                                                 "--out-of-orderness-ms", str(2 * HOUR_MS)], timeout=600)
+    result = run_job(settings, "jobs.accuracy", ["--bounded", "--group-id", f"{settings.topic_prefix}accuracy", *ONE_WINDOW],
+                     timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
 
     decoded = [codec.decode(r.value) for r in read_topic(settings, topic_name("metrics", settings.topic_prefix), 1, 60)]
