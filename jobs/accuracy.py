@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     metrics = MetricsConfig(window_ms=args.window_ms, slide_ms=args.slide_ms, settle_ms=args.settle_ms, last_n=args.last_n,
                             min_support=args.min_support, min_macro_f1=args.min_macro_f1, min_accuracy=args.min_accuracy)
     env = make_env(settings, JOB, args.parallelism, args.restore_from, args.delivery, args.checkpoint_interval_ms,
-                   args.state_backend)
+                   args.state_backend, args.buffer_timeout_ms)
     prefix = settings.topic_prefix
     predictions = read_records(env, settings, [topic_name("predictions", prefix)], f"{args.group_id}-predictions",
                                bounded=args.bounded, start_ms=args.from_ms)

@@ -63,6 +63,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, bounded_help: str, failur
                         "default: the job's own (router and scoring hashmap, accuracy rocksdb; see jobs.environment.STATE_BACKENDS)")
     parser.add_argument("--checkpoint-interval-ms", type=int, default=None, metavar="MS",
                         help="checkpoint every MS ms (default: flink-conf/config.yaml's); with exactly-once, how long output waits")
+    parser.add_argument("--buffer-timeout-ms", type=int, default=None, metavar="MS",
+                        help="send a partly filled network buffer between operators after MS ms (default: flink-conf/config.yaml's): "
+                        "at low load each hop between operators may wait this long")
     if failure_budget is not None:
         parser.add_argument("--max-failures-per-minute", type=int, default=failure_budget,
                             help="records per minute (per subtask) that may be dead-lettered for a processing error before "
@@ -71,7 +74,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, bounded_help: str, failur
 
 def make_env(settings: Settings, job: str, parallelism: int | None = None, restore_from: str | None = None,
              delivery: str = EXACTLY_ONCE, checkpoint_interval_ms: int | None = None,
-             state_backend: str | None = None) -> StreamExecutionEnvironment:
+             state_backend: str | None = None, buffer_timeout_ms: int | None = None) -> StreamExecutionEnvironment:
     """An environment with the project's Flink config and the Kafka connector jar.
 
     Run as a plain Python program this starts a local MiniCluster; under `flink run -py` the
@@ -80,7 +83,8 @@ def make_env(settings: Settings, job: str, parallelism: int | None = None, resto
     <run_dir>/checkpoints/<job>/; `restore_from` resumes from a checkpoint or savepoint path. At-least-once
     `delivery` also checkpoints without aligning barriers (no input waits for a slow channel's barrier).
     Keyed state lives in `state_backend` (default: the job's, `STATE_BACKENDS`); RocksDB keeps its files under
-    <run_dir>/flink/rocksdb/ and checkpoints incrementally.
+    <run_dir>/flink/rocksdb/ and checkpoints incrementally. `checkpoint_interval_ms` and `buffer_timeout_ms` (None:
+    flink-conf/config.yaml's) override the config's.
     """
     config = Configuration()
     for key, value in job_config(settings).items():
@@ -97,6 +101,8 @@ def make_env(settings: Settings, job: str, parallelism: int | None = None, resto
         config.set_string("execution.checkpointing.mode", "AT_LEAST_ONCE")
     if checkpoint_interval_ms:
         config.set_string("execution.checkpointing.interval", f"{checkpoint_interval_ms}ms")
+    if buffer_timeout_ms is not None:
+        config.set_string("execution.buffer-timeout.interval", f"{buffer_timeout_ms}ms")
     env = StreamExecutionEnvironment.get_execution_environment(config)
     env.add_jars(settings.connector_jar.resolve().as_uri())
     if embedded():  # the MiniCluster ignores plugins/: the reporter comes from the class path (one call: one class loader)

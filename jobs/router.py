@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings.from_env().as_principal(JOB)  # each job is its own Kafka principal (schemas/access.py)
     args = parse_args(sys.argv[1:] if argv is None else argv, settings)
     env = make_env(settings, JOB, args.parallelism, args.restore_from, args.delivery, args.checkpoint_interval_ms,
-                   args.state_backend)
+                   args.state_backend, args.buffer_timeout_ms)
     config = RouterConfig(duplicate_window_ms=args.duplicate_window_ms)
     raw = read_records(env, settings, [args.input], args.group_id, bounded=args.bounded)
     outputs = build(raw, config)

@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
                                          ocr=OcrConfig(languages=args.ocr_languages, page_timeout_ms=args.ocr_page_timeout_ms,
                                                        max_pages=args.ocr_max_pages, max_wait_ms=args.ocr_max_wait_ms))
     env = make_env(settings, JOB, args.parallelism, args.restore_from, args.delivery, args.checkpoint_interval_ms,
-                   args.state_backend)
+                   args.state_backend, args.buffer_timeout_ms)
     env.set_max_parallelism(MAX_PARALLELISM)
     prefix = settings.topic_prefix
     routed_topics = [topic_name("routed_text", prefix), topic_name("routed_scans", prefix)]

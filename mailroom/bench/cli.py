@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -89,13 +90,12 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
     if "reading" in variants:  # the tesseract CLI and the in-process reader, then the scoring job over the scans alone at each p
         steps.append(("reading: CLI and in-process", lambda: run_reading_limits(run, QUICK_OCR_PAGES if args.quick else OCR_PAGES)))
         steps += [(f"{SCANS} p{p}", lambda p=p: run_stream(replace(run, corpus=scans_only(corpus)), SCANS, p)) for p in run.parallelism]
-    if "peer" in variants:
-        steps += [(f"peer p{p}", lambda p=p: run_stream(run, "peer", p)) for p in run.parallelism]
-    intervals = args.checkpoint_interval_ms or [None]  # a sweep: each mailroom variant at each interval, side by side
+    if "peer" in variants:  # at each batch wait of a sweep: the same policy as the job's
+        steps += [(f"peer p{p}" + (f" batch {ms} ms" if ms else ""), lambda p=p, ms=ms: run_stream(replace(run, max_batch_delay_ms=ms), "peer", p))
+                  for p in run.parallelism for ms in (args.max_batch_delay_ms or [None])]
     for p in run.parallelism:  # at-least-once, mailroom-no-ocr and mailroom-shadow beside mailroom at the same parallelism
-        steps += [(f"{variant} p{p}" + (f" ckpt {ms} ms" if ms else ""),
-                   lambda variant=variant, p=p, ms=ms: run_stream(replace(run, checkpoint_interval_ms=ms), variant, p))
-                  for variant in ("mailroom", AT_LEAST_ONCE, CLUSTER, NO_OCR, SHADOW) for ms in intervals
+        steps += [(f"{variant} p{p} {tuned.tuning}".rstrip(), lambda variant=variant, p=p, tuned=tuned: run_stream(tuned, variant, p))
+                  for variant in ("mailroom", AT_LEAST_ONCE, CLUSTER, NO_OCR, SHADOW) for tuned in tunings(run, args)
                   if variant in variants]
     results: list[Result] = []
     if "deploy" in variants:  # under half of mailroom's sustained rate at that parallelism, if measured above; else idle
@@ -136,6 +136,14 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if errors else 0
 
 
+def tunings(run: Run, args: argparse.Namespace) -> list[Run]:
+    """The run at every combination of the swept knobs (--checkpoint-interval-ms, --buffer-timeout-ms,
+    --max-batch-delay-ms; a knob not given: the job's default), side by side."""
+    return [replace(run, checkpoint_interval_ms=ckpt, buffer_timeout_ms=buffer, max_batch_delay_ms=batch)
+            for ckpt, buffer, batch in itertools.product(args.checkpoint_interval_ms or [None], args.buffer_timeout_ms or [None],
+                                                         args.max_batch_delay_ms or [None])]
+
+
 def _half_rate(results: list[Result], parallelism: int) -> float | None:
     """Half of mailroom's sustained rate at `parallelism`, if this run measured it (the paced phase's load)."""
     rates = [r.docs_per_s for r in results if r.variant == "mailroom" and r.parallelism == parallelism and r.docs_per_s]
@@ -160,6 +168,12 @@ def register(sub) -> None:
     parser.add_argument("--checkpoint-interval-ms", type=int, nargs="+", metavar="MS", help="the scoring job's checkpoint interval in the "
                         "mailroom variants (default: flink-conf/config.yaml's); several: a sweep, each variant at each interval, with "
                         "the shortest that keeps throughput (exactly-once output waits for the checkpoint that commits it)")
+    parser.add_argument("--buffer-timeout-ms", type=int, nargs="+", metavar="MS", help="the scoring job's network buffer timeout in "
+                        "the mailroom variants (default: flink-conf/config.yaml's): at low load a record may wait this long at each "
+                        "hop between operators; several: a sweep")
+    parser.add_argument("--max-batch-delay-ms", type=int, nargs="+", metavar="MS", help="how long a partial micro-batch waits in "
+                        "the mailroom variants and the peer (default: ScoringConfig's); several: a sweep. The knobs' sweeps "
+                        "combine: every combination runs")
     parser.add_argument("--profile", action="store_true", help="instead: profile the scoring logic in plain Python (cProfile, no Kafka) "
                         "and print the top functions by cumulative time")
     parser.add_argument("--out", type=Path, default=PROJECT_DIR / "bench-results", help="results directory (default: %(default)s)")

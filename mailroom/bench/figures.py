@@ -85,13 +85,29 @@ class Result:
     own_cores: float | None = None  # the variant's processes, on average while they ran
     machine_busy_cores: float | None = None  # machine-wide (the broker, the bench, other users too)
     shadow: dict | None = None  # mailroom-shadow: shadow_check of the shadow-predictions topic
-    checkpoint_interval_ms: int | None = None  # the scoring job's, when the run swept several
+    checkpoint_interval_ms: int | None = None  # the scoring job's, when the run set it (a sweep)
     taskmanagers: int | None = None  # mailroom-cluster: the TaskManager processes its subtasks ran on
+    buffer_timeout_ms: int | None = None  # the scoring job's network buffer timeout, when the run set it
+    max_batch_delay_ms: int | None = None  # the scoring job's (and the peer's) micro-batch wait, when the run set it
+
+    @property
+    def tuning(self) -> str:
+        return tuning_label(self.checkpoint_interval_ms, self.buffer_timeout_ms, self.max_batch_delay_ms)
 
     @property
     def label(self) -> str:
-        return (f"{self.variant} {self.input}" + (f" p{self.parallelism}" if self.parallelism else "")
-                + (f" ckpt {self.checkpoint_interval_ms} ms" if self.checkpoint_interval_ms else ""))
+        return " ".join(part for part in (f"{self.variant} {self.input}", f"p{self.parallelism}" if self.parallelism else "", self.tuning)
+                        if part)
+
+
+def tuning_label(checkpoint_interval_ms: int | None, buffer_timeout_ms: int | None, max_batch_delay_ms: int | None) -> str:
+    """The scoring job's latency knobs a run set (None: not set).
+
+    >>> tuning_label(500, None, 20)
+    'ckpt 500 ms batch 20 ms'
+    """
+    knobs = (("ckpt", checkpoint_interval_ms), ("buffer", buffer_timeout_ms), ("batch", max_batch_delay_ms))
+    return " ".join(f"{name} {ms} ms" for name, ms in knobs if ms is not None)
 
 
 STAGES = ("decode the record", "scan: decode the page, layout features", "scan: OCR", "sender features", "score the batch, encode outputs")
@@ -199,15 +215,19 @@ def interval_line(results: list[Result], keep: float = 0.95) -> str | None:
     'Checkpoint interval, mailroom p1: 2000 ms 100 docs/s p99 2,400; 1000 ms 99 docs/s p99 1,300; 500 ms 97 docs/s p99 800; 250 ms 80 docs/s p99 600 (shortest keeping 95% of the best rate: 500 ms).'
     """
     lines = []
-    for p in sorted({r.parallelism or 0 for r in results}):
-        swept = sorted((r for r in results if r.variant == "mailroom" and (r.parallelism or 0) == p and r.checkpoint_interval_ms and r.docs_per_s),
+    groups = sorted({(r.parallelism or 0, r.buffer_timeout_ms or 0, r.max_batch_delay_ms or 0) for r in results})
+    for p, buffer_ms, batch_ms in groups:  # the other knobs alike: only the interval differs within a line
+        swept = sorted((r for r in results if r.variant == "mailroom" and ((r.parallelism or 0), r.buffer_timeout_ms or 0,
+                        r.max_batch_delay_ms or 0) == (p, buffer_ms, batch_ms) and r.checkpoint_interval_ms and r.docs_per_s),
                        key=lambda r: -r.checkpoint_interval_ms)
         if len(swept) < 2:
             continue
         best = max(r.docs_per_s for r in swept)
         chosen = min(r.checkpoint_interval_ms for r in swept if r.docs_per_s >= keep * best)
         parts = [f"{r.checkpoint_interval_ms} ms {r.docs_per_s:,.0f} docs/s p99 {(r.latency_ms or {}).get('p99') or 0:,.0f}" for r in swept]
-        lines.append(f"Checkpoint interval, mailroom p{p}: " + "; ".join(parts) + f" (shortest keeping {keep:.0%} of the best rate: {chosen} ms).")
+        others = "".join(f" {name} {ms} ms" for name, ms in (("buffer", buffer_ms), ("batch", batch_ms)) if ms)
+        lines.append(f"Checkpoint interval, mailroom p{p}{others}: " + "; ".join(parts)
+                     + f" (shortest keeping {keep:.0%} of the best rate: {chosen} ms).")
     return "\n".join(lines) or None
 
 

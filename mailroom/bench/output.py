@@ -23,7 +23,7 @@ def table(results: list[Result]) -> Table:
         out.add_column(name, justify="left" if name in ("variant", "input") else "right")
     for r in results:
         latency = r.latency_ms or {}
-        out.add_row(r.variant + (f" ckpt {r.checkpoint_interval_ms} ms" if r.checkpoint_interval_ms else ""), r.input,
+        out.add_row(" ".join(part for part in (r.variant, r.tuning) if part), r.input,
                     num(r.parallelism) + (f" on {r.taskmanagers} TM" if r.taskmanagers else ""), f"{r.docs:,}", num(r.docs_per_s), num(r.offered_per_s), num(latency.get("p50")), num(latency.get("p95")),
                     num(latency.get("p99")), num(r.cpu_s, 1), num(r.cpu_ms_per_doc, 2), num(r.peak_rss_mb),
                     "-" if r.own_cores is None else f"{r.own_cores:.1f}/{r.machine_busy_cores:.1f}")

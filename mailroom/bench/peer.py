@@ -117,12 +117,15 @@ def peer_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mailroom.bench", description=peer_main.__doc__)
     parser.add_argument("--group-id", required=True, help="consumer group (processes of one peer share it)")
     parser.add_argument("--ocr-max-wait-ms", type=int, help="read scans that waited up to this long since routing (default: the scoring job's)")
+    parser.add_argument("--max-batch-delay-ms", type=int, help="score a partial batch after this wait (default: the scoring job's)")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     prefix = settings.topic_prefix
     config = ScoringConfig.from_registry(settings.registry_dir)
     if args.ocr_max_wait_ms is not None:
         config = dataclasses.replace(config, ocr=dataclasses.replace(config.ocr, max_wait_ms=args.ocr_max_wait_ms))
+    if args.max_batch_delay_ms is not None:
+        config = dataclasses.replace(config, max_batch_delay_ms=args.max_batch_delay_ms)
     scorer = PeerScorer(config)
     departments = {dept: topic_name(department_topic_key(label), prefix) for label, dept in DEPARTMENTS.items()}
     predictions = topic_name("predictions", prefix)

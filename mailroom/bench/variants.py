@@ -25,7 +25,7 @@ from config.settings import Settings
 from mailroom.kafkautil import client_config
 from mailroom.bench.corpus import Corpus, pending_documents
 from mailroom.bench.figures import (AT_LEAST_ONCE, CLUSTER, NO_OCR, OCR_CLI, OCR_READER, SCANS, SHADOW, STAGES, DeployFigures, Result, StageProfile, Window, deploy_timing, first_serving, percentiles, shadow_check,
-                                    sustained_window)
+                                    sustained_window, tuning_label)
 from mailroom.bench.output import console
 from mailroom.bench.peer import PeerScorer
 from mailroom.bench.sampling import TreeSampler, Usage
@@ -65,6 +65,19 @@ class Run:
     router_text_docs: int
     deploys: int = 5  # champion deploys of the deploy measurement
     checkpoint_interval_ms: int | None = None  # the scoring job's (None: flink-conf/config.yaml's)
+    buffer_timeout_ms: int | None = None  # the scoring job's network buffer timeout (None: flink-conf/config.yaml's)
+    max_batch_delay_ms: int | None = None  # the scoring job's and the peer's micro-batch wait (None: ScoringConfig's)
+
+    @property
+    def tuning(self) -> str:
+        return tuning_label(self.checkpoint_interval_ms, self.buffer_timeout_ms, self.max_batch_delay_ms)
+
+    def job_args(self, variant: str) -> list[str]:
+        """The latency knobs this run sets, as the variant's arguments (the peer takes only the batch wait)."""
+        knobs = (("--max-batch-delay-ms", self.max_batch_delay_ms),) if variant == "peer" else (
+            ("--checkpoint-interval-ms", self.checkpoint_interval_ms), ("--buffer-timeout-ms", self.buffer_timeout_ms),
+            ("--max-batch-delay-ms", self.max_batch_delay_ms))
+        return [arg for flag, ms in knobs if ms is not None for arg in (flag, str(ms))]
 
     @property
     def log_dir(self) -> Path:
@@ -293,7 +306,7 @@ def run_stream(run: Run, variant: str, parallelism: int) -> Result:
         with OutputWatcher(settings) as watcher, (EventWatcher(settings) if shadow else nullcontext()) as events, \
                 (session_cluster(settings, parallelism) if variant == CLUSTER else nullcontext()) as cluster:
             started = time.time()
-            procs = _start(settings, variant, parallelism, log, run.checkpoint_interval_ms)
+            procs = _start(settings, variant, parallelism, log, run.job_args(variant))
             taskmanagers = None
             try:
                 with TreeSampler([p.pid for p in procs] + [p.pid for p in (cluster.processes() if cluster else [])]) as sampler:
@@ -331,7 +344,9 @@ def run_stream(run: Run, variant: str, parallelism: int) -> Result:
     result.scored_latency_ms = percentiles(a.scored_ms - a.received_ms for a in paced)
     result.shadow = checked
     result.taskmanagers = taskmanagers
-    result.checkpoint_interval_ms = run.checkpoint_interval_ms if variant != "peer" else None
+    if variant != "peer":
+        result.checkpoint_interval_ms, result.buffer_timeout_ms = run.checkpoint_interval_ms, run.buffer_timeout_ms
+    result.max_batch_delay_ms = run.max_batch_delay_ms
     return result
 
 
@@ -507,7 +522,7 @@ def _send_backlog(settings: Settings, corpus: Corpus, name: str) -> None:
         raise BenchError(f"{name}: the broker did not acknowledge {sum(f.failed() for f in futures)} routed documents")
 
 
-def _start(settings: Settings, variant: str, parallelism: int, log: Path, checkpoint_interval_ms: int | None = None) -> list[subprocess.Popen]:
+def _start(settings: Settings, variant: str, parallelism: int, log: Path, tuning: list[str]) -> list[subprocess.Popen]:
     from mailroom.submit import start_job
 
     group = settings.topic_prefix + "scoring-group"  # unique per run, like the topics
@@ -516,11 +531,12 @@ def _start(settings: Settings, variant: str, parallelism: int, log: Path, checkp
         args = ["--parallelism", str(parallelism), "--group-id", group, "--no-ocr-cache", "--ocr-max-wait-ms", str(DAY_MS)]
         args += ["--no-ocr"] if variant == NO_OCR else []
         args += ["--delivery", "at-least-once"] if variant == AT_LEAST_ONCE else []
-        args += ["--checkpoint-interval-ms", str(checkpoint_interval_ms)] if checkpoint_interval_ms else []
+        args += tuning
         # mailroom-cluster: submitted (attached) to the variant's session cluster, one TaskManager per subtask
         return [start_job(settings, "jobs.scoring", args, log, cluster=variant == CLUSTER, log_dir=log.with_suffix(""))]
     # the peer: `python -m mailroom.bench` runs peer_main (__main__.py)
-    return [start_job(settings, "mailroom.bench", ["--group-id", group, "--ocr-max-wait-ms", str(DAY_MS)], log) for _ in range(parallelism)]
+    return [start_job(settings, "mailroom.bench", ["--group-id", group, "--ocr-max-wait-ms", str(DAY_MS), *tuning], log)
+            for _ in range(parallelism)]
 
 
 def _await(watcher: "OutputWatcher", phase: str, n: int, procs: list[subprocess.Popen], log: Path, desc: str, stall_s: float = 120) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from config.flinkconf import job_config
 from jobs.environment import make_env
 from jobs.router import build
 from models.generator import generate
@@ -44,3 +45,9 @@ def test_at_least_once_delivery_checkpoints_without_alignment_at_the_interval_as
     assert chosen.get_checkpointing_mode() == CheckpointingMode.AT_LEAST_ONCE and chosen.get_checkpoint_interval() == 250
     kept = make_env(test_settings, "router", parallelism=1, delivery=EXACTLY_ONCE, checkpoint_interval_ms=500).get_checkpoint_config()
     assert kept.get_checkpointing_mode() == CheckpointingMode.EXACTLY_ONCE and kept.get_checkpoint_interval() == 500
+
+
+def test_the_buffer_timeout_is_flink_confs_unless_a_job_asks_for_another(test_settings):
+    default = make_env(test_settings, "router", parallelism=1).get_buffer_timeout()
+    assert default == int(job_config(test_settings).get("execution.buffer-timeout.interval", "100ms").removesuffix("ms"))
+    assert make_env(test_settings, "router", parallelism=1, buffer_timeout_ms=7).get_buffer_timeout() == 7

@@ -393,3 +393,17 @@ def test_stack_memory_counts_each_process_of_the_trees_once_and_keeps_the_peak(t
     assert read_record(settings) is None
     write_record(settings, "run1", memory)
     assert read_record(settings)["peak_rss_mb"] == round(memory.peak_mb, 1) and read_record(settings)["run_id"] == "run1"
+
+
+def test_a_sweep_runs_every_combination_of_the_knobs_and_the_peer_takes_only_the_batch_wait(tmp_path):
+    from mailroom.bench.cli import tunings
+    from mailroom.bench.variants import Run
+
+    run = Run(None, None, tmp_path, "r", (1,), 1.0, 10)
+    swept = tunings(run, SimpleNamespace(checkpoint_interval_ms=[1000, 500], buffer_timeout_ms=None, max_batch_delay_ms=[200, 20]))
+    assert [r.tuning for r in swept] == ["ckpt 1000 ms batch 200 ms", "ckpt 1000 ms batch 20 ms", "ckpt 500 ms batch 200 ms",
+                                         "ckpt 500 ms batch 20 ms"]
+    assert swept[3].job_args("mailroom") == ["--checkpoint-interval-ms", "500", "--max-batch-delay-ms", "20"]
+    assert swept[3].job_args("peer") == ["--max-batch-delay-ms", "20"]
+    assert tunings(run, SimpleNamespace(checkpoint_interval_ms=None, buffer_timeout_ms=None, max_batch_delay_ms=None)) == [run]
+    assert run.job_args("mailroom") == [] and Result("mailroom", "routed", 1, 10, 5.0, buffer_timeout_ms=10).label == "mailroom routed p1 buffer 10 ms"
