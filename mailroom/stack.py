@@ -554,7 +554,7 @@ class DashboardService(TrackedService):
         _require_free(self.s.host, self.s.dashboard_port, "the dashboard", "MAILROOM_DASHBOARD_PORT")
         self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
-            popen = subprocess.Popen([sys.executable, "-m", "mailroom.cli", "dashboard"], stdout=log, stderr=subprocess.STDOUT,
+            popen = subprocess.Popen([sys.executable, "-m", "mailroom.dashboard"], stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True, env={**os.environ, **self.s.as_env()})
         _record(self.pidfile, popen.pid)
         _wait(self._answers, psutil.Process(popen.pid), 60, "the dashboard", self.log)

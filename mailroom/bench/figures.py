@@ -89,6 +89,7 @@ class Result:
     taskmanagers: int | None = None  # mailroom-cluster: the TaskManager processes its subtasks ran on
     buffer_timeout_ms: int | None = None  # the scoring job's network buffer timeout, when the run set it
     max_batch_delay_ms: int | None = None  # the scoring job's (and the peer's) micro-batch wait, when the run set it
+    latency_by_kind_ms: dict | None = None  # "text" / "scans" -> latency_ms's percentiles of those documents alone
 
     @property
     def tuning(self) -> str:

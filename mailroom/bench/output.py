@@ -18,16 +18,24 @@ err = Console(stderr=True)
 def table(results: list[Result]) -> Table:
     out = Table(title="mailroom bench", caption=goal_line(results) + "\ncores own/all: the variant's processes / the whole machine "
                 "(2 cores); a gap well above the broker's and the bench's share means someone else was busy too.", caption_justify="left")
-    columns = ("variant", "input", "p", "docs", "docs/s", "offered/s", "p50 ms", "p95 ms", "p99 ms", "CPU s", "CPU ms/doc", "peak RSS MB", "cores own/all")
+    columns = ("variant", "input", "p", "docs", "docs/s", "offered/s", "p50 ms", "p95 ms", "p99 ms", "p99 text/scans", "CPU s", "CPU ms/doc",
+               "peak RSS MB", "cores own/all")
     for name in columns:
         out.add_column(name, justify="left" if name in ("variant", "input") else "right")
     for r in results:
         latency = r.latency_ms or {}
         out.add_row(" ".join(part for part in (r.variant, r.tuning) if part), r.input,
                     num(r.parallelism) + (f" on {r.taskmanagers} TM" if r.taskmanagers else ""), f"{r.docs:,}", num(r.docs_per_s), num(r.offered_per_s), num(latency.get("p50")), num(latency.get("p95")),
-                    num(latency.get("p99")), num(r.cpu_s, 1), num(r.cpu_ms_per_doc, 2), num(r.peak_rss_mb),
+                    num(latency.get("p99")), _by_kind(r.latency_by_kind_ms), num(r.cpu_s, 1), num(r.cpu_ms_per_doc, 2), num(r.peak_rss_mb),
                     "-" if r.own_cores is None else f"{r.own_cores:.1f}/{r.machine_busy_cores:.1f}")
     return out
+
+
+def _by_kind(latency: dict | None) -> str:
+    """The p99 of the text documents / of the scans ("-": not measured)."""
+    if not latency:
+        return "-"
+    return "/".join(num((latency.get(kind) or {}).get("p99")) for kind in ("text", "scans"))
 
 
 def targets_table(rows: list[Target]) -> Table:

@@ -321,7 +321,7 @@ def run_stream(run: Run, variant: str, parallelism: int) -> Result:
                         raise BenchError(f"{name}: the backlog was scored too fast to time; use more --docs")
                     if cluster:  # where its subtasks ran: one TaskManager process each, or the scaling says nothing
                         taskmanagers = len(cluster.job_taskmanagers("mailroom-scoring"))
-                    sent, offered = _pace(settings, run.corpus, window.rate / 2, run.paced_s, name)
+                    sent, offered, paced_scans = _pace(settings, run.corpus, window.rate / 2, run.paced_s, name)
                     _await(watcher, "paced", sent, procs, log, f"{name}: paced")
                 scored = [*watcher.arrivals["backlog"], *watcher.arrivals["paced"]]
                 checked = shadow_check(scored, _shadow_doc_ids(settings, len(scored))) if shadow else None
@@ -342,6 +342,9 @@ def run_stream(run: Run, variant: str, parallelism: int) -> Result:
     result.offered_per_s = round(offered)
     result.latency_ms = percentiles(a.arrived_ms - a.received_ms for a in paced)
     result.scored_latency_ms = percentiles(a.scored_ms - a.received_ms for a in paced)
+    paced_by_id = watcher.arrivals["paced"]
+    result.latency_by_kind_ms = {kind: percentiles(a.arrived_ms - a.received_ms for doc_id, a in paced_by_id.items()
+                                                   if (doc_id in paced_scans) == (kind == "scans")) for kind in ("text", "scans")}
     result.shadow = checked
     result.taskmanagers = taskmanagers
     if variant != "peer":
@@ -555,26 +558,28 @@ def _await(watcher: "OutputWatcher", phase: str, n: int, procs: list[subprocess.
                 raise BenchError(f"{desc}: {done:,} of {n:,} documents arrived, then nothing for {stall_s:.0f} s; see {log}")
 
 
-def _pace(settings: Settings, corpus: Corpus, rate: float, seconds: float, name: str) -> tuple[int, float]:
+def _pace(settings: Settings, corpus: Corpus, rate: float, seconds: float, name: str) -> tuple[int, float, set[str]]:
     """Send routed documents at `rate` per second for `seconds`, received_ms stamped at send time.
-    Returns how many were sent and the rate actually offered."""
+    Returns how many were sent, the rate actually offered and the doc_ids of the scans among them."""
     from mailroom.kafkautil import producer
 
     records = _routed_records(corpus)
     count = max(50, round(rate * seconds))
     out = producer(settings, linger_ms=0)
-    started = time.perf_counter()
+    started, scans = time.perf_counter(), set()
     for i in tqdm(range(count), desc=f"{name}: offering {rate:,.0f} docs/s", unit="doc"):
         delay = started + i / rate - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
         key, record = records[i % len(records)]
-        value = codec.encode("routed_document", {**record, "doc_id": f"{PACED_PREFIX}{i:06d}", "received_ms": now_ms()})
-        out.send(topic_name(key, settings.topic_prefix), value)
+        doc_id = f"{PACED_PREFIX}{i:06d}"
+        if key == "routed_scans":
+            scans.add(doc_id)
+        out.send(topic_name(key, settings.topic_prefix), codec.encode("routed_document", {**record, "doc_id": doc_id, "received_ms": now_ms()}))
     out.flush()
     offered = count / (time.perf_counter() - started)
     out.close()
-    return count, offered
+    return count, offered, scans
 
 
 class Arrival(NamedTuple):

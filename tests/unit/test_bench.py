@@ -346,6 +346,13 @@ def test_the_targets_table_and_the_report_hold_every_target():
     assert "2 on 2 TM" in _render(table(rows))
 
 
+def test_the_table_shows_the_p99_of_text_and_of_scans_apart():
+    row = Result(AT_LEAST_ONCE, "routed", 1, 10, 16.0, latency_ms={"p50": 80.0, "p95": 500.0, "p99": 770.0},
+                 latency_by_kind_ms={"text": {"p99": 212.0}, "scans": {"p99": 1_480.0}})
+    rendered = table([row, Result("limit", "routed", None, 10, 9_000.0)])
+    assert list(rendered.columns[9].cells) == ["212/1,480", "-"] and rendered.columns[9].header == "p99 text/scans"
+
+
 def _render(renderable) -> str:
     from rich.console import Console
 
