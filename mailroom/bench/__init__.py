@@ -39,6 +39,8 @@ How it measures (one Flink job at a time: the machines here have 2 cores):
 - latency: then a paced producer offers half that rate, stamping `received_ms` at send time;
   latency = arrival at a read_committed consumer of the department topics - `received_ms`, so
   Mailroom's figures include the wait for the checkpoint that commits its transactions.
+  "p99 text/scans" is the p99 of each kind alone. --checkpoint-interval-ms, --buffer-timeout-ms
+  and --max-batch-delay-ms (several values each) sweep the job's latency knobs: every combination.
 - CPU seconds and peak RSS: psutil samples of the variant's process trees (the job's Python
   client, its JVM and any Python workers; the peer's processes). The broker is not counted.
 - shadow cost: mailroom's throughput over mailroom-shadow's, and mailroom-shadow's p99 over
