@@ -100,8 +100,13 @@ def test_the_router_registers_and_increments_its_metrics(test_settings):
     values = encoded_documents(docs) + [b"junk"]  # each round after the first: 4 duplicates, 1 junk
     port = metrics_port(test_settings, "smoke")
     env = _env_with_reporter(test_settings, port)
-    seen = _scrape_while_running(build(_endless(env, values), RouterConfig()), port,
-                                 lambda s: total(s, DOCUMENTS_IN) >= 3 * len(values) and total(s, DEAD_LETTERS, reason="DUPLICATE_ID"))
+
+    def enough(s) -> bool:  # each operator pushes its counts on its own schedule: wait for every count asserted below
+        routed = total(s, ROUTED, destination="text") + total(s, ROUTED, destination="scans")
+        return (total(s, DOCUMENTS_IN) >= 3 * len(values) and routed >= len(docs) and total(s, DEAD_LETTERS, reason="UNDECODABLE") >= 2
+                and total(s, DEAD_LETTERS, reason="DUPLICATE_ID") >= len(docs))
+
+    seen = _scrape_while_running(build(_endless(env, values), RouterConfig()), port, enough)
     read = total(seen, DOCUMENTS_IN)
     assert read >= 3 * len(values), f"documents_in only {read}: {sorted({name for name, _, _ in seen if 'mailroom' in name})}"
     assert total(seen, ROUTED, destination="text") + total(seen, ROUTED, destination="scans") == len(docs)  # the first round only
