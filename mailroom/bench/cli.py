@@ -91,8 +91,8 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
         steps.append(("reading: CLI and in-process", lambda: run_reading_limits(run, QUICK_OCR_PAGES if args.quick else OCR_PAGES)))
         steps += [(f"{SCANS} p{p}", lambda p=p: run_stream(replace(run, corpus=scans_only(corpus)), SCANS, p)) for p in run.parallelism]
     if "peer" in variants:  # at each batch wait of a sweep: the same policy as the job's
-        steps += [(f"peer p{p}" + (f" batch {ms} ms" if ms else ""), lambda p=p, ms=ms: run_stream(replace(run, max_batch_delay_ms=ms), "peer", p))
-                  for p in run.parallelism for ms in (args.max_batch_delay_ms or [None])]
+        steps += [(f"peer p{p} {tuned.tuning}".rstrip(), lambda p=p, tuned=tuned: run_stream(tuned, "peer", p))
+                  for p in run.parallelism for tuned in (replace(run, max_batch_delay_ms=ms) for ms in args.max_batch_delay_ms or [None])]
     for p in run.parallelism:  # at-least-once, mailroom-no-ocr and mailroom-shadow beside mailroom at the same parallelism
         steps += [(f"{variant} p{p} {tuned.tuning}".rstrip(), lambda variant=variant, p=p, tuned=tuned: run_stream(tuned, variant, p))
                   for variant in ("mailroom", AT_LEAST_ONCE, CLUSTER, NO_OCR, SHADOW) for tuned in tunings(run, args)
