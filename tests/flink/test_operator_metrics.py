@@ -126,10 +126,11 @@ def test_the_scorer_pushes_its_batch_metrics(test_settings, registry):
 
     def consistent(s) -> bool:  # a scrape between two pushes: every per-document count agrees
         n = total(s, PREDICTIONS)
-        return n >= 3 * len(docs) and n == total(s, DELIVERED) == total(s, PREDICTED) == total(s, BATCH_DOCUMENTS)
+        return (n >= 3 * len(docs) and n == total(s, DELIVERED) == total(s, PREDICTED) == total(s, BATCH_DOCUMENTS)
+                == total(s, POPULATION, kind="text", feature="text_length"))
 
     seen = _scrape_while_running(outputs, port, consistent)
-    assert consistent(seen), {name: total(seen, m) for name, m in [("predictions", PREDICTIONS), ("delivered", DELIVERED), ("batches", BATCHES)]}
+    assert consistent(seen), {name: total(seen, m) for name, m in [("predictions", PREDICTIONS), ("delivered", DELIVERED), ("batches", BATCHES), ("population", POPULATION)]}
     assert total(seen, PREDICTIONS, kind="text", slot="champion") == total(seen, PREDICTIONS)
     assert total(seen, BATCHES) >= 3
     assert total(seen, MODEL_VERSION, kind="text", slot="champion") == int(Registry(registry).champion("text").version)
