@@ -28,6 +28,7 @@ import signal
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter
@@ -38,12 +39,14 @@ from mailroom.kafkautil import client_config
 from mailroom import control
 from mailroom.decisions import decision, publish_decision
 from mailroom.service_metrics import exported
-from models.examples_store import ExampleStore
 from models.registry import Registry, RegistryError
 from schemas import codec
 from schemas.metric_names import RETRAINER_EXAMPLES, RETRAINER_RUNS
 from schemas.topics import topic_name
 from schemas.units import MINUTE_MS, now_ms
+
+if TYPE_CHECKING:  # imported where a store is opened: pandas and pyarrow (~110 MB) are not for every `mailroom` command
+    from models.examples_store import ExampleStore
 
 console = Console(width=160)
 log = logging.getLogger("mailroom.retrainer")
@@ -297,6 +300,7 @@ def config_of(args: argparse.Namespace, settings: Settings) -> RetrainConfig:
 
 def _parts(args: argparse.Namespace, settings: Settings) -> tuple[Registry, ExampleStore]:
     from mailroom.models_cli import registry_dir
+    from models.examples_store import ExampleStore
 
     return Registry(registry_dir(args, settings)), ExampleStore(Path(args.store) if args.store else settings.run_dir / "examples")
 

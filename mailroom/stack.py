@@ -244,6 +244,9 @@ class Kafka(TrackedService):
             # a bounded disk: each partition drops its oldest segments beyond this (and beyond 7 days)
             "log.retention.bytes": str(self.s.kafka_retention_bytes),
             "log.segment.bytes": str(max(self.s.kafka_retention_bytes // 8, 1 << 20)),
+            # the log cleaner's key buffer for the compacted topics (the model and control streams, a few thousand
+            # keys): 128 MB of heap by default, held from boot; 16 MB holds ~600,000 keys a pass
+            "log.cleaner.dedupe.buffer.size": str(16 << 20),
             # a single broker cannot meet the default replication factor of 3
             "offsets.topic.replication.factor": "1",
             "transaction.state.log.replication.factor": "1",
@@ -284,8 +287,8 @@ class Kafka(TrackedService):
         return [
             "java",
             f"-Xmx{self.s.kafka_heap}",
-            "-Xms128m",
-            "-XX:+UseG1GC",
+            "-Xms64m",  # the serial collector grows the heap only as live data needs (G1 took all of -Xmx at boot)
+            "-XX:+UseSerialGC",
             "-Djava.awt.headless=true",
             "-Djava.net.preferIPv4Stack=true",
             f"-Dkafka.logs.dir={self.dir}",
@@ -467,18 +470,15 @@ class MlflowServer(TrackedService):
         from models.registry import database_uri
 
         registry = self.s.registry_dir
-        return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", database_uri(registry),
+        return [sys.executable, "-m", "mailroom.mlflow_server", "--registry", str(registry), "--backend-store-uri", database_uri(registry),
                 "--default-artifact-root", str(registry / "artifacts"), "--host", self.s.host, "--port", str(self.s.mlflow_port),
                 "--workers", "1"]
 
     def start(self) -> None:
-        from models.registry import Registry
-
         if proc := self.process():
             _wait(self._answers, proc, 60, "MLflow", self.log)
             return
         _require_free(self.s.host, self.s.mlflow_port, "the MLflow server", "MAILROOM_MLFLOW_PORT")
-        Registry(self.s.registry_dir).prepare()  # the database in WAL mode, an old registry imported: before the server opens it
         self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
             popen = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,

@@ -43,6 +43,7 @@ def job_command(settings: Settings, module: str, args: list[str], cluster: bool 
     env = {**os.environ, **settings.as_env()}
     if not cluster:
         env["FLINK_LOG_DIR"] = str(log_dir or job_log_dir(settings, module))
+        env["JVM_ARGS"] = settings.embedded_jvm_opts  # pyflink starts the MiniCluster's JVM with these
         return [settings.python_executable, "-m", module, *args], env
     script = importlib.util.find_spec(module).origin
     flink = FlinkCluster(settings)

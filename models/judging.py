@@ -42,7 +42,6 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy.stats import binomtest, norm
 
 PROMOTE, REFUSE, WAIT = "PROMOTE", "REFUSE", "WAIT"
 ROLL_BACK, KEEP = "ROLL_BACK", "KEEP"
@@ -153,6 +152,7 @@ def compare(pairs: list[JudgedPair], config: JudgeConfig) -> dict:
     """The paired figures of challenger against champion (JSON-ready): n, McNemar's b, c and
     one-sided p-value, each macro-F1 with the bootstrap CI of their difference, per class the
     same, the p99 latencies and the challenger's fallback rate."""
+    from scipy.stats import binomtest  # here, not at the top: scipy.stats is ~85 MB that every `mailroom` command would hold
     doc_ids = [p.doc_id for p in pairs]
     if len(set(doc_ids)) != len(doc_ids):
         raise ValueError("each document may be judged once: duplicate doc_ids among the pairs")
@@ -198,6 +198,8 @@ def sample_size(delta: float, discordant_share: float, alpha: float = 0.05, powe
     n = [z_a * sqrt(psi) + z_b * sqrt(psi - delta**2)]**2 / delta**2, z_a = z(1 - alpha/2), or z(1 - alpha) one-sided."""
     if not 0 < delta**2 < discordant_share <= 1:
         raise ValueError(f"need 0 < delta**2 < discordant_share <= 1, not delta={delta}, discordant_share={discordant_share}")
+    from scipy.stats import norm  # as in compare()
+
     z_alpha = norm.ppf(1 - alpha if one_sided else 1 - alpha / 2)
     z_beta = norm.ppf(power)
     return math.ceil((z_alpha * math.sqrt(discordant_share) + z_beta * math.sqrt(discordant_share - delta**2)) ** 2 / delta**2)

@@ -11,6 +11,7 @@ import sys
 import urllib.parse
 import urllib.request
 
+import psutil
 import pytest
 
 OWN_PORTS = 50  # added to the test stack's ports
@@ -46,6 +47,8 @@ def test_stack_up_serves_the_training_runs_and_versions_over_mlflow(own_stack):
     mailroom(env, "stack", "up")
     mlflow = next(s for s in json.loads(mailroom(env, "stack", "status", "--json")) if s["name"] == "mlflow")
     assert mlflow["running"] and url in mlflow["detail"]
+    server = psutil.Process(mlflow["pid"])
+    assert "uvicorn" in server.cmdline() and not server.children()  # one interpreter: `mlflow server` became its uvicorn
 
     mailroom(env, "train", "--quick", "-n", "300", "--no-real", "--no-progress")
     models = {m["name"]: m for m in rest(url, "registered-models/search")["registered_models"]}

@@ -16,6 +16,8 @@ import urllib.request
 from collections import Counter
 from contextlib import contextmanager
 
+import psutil
+
 from jobs.environment import latest_checkpoint
 from mailroom.kafkautil import producer, read_topic
 from mailroom.submit import start_job, stop_job, wait_until_running
@@ -92,6 +94,8 @@ def test_swap_under_load_refusals_and_restart(pipeline_settings, tmp_path):
 
     try:
         wait_until_running(settings, "scoring", job)
+        jvm = [p for p in psutil.Process(job.pid).children(recursive=True) if p.name() == "java"]  # the MiniCluster's
+        assert len(jvm) == 1 and set(settings.embedded_jvm_opts.split()) <= set(jvm[0].cmdline())
         feeder = threading.Thread(target=feed, args=(values[:600],))
         feeder.start()
         time.sleep(4)

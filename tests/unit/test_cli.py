@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import re
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 from config.settings import PROJECT_DIR, Settings
 from mailroom import cli, demo
 from mailroom.models_cli import train_config
+from mailroom.submit import job_command
 
 
 def _readme_commands() -> list[list[str]]:
@@ -90,6 +92,13 @@ def test_job_command_line(argv, cluster, parallelism, job_args):
     assert (args.func, args.cluster, args.parallelism, args.job_args) == (cli.cmd_job, cluster, parallelism, job_args)
 
 
+def test_an_embedded_job_starts_its_jvm_with_the_embedded_options(tmp_path, monkeypatch):
+    monkeypatch.delenv("JVM_ARGS", raising=False)
+    settings = Settings.from_env({"MAILROOM_RUN_DIR": str(tmp_path), "MAILROOM_EMBEDDED_JVM_OPTS": "-Xms32m -Xmx300m"})
+    assert job_command(settings, "jobs.router", [])[1]["JVM_ARGS"] == "-Xms32m -Xmx300m"
+    assert "JVM_ARGS" not in job_command(settings, "jobs.router", [], cluster=True)[1]  # the cluster sizes its own JVMs
+
+
 def test_job_refuses_an_unknown_flag_before_the_separator(capsys):
     with pytest.raises(SystemExit) as done:
         cli.parse_args(["job", "scoring", "--batch-size", "64"])
@@ -141,6 +150,12 @@ def test_demo_trains_only_the_missing_champions(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "train_models", lambda config, registry_dir: {"text": 1, "scan": 1, "image": None})  # image failed ONNX parity
     with pytest.raises(RuntimeError, match="no image model"):
         demo.ensure_champions(settings)
+
+
+def test_in_child_runs_apart_and_raises_here():
+    assert demo.in_child(os.getpid) != os.getpid()
+    with pytest.raises(ValueError, match="invalid literal"):
+        demo.in_child(int, "not a number")
 
 
 def test_train_config_defaults_follow_mailroom_train(tmp_path):

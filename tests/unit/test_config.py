@@ -228,6 +228,7 @@ def test_the_mlflow_server_serves_the_registry_database_on_loopback(tmp_path):
 
     s = Settings.from_env({"MAILROOM_RUN_DIR": str(tmp_path), "MAILROOM_REDIS_PASSWORD": "pw", "MAILROOM_MLFLOW_PORT": "25123"})
     command = MlflowServer(s).command()
+    assert command[1:5] == ["-m", "mailroom.mlflow_server", "--registry", str(tmp_path / "registry")]  # prepared, then one process
     assert command[command.index("--backend-store-uri") + 1] == f"sqlite:///{tmp_path / 'registry' / 'mlflow.db'}"
     assert command[command.index("--default-artifact-root") + 1] == str(tmp_path / "registry" / "artifacts")
     assert (command[command.index("--host") + 1], command[command.index("--port") + 1]) == ("127.0.0.1", "25123")
