@@ -138,10 +138,10 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
 
 def tunings(run: Run, args: argparse.Namespace) -> list[Run]:
     """The run at every combination of the swept knobs (--checkpoint-interval-ms, --buffer-timeout-ms,
-    --max-batch-delay-ms; a knob not given: the job's default), side by side."""
-    return [replace(run, checkpoint_interval_ms=ckpt, buffer_timeout_ms=buffer, max_batch_delay_ms=batch)
-            for ckpt, buffer, batch in itertools.product(args.checkpoint_interval_ms or [None], args.buffer_timeout_ms or [None],
-                                                         args.max_batch_delay_ms or [None])]
+    --max-batch-delay-ms, --embedded-jvm-opts; a knob not given: the job's default), side by side."""
+    return [replace(run, checkpoint_interval_ms=ckpt, buffer_timeout_ms=buffer, max_batch_delay_ms=batch, embedded_jvm_opts=jvm)
+            for ckpt, buffer, batch, jvm in itertools.product(args.checkpoint_interval_ms or [None], args.buffer_timeout_ms or [None],
+                                                              args.max_batch_delay_ms or [None], args.embedded_jvm_opts or [None])]
 
 
 def _half_rate(results: list[Result], parallelism: int) -> float | None:
@@ -174,6 +174,9 @@ def register(sub) -> None:
     parser.add_argument("--max-batch-delay-ms", type=int, nargs="+", metavar="MS", help="how long a partial micro-batch waits in "
                         "the mailroom variants and the peer (default: ScoringConfig's); several: a sweep. The knobs' sweeps "
                         "combine: every combination runs")
+    parser.add_argument("--embedded-jvm-opts", nargs="+", metavar="OPTS", help="the JVM options of the mailroom variants' embedded "
+                        "MiniClusters (default: MAILROOM_EMBEDDED_JVM_OPTS's; \"\": the JVM's own defaults); several: a sweep, "
+                        "e.g. --embedded-jvm-opts \"\" \"-Xms64m -Xmx1g -XX:+UseSerialGC\"")
     parser.add_argument("--profile", action="store_true", help="instead: profile the scoring logic in plain Python (cProfile, no Kafka) "
                         "and print the top functions by cumulative time")
     parser.add_argument("--out", type=Path, default=PROJECT_DIR / "bench-results", help="results directory (default: %(default)s)")

@@ -90,10 +90,11 @@ class Result:
     buffer_timeout_ms: int | None = None  # the scoring job's network buffer timeout, when the run set it
     max_batch_delay_ms: int | None = None  # the scoring job's (and the peer's) micro-batch wait, when the run set it
     latency_by_kind_ms: dict | None = None  # "text" / "scans" -> latency_ms's percentiles of those documents alone
+    embedded_jvm_opts: str | None = None  # the embedded jobs' JVM options, when the run set them (a sweep)
 
     @property
     def tuning(self) -> str:
-        return tuning_label(self.checkpoint_interval_ms, self.buffer_timeout_ms, self.max_batch_delay_ms)
+        return tuning_label(self.checkpoint_interval_ms, self.buffer_timeout_ms, self.max_batch_delay_ms, self.embedded_jvm_opts)
 
     @property
     def label(self) -> str:
@@ -101,14 +102,20 @@ class Result:
                         if part)
 
 
-def tuning_label(checkpoint_interval_ms: int | None, buffer_timeout_ms: int | None, max_batch_delay_ms: int | None) -> str:
-    """The scoring job's latency knobs a run set (None: not set).
+def tuning_label(checkpoint_interval_ms: int | None, buffer_timeout_ms: int | None, max_batch_delay_ms: int | None,
+                 embedded_jvm_opts: str | None = None) -> str:
+    """The scoring job's knobs a run set (None: not set).
 
     >>> tuning_label(500, None, 20)
     'ckpt 500 ms batch 20 ms'
+    >>> tuning_label(None, None, None, "")
+    'jvm (defaults)'
     """
     knobs = (("ckpt", checkpoint_interval_ms), ("buffer", buffer_timeout_ms), ("batch", max_batch_delay_ms))
-    return " ".join(f"{name} {ms} ms" for name, ms in knobs if ms is not None)
+    parts = [f"{name} {ms} ms" for name, ms in knobs if ms is not None]
+    if embedded_jvm_opts is not None:
+        parts.append(f"jvm ({embedded_jvm_opts or 'defaults'})")  # not [...]: rich would read it as markup
+    return " ".join(parts)
 
 
 STAGES = ("decode the record", "scan: decode the page, layout features", "scan: OCR", "sender features", "score the batch, encode outputs")

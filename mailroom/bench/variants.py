@@ -67,10 +67,11 @@ class Run:
     checkpoint_interval_ms: int | None = None  # the scoring job's (None: flink-conf/config.yaml's)
     buffer_timeout_ms: int | None = None  # the scoring job's network buffer timeout (None: flink-conf/config.yaml's)
     max_batch_delay_ms: int | None = None  # the scoring job's and the peer's micro-batch wait (None: ScoringConfig's)
+    embedded_jvm_opts: str | None = None  # the embedded jobs' JVM options (None: Settings'; "": the JVM's defaults)
 
     @property
     def tuning(self) -> str:
-        return tuning_label(self.checkpoint_interval_ms, self.buffer_timeout_ms, self.max_batch_delay_ms)
+        return tuning_label(self.checkpoint_interval_ms, self.buffer_timeout_ms, self.max_batch_delay_ms, self.embedded_jvm_opts)
 
     def job_args(self, variant: str) -> list[str]:
         """The latency knobs this run sets, as the variant's arguments (the peer takes only the batch wait)."""
@@ -94,6 +95,8 @@ def scratch(run: Run, name: str, own_registry: bool = False) -> Iterator[Setting
 
     settings = replace(run.settings.with_run_dir(run.out_dir / "run" / name), topic_prefix=f"bench-{run.run_id}-{name}.")
     settings = _free_ports(settings)
+    if run.embedded_jvm_opts is not None:
+        settings = replace(settings, embedded_jvm_opts=run.embedded_jvm_opts)
     if own_registry:
         shutil.copytree(run.settings.registry_dir, settings.run_dir / "registry", ignore=shutil.ignore_patterns(".lock"))
         settings = replace(settings, registry_dir=settings.run_dir / "registry")
@@ -349,6 +352,7 @@ def run_stream(run: Run, variant: str, parallelism: int) -> Result:
     result.taskmanagers = taskmanagers
     if variant != "peer":
         result.checkpoint_interval_ms, result.buffer_timeout_ms = run.checkpoint_interval_ms, run.buffer_timeout_ms
+        result.embedded_jvm_opts = run.embedded_jvm_opts
     result.max_batch_delay_ms = run.max_batch_delay_ms
     return result
 
