@@ -1,7 +1,7 @@
 """The scoring job: routed documents in; one topic per department and the predictions log out.
 
     routed.text ------------------------------------------------+
-    routed.scans --> read scans (layout features + OCR, own parallelism) --+--(key: sender)--> sender features (keyed state, Redis mirror)
+    routed.scans --(key: scan)--> read scans (layout + OCR, engines side by side, own parallelism) --+--(key: sender)--> sender features (keyed state, Redis mirror)
         <-- predictions log (this job's own decisions: the sender's recent labels)
     --(key: subtask shard)--> micro-batched ONNX scoring --> dept.<department> (the document + decision) + predictions
         <-- model-control (broadcast: which model serves in which slot)   --> model-events
@@ -30,7 +30,8 @@ from schemas.labels import DEPARTMENTS
 from schemas.topics import department_topic_key, topic_name
 from udfs.adapters.common import DEAD_LETTERS, DecodeOrDeadLetter
 from udfs.adapters.scoring import (DEPARTMENT_OUTPUTS, JOB, MODEL_EVENTS, SHADOW_PREDICTIONS, ComputeSenderFeatures, CopyToEveryShard,
-                                   ReadScans, ScoreMicroBatches, sender_and_source, sender_label_and_source)
+                                   ReadScans, ScoreMicroBatches, scan_key, sender_and_source,
+                                   sender_label_and_source)
 from udfs.scoring import SCORING_VERSION, ScoringConfig
 from udfs.sharding import MAX_PARALLELISM
 
@@ -47,8 +48,8 @@ def build(documents: DataStream, own_predictions: DataStream, control: DataStrea
                                output_type=Types.PICKLED_BYTE_ARRAY()).name("decode routed documents").uid("scoring-decode-documents")
     texts = routed.filter(lambda item: item[2] == "TEXT").name("text documents").uid("scoring-texts")
     scans = routed.filter(lambda item: item[2] == "IMAGE").name("scans").uid("scoring-scans")
-    readers = scans.process(ReadScans(config), output_type=Types.PICKLED_BYTE_ARRAY()).name("read scans (layout features + tesseract)").uid(
-        "scoring-read-scans")
+    readers = (scans.key_by(scan_key, key_type=Types.STRING()).process(ReadScans(config), output_type=Types.PICKLED_BYTE_ARRAY())
+               .name("read scans (layout features + tesseract)").uid("scoring-read-scans"))
     read = readers
     if ocr_parallelism:
         readers.set_parallelism(ocr_parallelism)
@@ -105,6 +106,8 @@ def parse_args(argv: list[str], settings: Settings) -> argparse.Namespace:
     ocr.add_argument("--no-ocr-cache", action="store_true", help="read every page, even one read before (benchmarks); default: "
                      "page texts are kept by content hash under the cache directory, shared with training")
     ocr.add_argument("--ocr-parallelism", type=int, help="parallel scan readers (default: the job's parallelism); give reading more TaskManagers than scoring")
+    ocr.add_argument("--ocr-engines", type=int, default=OcrConfig.engines,
+                     help="Tesseract engines per scan reader, reading side by side on threads of their own (default: %(default)s)")
     ocr.add_argument("--ocr-languages", default=OcrConfig.languages, help="Tesseract languages, joined by + (default: %(default)s; installed: eng, deu, fra)")
     ocr.add_argument("--ocr-page-timeout-ms", type=int, default=OcrConfig.page_timeout_ms,
                      help="the engine's timeout per page; past it the layout model decides (default: %(default)s)")
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
                                          text_triage_threshold=args.text_triage_threshold, max_failures_per_minute=args.max_failures_per_minute,
                                          deadline_ms=args.deadline_ms, read_scans=not args.no_ocr,
                                          ocr_cache_dir=None if args.no_ocr_cache else str(settings.cache_dir / "ocr"),
-                                         ocr=OcrConfig(languages=args.ocr_languages, page_timeout_ms=args.ocr_page_timeout_ms,
+                                         ocr=OcrConfig(languages=args.ocr_languages, engines=args.ocr_engines, page_timeout_ms=args.ocr_page_timeout_ms,
                                                        max_pages=args.ocr_max_pages, max_wait_ms=args.ocr_max_wait_ms))
     env = make_env(settings, JOB, args.parallelism, args.restore_from, args.delivery, args.checkpoint_interval_ms,
                    args.state_backend, args.buffer_timeout_ms)

@@ -46,6 +46,8 @@ class OcrConfig:
     max_wait_ms: int = 60_000  # a scan that waited longer than this since routing is not read: the layout model decides
     page_segmentation: int = 3  # Tesseract's --psm: 3 = fully automatic page segmentation
     tessdata: str | None = None  # None: TESSDATA_PREFIX, else Debian's directory
+    engines: int = 2  # engines per scan-reading subtask, each on a thread of its own, reading side by side
+    poll_ms: int = 5  # how often the scoring job looks for a scan its engines have finished
 
     def data_dir(self) -> str:
         candidates = [self.tessdata] if self.tessdata else [os.environ.get("TESSDATA_PREFIX"), *TESSDATA_DIRS]

@@ -91,10 +91,12 @@ class Result:
     max_batch_delay_ms: int | None = None  # the scoring job's (and the peer's) micro-batch wait, when the run set it
     latency_by_kind_ms: dict | None = None  # "text" / "scans" -> latency_ms's percentiles of those documents alone
     embedded_jvm_opts: str | None = None  # the embedded jobs' JVM options, when the run set them (a sweep)
+    ocr_engines: int | None = None  # the scoring job's Tesseract engines per scan reader, when the run set them (a sweep)
 
     @property
     def tuning(self) -> str:
-        return tuning_label(self.checkpoint_interval_ms, self.buffer_timeout_ms, self.max_batch_delay_ms, self.embedded_jvm_opts)
+        return tuning_label(self.checkpoint_interval_ms, self.buffer_timeout_ms, self.max_batch_delay_ms, self.embedded_jvm_opts,
+                            self.ocr_engines)
 
     @property
     def label(self) -> str:
@@ -103,18 +105,22 @@ class Result:
 
 
 def tuning_label(checkpoint_interval_ms: int | None, buffer_timeout_ms: int | None, max_batch_delay_ms: int | None,
-                 embedded_jvm_opts: str | None = None) -> str:
+                 embedded_jvm_opts: str | None = None, ocr_engines: int | None = None) -> str:
     """The scoring job's knobs a run set (None: not set).
 
     >>> tuning_label(500, None, 20)
     'ckpt 500 ms batch 20 ms'
     >>> tuning_label(None, None, None, "")
     'jvm (defaults)'
+    >>> tuning_label(None, None, 20, None, 2)
+    'batch 20 ms ocr engines 2'
     """
     knobs = (("ckpt", checkpoint_interval_ms), ("buffer", buffer_timeout_ms), ("batch", max_batch_delay_ms))
     parts = [f"{name} {ms} ms" for name, ms in knobs if ms is not None]
     if embedded_jvm_opts is not None:
         parts.append(f"jvm ({embedded_jvm_opts or 'defaults'})")  # not [...]: rich would read it as markup
+    if ocr_engines is not None:
+        parts.append(f"ocr engines {ocr_engines}")
     return " ".join(parts)
 
 

@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw, ImageFont
 from models.ocr import FAILED, NO_TEXT, OFF, OVER_BUDGET, PAGE_SEPARATOR, READ, WAITED_TOO_LONG, OcrCache, OcrConfig, PageReader
 from schemas import codec
 from udfs.dead_letters import SourceRecord
-from udfs.reading import ScanReader
+from udfs.reading import ReadingPool, ScanReader
 from udfs.scoring import PendingDocument, SenderFeatures, department_document
 from models.features import SenderHistory
 
@@ -90,6 +90,34 @@ def test_pages_beyond_the_cap_are_not_read():
 class RefusingEngine:
     def SetImage(self, image):
         raise RuntimeError("leptonica said no")
+
+
+def test_a_reading_pool_reads_every_scan_as_one_engine_does(reader):
+    scans = [routed_scan([page(f"INVOICE {number}", f"Order {number * 7}")], doc_id=f"scan-{number}") for number in range(6)]
+    pool = ReadingPool(OcrConfig(), engines=2)
+    try:
+        futures = [pool.submit(scan, NOW_MS) for scan in scans]
+        read = [future.result(timeout=60) for future in futures]
+    finally:
+        pool.close()
+    alone = [reader.read(scan, NOW_MS) for scan in scans]
+    assert [r.reading.text for r in read] == [r.reading.text for r in alone] and all(r.reading.status == READ for r in read)
+    assert all((r.layout == a.layout).all() for r, a in zip(read, alone))
+
+
+def test_a_reading_pool_spreads_scans_over_its_engines_and_holds_no_more_than_its_capacity():
+    pool = ReadingPool(OcrConfig(), engines=2, capacity=3)
+    try:
+        first, second = (pool.submit(routed_scan([page("A page that takes a while to read")] * 3), NOW_MS) for _ in range(2))
+        assert [len(pending) for pending in pool.unfinished] == [1, 1]  # each engine took one (a page takes ~100 ms)
+        for _ in range(4):
+            pool.submit(routed_scan([page("INVOICE")]), NOW_MS)
+            assert pool.in_flight() <= 3
+        assert first.result(timeout=60).reading.pages_read == 3 and second.result(timeout=60).reading.status == READ
+    finally:
+        pool.close()
+    with pytest.raises(ValueError, match="at least one engine"):
+        ReadingPool(OcrConfig(), engines=0)
 
 
 def test_an_engine_error_fails_only_that_scan():

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from pyflink.common import Types
-from pyflink.datastream import KeyedCoProcessFunction, OutputTag, ProcessFunction, RuntimeContext
+from pyflink.datastream import KeyedCoProcessFunction, KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext, TimeDomain
 from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor
 
 from models.modelio import KINDS
@@ -20,7 +20,7 @@ from udfs.batching import MicroBatcher
 from udfs.dead_letters import SourceRecord
 from udfs.feature_cache import FeatureMirror
 from udfs.operator_metrics import batch_counts, population_series, reading_counts, version_counts
-from udfs.reading import ReadScan, ScanReader
+from udfs.reading import ReadingPool, ReadScan
 from udfs.scoring import DECIDING_SLOTS, SCORING_VERSION, BatchScorer, IdleSenderRule, SenderFeatures
 from udfs.sharding import shard_keys
 
@@ -40,32 +40,68 @@ def sender_and_source(record: dict, source: SourceRecord) -> tuple[str, SourceRe
     return record["sender"], source, record["content_type"]
 
 
-class ReadScans(ProcessFunction):
-    """(sender, routed scan as read, "IMAGE") -> (sender, the same, ReadScan): layout features
-    and OCR (`udfs.reading.ScanReader`), in an operator of its own so that reading can be given
-    more parallelism (TaskManagers) than scoring. A scan whose page does not decode is dead-lettered.
+def scan_key(item) -> str:
+    """A routed scan's key for its reader: where it was read from, so each scan is a key of its own."""
+    source = item[1]
+    return f"{source.topic}/{source.partition}/{source.offset}"
+
+
+class ReadScans(KeyedProcessFunction):
+    """Keyed by `scan_key`: (sender, routed scan as read, "IMAGE") -> (sender, the same, ReadScan):
+    layout features and OCR (`udfs.reading.ReadingPool`: `OcrConfig.engines` read side by side),
+    in an operator of its own so that reading can be given more parallelism (TaskManagers) than
+    scoring. Flink's async I/O, built here because PyFlink's `AsyncDataStream` refuses thread mode:
+    a scan waits in keyed state (checkpointed; a restored one is read again) while an engine reads
+    it, a processing-time timer every `OcrConfig.poll_ms` emits it once read (unordered), and an
+    event-time timer reads what is left when a bounded input ends. A text document behind a scan
+    therefore no longer waits for its OCR. A scan whose page does not decode is dead-lettered.
     Counts OCR_PAGES and OCR_SCANS{status}, pushed per `FlushPolicy`."""
 
     def __init__(self, config):
         self.config = config
 
     def open(self, runtime_context: RuntimeContext):
-        # the engine lives on one thread Python itself started (as onnxruntime does: see ScoreMicroBatches)
-        self.ocr_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tesseract")
-        self.reader = self.ocr_thread.submit(ScanReader, self.config.ocr, self.config.read_scans, self.config.ocr_cache_dir).result()
+        ocr = self.config.ocr
+        self.pool = ReadingPool(ocr, self.config.read_scans, self.config.ocr_cache_dir, engines=ocr.engines)
+        self.waiting = runtime_context.get_state(ValueStateDescriptor("scan_being_read", Types.PICKLED_BYTE_ARRAY()))
+        self.reading: dict[str, Future] = {}  # by scan_key; empty after a restore: what `waiting` holds is read again
         self.failures = FailurePath(runtime_context, JOB, SCORING_VERSION, self.config.max_failures_per_minute)
         self.metrics = OperatorMetrics(runtime_context)
         self.metrics.declare(OCR_PAGES)
         for status in READING_STATUSES:
             self.metrics.declare(OCR_SCANS, status)
 
-    def process_element(self, item, ctx: ProcessFunction.Context):
-        sender, source, _ = item
-        doc_id = None
+    def process_element(self, item, ctx: KeyedProcessFunction.Context):
         try:
-            routed = codec.decode(source.value, expected="routed_document").record
-            doc_id = routed["doc_id"]
-            scan = self.ocr_thread.submit(self.reader.read, routed, now_ms()).result()
+            routed = codec.decode(item[1].value, expected="routed_document").record
+        except Exception as exc:  # not a routed document after all: this record only
+            yield self.failures.dead_letter(item[1], exc)
+            return
+        timers = ctx.timer_service()
+        now = timers.current_processing_time()
+        self.waiting.update((item, routed["doc_id"], now))
+        self.reading[ctx.get_current_key()] = self.pool.submit(routed, now_ms())
+        timers.register_processing_time_timer(now + self.config.ocr.poll_ms)
+        timers.register_event_time_timer(now)  # fires only when a bounded input ends (no watermarks before)
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
+        held = self.waiting.value()
+        if held is None:  # emitted already (by the other timer)
+            return
+        (sender, source, _), doc_id, end_timer = held
+        key, timers = ctx.get_current_key(), ctx.timer_service()
+        if key not in self.reading:  # restored from a checkpoint while an engine was reading it
+            self.reading[key] = self.pool.submit(codec.decode(source.value, expected="routed_document").record, now_ms())
+        ending = ctx.time_domain() == TimeDomain.EVENT_TIME
+        if not (self.reading[key].done() or ending):
+            timers.register_processing_time_timer(timers.current_processing_time() + self.config.ocr.poll_ms)
+            return
+        future = self.reading.pop(key)
+        self.waiting.clear()
+        if not ending:
+            timers.delete_event_time_timer(end_timer)
+        try:
+            scan = future.result()
         except Exception as exc:  # a page that is no image: this record only
             yield self.failures.dead_letter(source, exc, doc_id)
             return
@@ -75,8 +111,7 @@ class ReadScans(ProcessFunction):
 
     def close(self):
         self.metrics.push()
-        self.ocr_thread.submit(self.reader.close).result()
-        self.ocr_thread.shutdown()
+        self.pool.close()
 
 
 def sender_label_and_source(record: dict, source: SourceRecord) -> tuple[str, str, SourceRecord]:
