@@ -2,7 +2,8 @@
 document once in its output topic, none twice, nothing dead-lettered): a declared shape of two TaskManagers with one
 slot each and a job spread over both; a TaskManager killed mid-stream (`kill -9`) that `mailroom stack up --flink`
 starts again; the broker stopped and started again mid-stream; the job stopped with a savepoint (an upgrade) and
-resumed from it while documents kept arriving."""
+resumed from it while documents kept arriving; the scoring job stopped with a savepoint while its engines were reading
+scans, and every scan delivered once after the resume."""
 
 from __future__ import annotations
 
@@ -19,7 +20,11 @@ from config.monitoring import metrics_port
 from mailroom.kafkautil import read_topic
 from mailroom.stack import FlinkCluster, Stack
 from mailroom.submit import run_job
+from models.generator import generate
+from schemas import codec
+from schemas.topics import topic_name
 from tests.integration.test_router import _args, _ids, _send
+from tests.poison import routed_values
 from tests.unit.badinputs import valid_text_document
 
 
@@ -141,6 +146,44 @@ def test_stop_with_savepoint_and_resume_loses_and_doubles_nothing(two_taskmanage
         _assert_each_once(test_settings, router_topics, values)
     finally:
         _cancel_all(test_settings)
+
+
+def test_scans_being_read_at_a_savepoint_are_read_again_after_the_resume_and_delivered_once(two_taskmanagers, pipeline_settings):
+    settings = pipeline_settings
+    now = int(time.time() * 1000)
+    docs = [{**doc, "received_ms": now} for doc in generate(60, seed=41, scan_share=1.0) if doc["content_type"] == "image"]
+    values = routed_values(docs)
+    scans = topic_name("routed_scans", settings.topic_prefix)
+    group = f"{settings.topic_prefix}scoring"
+    args = ["--parallelism", "1", "--group-id", group, "--ocr-engines", "2", "--no-ocr-cache",  # each page read, none from the cache
+            "--ocr-max-wait-ms", "600000"]  # nor given up on for the time the resume takes
+
+    def submit(*extra: str) -> str:
+        submitted = run_job(settings, "jobs.scoring", [*args, *extra], cluster=True, detached=True, timeout=600)
+        assert submitted.returncode == 0, submitted.stderr[-3000:] + submitted.stdout[-3000:]
+        return FlinkCluster(settings).running_job("mailroom-scoring")
+
+    predictions = topic_name("predictions", settings.topic_prefix)
+    try:
+        job = submit()
+        _send(settings, scans, values[:2])
+        _wait_for_output_and_checkpoint(settings, job, predictions)
+        _send(settings, scans, values[2:])  # a backlog of scans ~150 ms a page, four in flight at a time
+        deadline = time.monotonic() + 120
+        while len(read_topic(settings, predictions, timeout_s=1)) < 6:  # the engines are on the backlog: stop them there
+            assert time.monotonic() < deadline, "the backlog is not being read"
+        savepoint = two_taskmanagers.stop_with_savepoint(job, settings.run_dir / "savepoints", timeout_s=120)
+        assert len(read_topic(settings, predictions, timeout_s=2)) < len(values), "the backlog was read before the savepoint"
+        submit("--restore-from", savepoint)
+        read = [codec.decode(m.value, expected="prediction").record for m in read_topic(settings, predictions, min_count=len(values), timeout_s=300)]
+        ids = Counter(record["doc_id"] for record in read)
+        assert sorted(ids) == sorted(doc["doc_id"] for doc in docs), f"{len(docs) - len(ids)} lost"
+        assert ids.most_common(1)[0][1] == 1  # nothing twice for a read_committed reader
+        statuses = Counter(record["ocr_status"] for record in read)  # each one read (or nothing legible on it), the restored too
+        assert set(statuses) <= {"READ", "NO_TEXT"} and statuses["READ"] > len(values) // 2, statuses
+        assert not read_topic(settings, topic_name("dead_letters", settings.topic_prefix), timeout_s=2)
+    finally:
+        _cancel_all(settings)
 
 
 def test_the_supervisor_starts_again_what_was_killed(two_taskmanagers, stack, test_settings, tmp_path):
