@@ -141,8 +141,13 @@ def test_prometheus_and_the_dashboard_show_a_run(pipeline_settings, tmp_path, br
         # each job's target is scraped at its own moment: wait for the router's too
         assert _wait_for(lambda: (lambda got: got if got == dict(Counter(d["reason"] for d in dead)) else None)(dead_letters()),
                          "Prometheus to have the router's dead letters", 30)
-        routed = sum(value for _, value in prometheus.query(f"sum({m.ROUTED.prometheus})"))
-        assert routed == len(docs)
+        # and for its routing operator's last counts, pushed by a timer a flush interval after the last document
+        routed = []
+        try:
+            _wait_for(lambda: routed.append(sum(value for _, value in prometheus.query(f"sum({m.ROUTED.prometheus})"))) or routed[-1] == len(docs),
+                      "Prometheus to have every routed document", 30)
+        finally:
+            assert routed[-1] == len(docs)
         for job in jobs.values():
             stop_job(job)
 
