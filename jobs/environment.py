@@ -62,7 +62,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, bounded_help: str, failur
                         help="where keyed state lives: hashmap (the heap) or rocksdb (local disk, incremental checkpoints); "
                         "default: the job's own (router and scoring hashmap, accuracy rocksdb; see jobs.environment.STATE_BACKENDS)")
     parser.add_argument("--checkpoint-interval-ms", type=int, default=None, metavar="MS",
-                        help="checkpoint every MS ms (default: flink-conf/config.yaml's); with exactly-once, how long output waits")
+                        help="checkpoint every MS ms, at least MS/2 ms after the last one ended (default: flink-conf/config.yaml's); "
+                        "with exactly-once, how long output waits")
     parser.add_argument("--buffer-timeout-ms", type=int, default=None, metavar="MS",
                         help="send a partly filled network buffer between operators after MS ms (default: flink-conf/config.yaml's): "
                         "at low load each hop between operators may wait this long")
@@ -84,7 +85,8 @@ def make_env(settings: Settings, job: str, parallelism: int | None = None, resto
     `delivery` also checkpoints without aligning barriers (no input waits for a slow channel's barrier).
     Keyed state lives in `state_backend` (default: the job's, `STATE_BACKENDS`); RocksDB keeps its files under
     <run_dir>/flink/rocksdb/ and checkpoints incrementally. `checkpoint_interval_ms` and `buffer_timeout_ms` (None:
-    flink-conf/config.yaml's) override the config's.
+    flink-conf/config.yaml's) override the config's; the pause between checkpoints is then half the interval, as there
+    (a fixed pause would bound how often a shorter interval can checkpoint).
     """
     config = Configuration()
     for key, value in job_config(settings).items():
@@ -101,6 +103,7 @@ def make_env(settings: Settings, job: str, parallelism: int | None = None, resto
         config.set_string("execution.checkpointing.mode", "AT_LEAST_ONCE")
     if checkpoint_interval_ms:
         config.set_string("execution.checkpointing.interval", f"{checkpoint_interval_ms}ms")
+        config.set_string("execution.checkpointing.min-pause", f"{checkpoint_interval_ms // 2}ms")
     if buffer_timeout_ms is not None:
         config.set_string("execution.buffer-timeout.interval", f"{buffer_timeout_ms}ms")
     env = StreamExecutionEnvironment.get_execution_environment(config)

@@ -40,9 +40,11 @@ def test_at_least_once_delivery_checkpoints_without_alignment_at_the_interval_as
     from jobs.environment import AT_LEAST_ONCE, EXACTLY_ONCE
 
     default = make_env(test_settings, "router", parallelism=1).get_checkpoint_config()
-    assert default.get_checkpointing_mode() == CheckpointingMode.EXACTLY_ONCE and default.get_checkpoint_interval() == 1000
+    assert default.get_checkpointing_mode() == CheckpointingMode.EXACTLY_ONCE and default.get_checkpoint_interval() == 500
+    assert default.get_min_pause_between_checkpoints() == 250
     chosen = make_env(test_settings, "router", parallelism=1, delivery=AT_LEAST_ONCE, checkpoint_interval_ms=250).get_checkpoint_config()
     assert chosen.get_checkpointing_mode() == CheckpointingMode.AT_LEAST_ONCE and chosen.get_checkpoint_interval() == 250
+    assert chosen.get_min_pause_between_checkpoints() == 125  # half the interval, as the config's 500 ms / 250 ms
     kept = make_env(test_settings, "router", parallelism=1, delivery=EXACTLY_ONCE, checkpoint_interval_ms=500).get_checkpoint_config()
     assert kept.get_checkpointing_mode() == CheckpointingMode.EXACTLY_ONCE and kept.get_checkpoint_interval() == 500
 
