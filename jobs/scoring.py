@@ -108,6 +108,9 @@ def parse_args(argv: list[str], settings: Settings) -> argparse.Namespace:
     ocr.add_argument("--ocr-parallelism", type=int, help="parallel scan readers (default: the job's parallelism); give reading more TaskManagers than scoring")
     ocr.add_argument("--ocr-engines", type=int, default=OcrConfig.engines,
                      help="Tesseract engines per scan reader, reading side by side on threads of their own (default: %(default)s)")
+    ocr.add_argument("--ocr-inverted-retry", choices=["on", "off"], default="on",
+                     help="read a poorly read line again as white on black (Tesseract's tessedit_do_invert; default: %(default)s); "
+                     "off reads pages about 1.16x faster, for scans without inverted print")
     ocr.add_argument("--ocr-languages", default=OcrConfig.languages, help="Tesseract languages, joined by + (default: %(default)s; installed: eng, deu, fra)")
     ocr.add_argument("--ocr-page-timeout-ms", type=int, default=OcrConfig.page_timeout_ms,
                      help="the engine's timeout per page; past it the layout model decides (default: %(default)s)")
@@ -116,6 +119,12 @@ def parse_args(argv: list[str], settings: Settings) -> argparse.Namespace:
                      help="a scan that waited longer since routing is not read: the layout model decides (default: %(default)s)")
     add_run_arguments(parser, "stop at the inputs' latest offsets at start", failure_budget=ScoringConfig.max_failures_per_minute)
     return parser.parse_args(argv)
+
+
+def ocr_config(args: argparse.Namespace) -> OcrConfig:
+    """How the job's engines read scans, from its arguments."""
+    return OcrConfig(languages=args.ocr_languages, engines=args.ocr_engines, page_timeout_ms=args.ocr_page_timeout_ms,
+                     max_pages=args.ocr_max_pages, max_wait_ms=args.ocr_max_wait_ms, retry_inverted=args.ocr_inverted_retry == "on")
 
 
 @refuse_to_start_on_errors
@@ -127,8 +136,7 @@ def main(argv: list[str] | None = None) -> None:
                                          text_triage_threshold=args.text_triage_threshold, max_failures_per_minute=args.max_failures_per_minute,
                                          deadline_ms=args.deadline_ms, read_scans=not args.no_ocr,
                                          ocr_cache_dir=None if args.no_ocr_cache else str(settings.cache_dir / "ocr"),
-                                         ocr=OcrConfig(languages=args.ocr_languages, engines=args.ocr_engines, page_timeout_ms=args.ocr_page_timeout_ms,
-                                                       max_pages=args.ocr_max_pages, max_wait_ms=args.ocr_max_wait_ms))
+                                         ocr=ocr_config(args))
     env = make_env(settings, JOB, args.parallelism, args.restore_from, args.delivery, args.checkpoint_interval_ms,
                    args.state_backend, args.buffer_timeout_ms)
     env.set_max_parallelism(MAX_PARALLELISM)

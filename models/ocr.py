@@ -10,7 +10,7 @@ the engine's own timeout (`page_timeout_ms`); a page over it, an engine error or
 legible text gives a Reading whose status says so, and the layout model decides that scan.
 
 `OcrCache` keeps what was read by the page's content hash (sha256 of its PNG bytes) and the
-engine signature (version, languages, page segmentation), one small file per page, so training
+engine signature (version, languages, page segmentation, inverted lines), one small file per page, so training
 runs and replays do not read the same page twice.
 """
 
@@ -48,6 +48,12 @@ class OcrConfig:
     tessdata: str | None = None  # None: TESSDATA_PREFIX, else Debian's directory
     engines: int = 2  # engines per scan-reading subtask, each on a thread of its own, reading side by side
     poll_ms: int = 5  # how often the scoring job looks for a scan its engines have finished
+    retry_inverted: bool = True  # Tesseract's tessedit_do_invert: read a poorly read line again as white on black
+
+    @property
+    def signature(self) -> str:
+        """What, besides the engine's version, decides the text a page reads as (the cache key's part)."""
+        return f"{self.languages} psm{self.page_segmentation}" + ("" if self.retry_inverted else " no-invert")
 
     def data_dir(self) -> str:
         candidates = [self.tessdata] if self.tessdata else [os.environ.get("TESSDATA_PREFIX"), *TESSDATA_DIRS]
@@ -100,7 +106,9 @@ class PageReader:
             raise OcrUnavailable(f"tesserocr is not installed ({exc}); run `make setup`") from None
         self.config, self.cache = config, cache
         self.api = tesserocr.PyTessBaseAPI(path=config.data_dir(), lang=config.languages, psm=config.page_segmentation)
-        self.engine = f"tesseract {tesserocr.tesseract_version().split()[1]} {config.languages} psm{config.page_segmentation}"
+        if not config.retry_inverted:
+            self.api.SetVariable("tessedit_do_invert", "0")
+        self.engine = f"tesseract {tesserocr.tesseract_version().split()[1]} {config.signature}"
 
     def read(self, pages: list, decoded: dict | None = None) -> Reading:
         """Read up to `max_pages` pages (PNG bytes or PIL images; `decoded` maps a page's index to

@@ -92,11 +92,12 @@ class Result:
     latency_by_kind_ms: dict | None = None  # "text" / "scans" -> latency_ms's percentiles of those documents alone
     embedded_jvm_opts: str | None = None  # the embedded jobs' JVM options, when the run set them (a sweep)
     ocr_engines: int | None = None  # the scoring job's Tesseract engines per scan reader, when the run set them (a sweep)
+    ocr_inverted_retry: str | None = None  # the scoring job's --ocr-inverted-retry (on/off), when the run set it (a sweep)
 
     @property
     def tuning(self) -> str:
         return tuning_label(self.checkpoint_interval_ms, self.buffer_timeout_ms, self.max_batch_delay_ms, self.embedded_jvm_opts,
-                            self.ocr_engines)
+                            self.ocr_engines, self.ocr_inverted_retry)
 
     @property
     def label(self) -> str:
@@ -105,7 +106,7 @@ class Result:
 
 
 def tuning_label(checkpoint_interval_ms: int | None, buffer_timeout_ms: int | None, max_batch_delay_ms: int | None,
-                 embedded_jvm_opts: str | None = None, ocr_engines: int | None = None) -> str:
+                 embedded_jvm_opts: str | None = None, ocr_engines: int | None = None, ocr_inverted_retry: str | None = None) -> str:
     """The scoring job's knobs a run set (None: not set).
 
     >>> tuning_label(500, None, 20)
@@ -114,6 +115,8 @@ def tuning_label(checkpoint_interval_ms: int | None, buffer_timeout_ms: int | No
     'jvm (defaults)'
     >>> tuning_label(None, None, 20, None, 2)
     'batch 20 ms ocr engines 2'
+    >>> tuning_label(None, None, None, None, None, "off")
+    'inverted retry off'
     """
     knobs = (("ckpt", checkpoint_interval_ms), ("buffer", buffer_timeout_ms), ("batch", max_batch_delay_ms))
     parts = [f"{name} {ms} ms" for name, ms in knobs if ms is not None]
@@ -121,6 +124,8 @@ def tuning_label(checkpoint_interval_ms: int | None, buffer_timeout_ms: int | No
         parts.append(f"jvm ({embedded_jvm_opts or 'defaults'})")  # not [...]: rich would read it as markup
     if ocr_engines is not None:
         parts.append(f"ocr engines {ocr_engines}")
+    if ocr_inverted_retry is not None:
+        parts.append(f"inverted retry {ocr_inverted_retry}")
     return " ".join(parts)
 
 

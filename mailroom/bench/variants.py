@@ -69,17 +69,19 @@ class Run:
     max_batch_delay_ms: int | None = None  # the scoring job's and the peer's micro-batch wait (None: ScoringConfig's)
     embedded_jvm_opts: str | None = None  # the embedded jobs' JVM options (None: Settings'; "": the JVM's defaults)
     ocr_engines: int | None = None  # the scoring job's Tesseract engines per scan reader (None: OcrConfig's)
+    ocr_inverted_retry: str | None = None  # the scoring job's --ocr-inverted-retry, on or off (None: the job's)
 
     @property
     def tuning(self) -> str:
         return tuning_label(self.checkpoint_interval_ms, self.buffer_timeout_ms, self.max_batch_delay_ms, self.embedded_jvm_opts,
-                            self.ocr_engines)
+                            self.ocr_engines, self.ocr_inverted_retry)
 
     def job_args(self, variant: str) -> list[str]:
         """The latency knobs this run sets, as the variant's arguments (the peer takes only the batch wait)."""
         knobs = (("--max-batch-delay-ms", self.max_batch_delay_ms),) if variant == "peer" else (
             ("--checkpoint-interval-ms", self.checkpoint_interval_ms), ("--buffer-timeout-ms", self.buffer_timeout_ms),
-            ("--max-batch-delay-ms", self.max_batch_delay_ms), ("--ocr-engines", self.ocr_engines))
+            ("--max-batch-delay-ms", self.max_batch_delay_ms), ("--ocr-engines", self.ocr_engines),
+            ("--ocr-inverted-retry", self.ocr_inverted_retry))
         return [arg for flag, value in knobs if value is not None for arg in (flag, str(value))]
 
     @property
@@ -355,6 +357,7 @@ def run_stream(run: Run, variant: str, parallelism: int) -> Result:
     if variant != "peer":
         result.checkpoint_interval_ms, result.buffer_timeout_ms = run.checkpoint_interval_ms, run.buffer_timeout_ms
         result.embedded_jvm_opts, result.ocr_engines = run.embedded_jvm_opts, run.ocr_engines
+        result.ocr_inverted_retry = run.ocr_inverted_retry
     result.max_batch_delay_ms = run.max_batch_delay_ms
     return result
 

@@ -132,3 +132,12 @@ def test_a_challenger_scores_in_shadow_and_a_bad_deploy_is_refused(test_settings
     assert len({s["doc_id"] for s in shadows}) == len(shadows)  # one pair per document at most
     assert all(predictions[s["doc_id"]]["content_type"] == "TEXT" and (s["champion_version"], s["challenger_version"]) ==
                (str(champion.version), "2") and s["challenger_label"] == s["champion_label"] for s in shadows)  # the same model
+
+
+def test_the_jobs_ocr_arguments_say_how_its_engines_read(test_settings):
+    from jobs.scoring import ocr_config, parse_args
+
+    default = ocr_config(parse_args([], test_settings))
+    assert default.retry_inverted and default.engines == 2 and default.signature == "eng psm3"
+    chosen = ocr_config(parse_args(["--ocr-inverted-retry", "off", "--ocr-engines", "1", "--ocr-languages", "eng+deu"], test_settings))
+    assert not chosen.retry_inverted and chosen.engines == 1 and chosen.signature == "eng+deu psm3 no-invert"

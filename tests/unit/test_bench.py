@@ -408,18 +408,22 @@ def test_a_sweep_runs_every_combination_of_the_knobs_and_the_peer_takes_only_the
 
     run = Run(None, None, tmp_path, "r", (1,), 1.0, 10)
     swept = tunings(run, SimpleNamespace(checkpoint_interval_ms=[1000, 500], buffer_timeout_ms=None, max_batch_delay_ms=[200, 20],
-                                         embedded_jvm_opts=None, ocr_engines=None))
+                                         embedded_jvm_opts=None, ocr_engines=None, ocr_inverted_retry=None))
     assert [r.tuning for r in swept] == ["ckpt 1000 ms batch 200 ms", "ckpt 1000 ms batch 20 ms", "ckpt 500 ms batch 200 ms",
                                          "ckpt 500 ms batch 20 ms"]
     assert swept[3].job_args("mailroom") == ["--checkpoint-interval-ms", "500", "--max-batch-delay-ms", "20"]
     assert swept[3].job_args("peer") == ["--max-batch-delay-ms", "20"]
     assert tunings(run, SimpleNamespace(checkpoint_interval_ms=None, buffer_timeout_ms=None, max_batch_delay_ms=None, embedded_jvm_opts=None,
-                                        ocr_engines=None)) == [run]
+                                        ocr_engines=None, ocr_inverted_retry=None)) == [run]
     jvms = tunings(run, SimpleNamespace(checkpoint_interval_ms=None, buffer_timeout_ms=None, max_batch_delay_ms=None,
-                                        embedded_jvm_opts=["", "-Xmx1g"], ocr_engines=None))
+                                        embedded_jvm_opts=["", "-Xmx1g"], ocr_engines=None, ocr_inverted_retry=None))
     assert [r.tuning for r in jvms] == ["jvm (defaults)", "jvm (-Xmx1g)"] and jvms[1].job_args("mailroom") == []  # the JVM's: not job arguments
     engines = tunings(run, SimpleNamespace(checkpoint_interval_ms=None, buffer_timeout_ms=None, max_batch_delay_ms=None,
-                                           embedded_jvm_opts=None, ocr_engines=[1, 2]))
+                                           embedded_jvm_opts=None, ocr_engines=[1, 2], ocr_inverted_retry=None))
     assert [r.tuning for r in engines] == ["ocr engines 1", "ocr engines 2"]
     assert engines[1].job_args("mailroom") == ["--ocr-engines", "2"] and engines[1].job_args("peer") == []  # the peer reads on one engine
+    inverted = tunings(run, SimpleNamespace(checkpoint_interval_ms=None, buffer_timeout_ms=None, max_batch_delay_ms=None,
+                                            embedded_jvm_opts=None, ocr_engines=None, ocr_inverted_retry=["on", "off"]))
+    assert [r.tuning for r in inverted] == ["inverted retry on", "inverted retry off"]
+    assert inverted[1].job_args("mailroom") == ["--ocr-inverted-retry", "off"] and inverted[1].job_args("peer") == []
     assert run.job_args("mailroom") == [] and Result("mailroom", "routed", 1, 10, 5.0, buffer_timeout_ms=10).label == "mailroom routed p1 buffer 10 ms"

@@ -99,6 +99,18 @@ def test_the_page_cache_spares_the_engine(tmp_path):
     assert len(calls) == 1 and first.text == second.text and first.status == second.status
 
 
+def test_a_reader_without_the_inverted_retry_reads_under_a_signature_of_its_own(tmp_path):
+    page = next(d["image"] for d in generate(30, seed=5, scan_share=0.9) if d["content_type"] == "image")
+    cache = OcrCache(tmp_path)
+    retrying, plain = PageReader(OcrConfig(), cache=cache), PageReader(OcrConfig(retry_inverted=False), cache=cache)
+    assert retrying.engine != plain.engine and plain.engine.endswith("no-invert")
+    cache.put(page, retrying.engine, "what the other engine read")
+    reading = plain.read([page])
+    assert reading.status == "READ" and reading.text != "what the other engine read"
+    assert plain.api.GetVariableAsString("tessedit_do_invert") in ("0", "false")
+    assert retrying.api.GetVariableAsString("tessedit_do_invert") in ("1", "true")
+
+
 def test_a_scan_rows_key_covers_its_text_and_its_layout():
     features = np.zeros((2, 74), np.float32)
     keys = row_keys("scan", {"text": ["invoice", "invoice"], "image_features": features + np.array([[0], [1]], np.float32)})
