@@ -2,8 +2,8 @@
 
     routed scan --ScanReader.read--> ReadScan(layout features of page 1, Reading of pages 1..cap)
 
-`ReadingPool` keeps several engines reading side by side (tesserocr lets go of the GIL while
-Tesseract reads), so a document need not wait behind the scans read before it.
+`ReadingPool` keeps several engines reading side by side off one queue (tesserocr lets go of the GIL
+while Tesseract reads), so a document need not wait behind the scans read before it.
 
 "Better wrong than late": a scan that waited longer than `OcrConfig.max_wait_ms` since the router
 is not read, and a page over the engine's timeout stops the reading; in both cases (and when the
@@ -14,7 +14,9 @@ model decides that scan. No pyflink here; udfs/adapters/scoring.py runs it in it
 from __future__ import annotations
 
 import io
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+import queue
+import threading
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,37 +63,65 @@ class ScanReader:
 
 class ReadingPool:
     """`engines` ScanReaders, each on a thread of its own (Tesseract's API object serves one thread;
-    tesserocr lets go of the GIL while it reads, so the engines use a core each). A scan goes to the
-    engine with the fewest unfinished scans; at most `capacity` (default twice the engines) are
-    unfinished, and `submit` waits for room first: the back-pressure of a full pool."""
+    tesserocr lets go of the GIL while it reads, so the engines use a core each), taking scans from
+    one queue in the order submitted: whichever engine is free first reads the next scan, so a scan
+    never waits behind a long one while another engine idles. At most `capacity` (default twice the
+    engines) are unfinished, and `submit` waits for room first: the back-pressure of a full pool."""
 
     def __init__(self, config: OcrConfig, enabled: bool = True, cache_dir: str | None = None, engines: int = 1,
                  capacity: int | None = None):
         if engines < 1:
             raise ValueError(f"a reading pool needs at least one engine, not {engines}")
         self.capacity = capacity or 2 * engines
-        self.threads = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"tesseract-{i}") for i in range(engines)]
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.unfinished: set[Future] = set()
         # each engine is made on its thread: the thread-mode task thread is not one Python started (see adapters)
-        self.readers = [thread.submit(ScanReader, config, enabled, cache_dir).result() for thread in self.threads]
-        self.engine = self.readers[0].engine
-        self.unfinished: list[set[Future]] = [set() for _ in self.threads]
+        started = [Future() for _ in range(engines)]
+        self.threads = [threading.Thread(target=self._serve, args=(config, enabled, cache_dir, ready), name=f"tesseract-{i}", daemon=True)
+                        for i, ready in enumerate(started)]
+        for thread in self.threads:
+            thread.start()
+        try:
+            self.engine = [ready.result() for ready in started][0]
+        except BaseException:  # an engine that cannot load (no language data): stop the others, say why
+            self.close()
+            raise
+
+    def _serve(self, config: OcrConfig, enabled: bool, cache_dir: str | None, ready: Future) -> None:
+        """An engine's thread: load the engine, then read scans off the queue until told to stop (None)."""
+        try:
+            reader = ScanReader(config, enabled, cache_dir)
+        except BaseException as exc:
+            ready.set_exception(exc)
+            return
+        ready.set_result(reader.engine)
+        try:
+            while (item := self.queue.get()) is not None:
+                future, routed, now_ms = item
+                try:
+                    future.set_result(reader.read(routed, now_ms))
+                except BaseException as exc:  # the scan's own failure: its future carries it to the operator
+                    future.set_exception(exc)
+        finally:
+            reader.close()
 
     def submit(self, routed: dict, now_ms: int) -> Future:
-        """A future of `ScanReader.read(routed, now_ms)` on the least busy engine (waits while the pool is full)."""
+        """A future of `ScanReader.read(routed, now_ms)` on the first engine free (waits while the pool is full)."""
         while self.in_flight() >= self.capacity:
-            wait(set().union(*self.unfinished), return_when=FIRST_COMPLETED)
-        engine = min(range(len(self.threads)), key=lambda i: len(self.unfinished[i]))
-        future = self.threads[engine].submit(self.readers[engine].read, routed, now_ms)
-        self.unfinished[engine].add(future)
+            wait(self.unfinished, return_when=FIRST_COMPLETED)
+        future: Future = Future()
+        future.set_running_or_notify_cancel()
+        self.unfinished.add(future)
+        self.queue.put((future, routed, now_ms))
         return future
 
     def in_flight(self) -> int:
         """Scans submitted and not read yet."""
-        for pending in self.unfinished:
-            pending.difference_update([future for future in pending if future.done()])
-        return sum(len(pending) for pending in self.unfinished)
+        self.unfinished.difference_update([future for future in self.unfinished if future.done()])
+        return len(self.unfinished)
 
     def close(self) -> None:
-        for thread, reader in zip(self.threads, self.readers):
-            thread.submit(reader.close).result()
-            thread.shutdown()
+        for _ in self.threads:
+            self.queue.put(None)
+        for thread in self.threads:
+            thread.join()

@@ -105,11 +105,11 @@ def test_a_reading_pool_reads_every_scan_as_one_engine_does(reader):
     assert all((r.layout == a.layout).all() for r, a in zip(read, alone))
 
 
-def test_a_reading_pool_spreads_scans_over_its_engines_and_holds_no_more_than_its_capacity():
+def test_a_reading_pool_holds_no_more_than_its_capacity():
     pool = ReadingPool(OcrConfig(), engines=2, capacity=3)
     try:
         first, second = (pool.submit(routed_scan([page("A page that takes a while to read")] * 3), NOW_MS) for _ in range(2))
-        assert [len(pending) for pending in pool.unfinished] == [1, 1]  # each engine took one (a page takes ~100 ms)
+        assert pool.in_flight() == 2  # a page takes ~100 ms
         for _ in range(4):
             pool.submit(routed_scan([page("INVOICE")]), NOW_MS)
             assert pool.in_flight() <= 3
@@ -118,6 +118,26 @@ def test_a_reading_pool_spreads_scans_over_its_engines_and_holds_no_more_than_it
         pool.close()
     with pytest.raises(ValueError, match="at least one engine"):
         ReadingPool(OcrConfig(), engines=0)
+
+
+def test_the_engine_free_first_reads_the_next_scan_while_another_reads_a_long_one():
+    long_letter = routed_scan([page(*[f"line {i} of a long letter about an invoice" for i in range(18)])] * 4, doc_id="long")
+    pool = ReadingPool(OcrConfig(), engines=2)
+    try:
+        long = pool.submit(long_letter, NOW_MS)
+        short = [pool.submit(routed_scan([page(f"INVOICE {number}")], doc_id=f"short-{number}"), NOW_MS) for number in range(3)]
+        assert all(future.result(timeout=60).reading.status == READ for future in short)
+        assert not long.done()  # four long pages on one engine; the three short scans queued behind none of them
+        assert long.result(timeout=60).reading.pages_read == 4
+    finally:
+        pool.close()
+
+
+def test_a_pool_whose_engines_cannot_load_says_why(tmp_path):
+    from models.ocr import OcrUnavailable
+
+    with pytest.raises(OcrUnavailable, match="tesseract-ocr-eng"):
+        ReadingPool(OcrConfig(tessdata=str(tmp_path)), engines=2)
 
 
 def test_an_engine_error_fails_only_that_scan():
