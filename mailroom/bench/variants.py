@@ -8,6 +8,7 @@ import cProfile
 import io
 import math
 import os
+import re
 import pstats
 import shutil
 import signal
@@ -85,6 +86,16 @@ class Run:
         return [arg for flag, value in knobs if value is not None for arg in (flag, str(value))]
 
     @property
+    def slug(self) -> str:
+        """The tuning as part of a variant's name: each arm of a sweep gets topics, a run directory and logs of its own
+        (a topic deleted after one arm is still being deleted when the next would create it again).
+
+        >>> Run(None, None, Path("/r"), "r", (1,), 1.0, 10, checkpoint_interval_ms=500, embedded_jvm_opts="-Xmx1g").slug
+        '-ckpt-500-ms-jvm-Xmx1g'
+        """
+        return "".join(f"-{part}" for part in re.split(r"[^A-Za-z0-9.]+", self.tuning) if part)
+
+    @property
     def log_dir(self) -> Path:
         return self.out_dir / "logs"
 
@@ -129,9 +140,9 @@ def _free_ports(settings: Settings) -> Settings:
 
 
 @contextmanager
-def session_cluster(settings: Settings, taskmanagers: int) -> Iterator["FlinkCluster"]:
+def session_cluster(settings: Settings, taskmanagers: int, keep_logs_in: Path) -> Iterator["FlinkCluster"]:
     """A session cluster of the variant's own (its run directory and ports): `taskmanagers` TaskManager processes
-    with one slot each, stopped afterwards."""
+    with one slot each, stopped afterwards; its JobManager's and TaskManagers' logs are copied to `keep_logs_in`."""
     from mailroom.stack import FlinkCluster, StackError
 
     cluster = FlinkCluster(settings, taskmanagers=taskmanagers, slots=1)
@@ -144,6 +155,7 @@ def session_cluster(settings: Settings, taskmanagers: int) -> Iterator["FlinkClu
         yield cluster
     finally:
         cluster.stop()
+        shutil.copytree(cluster.log_dir, keep_logs_in, dirs_exist_ok=True)
 
 
 def _await_group_exit(proc: subprocess.Popen, timeout_s: float = 60) -> None:
@@ -304,14 +316,14 @@ def run_stream(run: Run, variant: str, parallelism: int) -> Result:
     from mailroom.submit import stop_job
 
     shadow = variant == SHADOW
-    name = f"{variant}-p{parallelism}"
+    name = f"{variant}-p{parallelism}{run.slug}"
     with scratch(run, name, own_registry=shadow) as settings:
         challengers = _deploy_challengers(settings, run.corpus, name) if shadow else {}
         if not shadow:
             _send_backlog(settings, run.corpus, name)
         log = run.log_dir / f"{name}.log"
         with OutputWatcher(settings) as watcher, (EventWatcher(settings) if shadow else nullcontext()) as events, \
-                (session_cluster(settings, parallelism) if variant == CLUSTER else nullcontext()) as cluster:
+                (session_cluster(settings, parallelism, log.with_suffix("")) if variant == CLUSTER else nullcontext()) as cluster:
             started = time.time()
             procs = _start(settings, variant, parallelism, log, run.job_args(variant))
             taskmanagers = None
