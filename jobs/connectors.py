@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from pyflink.common import Types
+from pyflink.java_gateway import get_gateway
 from pyflink.common.serialization import ByteArraySchema
 from pyflink.datastream import DataStream, StreamExecutionEnvironment
 from pyflink.table import StreamTableEnvironment
@@ -42,7 +43,13 @@ def _sql_string(value: str) -> str:
 
 def write_bytes(settings: Settings, topic: str, transactional_id_prefix: str, exactly_once: bool = True) -> KafkaSink:
     """A sink of raw `bytes` values into one topic: transactional (exactly-once), or, for --delivery at-least-once,
-    plain idempotent writes that readers see at once."""
+    plain idempotent writes that readers see at once.
+
+    Transactional ids are pooled (the connector's POOLING naming strategy: a subtask reuses a few ids) rather than
+    one new id per checkpoint (its default, INCREMENTING): the broker keeps every id it has seen for
+    transactional.id.expiration.ms (7 days), so at a checkpoint every 500 ms eleven sinks would leave it millions.
+    Pooling needs Read on the sink's topic (it asks the broker which transactions a run before it left open:
+    schemas/access.py); PyFlink has no wrapper for the strategy, so it is set on the Java builder."""
     builder = (
         KafkaSink.builder()
         .set_bootstrap_servers(settings.bootstrap_servers)
@@ -57,6 +64,8 @@ def write_bytes(settings: Settings, topic: str, transactional_id_prefix: str, ex
         builder = builder.set_property(key, value)
     if exactly_once:
         builder = builder.set_delivery_guarantee(DeliveryGuarantee.EXACTLY_ONCE).set_transactional_id_prefix(transactional_id_prefix)
+        pooling = get_gateway().jvm.org.apache.flink.connector.kafka.sink.TransactionNamingStrategy.POOLING
+        builder._j_builder.setTransactionNamingStrategy(pooling)
     else:
         builder = builder.set_delivery_guarantee(DeliveryGuarantee.AT_LEAST_ONCE)
     return builder.build()

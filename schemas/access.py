@@ -43,6 +43,9 @@ for _label, _dept in DEPARTMENTS.items():
 
 READ = ("READ", "DESCRIBE")
 WRITE = ("WRITE", "DESCRIBE")
+# A Flink job's exactly-once sink also reads its topic's producers (DescribeProducers), to abort what a run before it
+# left open: its transactional ids are pooled (jobs/connectors.py write_bytes)
+SINK = ("WRITE", "READ", "DESCRIBE")
 
 
 @dataclass(frozen=True)
@@ -80,13 +83,13 @@ def grants(prefix: str) -> dict[str, list[Grant]]:
     dept_keys = [department_topic_key(label) for label in DEPARTMENTS]
     table = {
         "producer": _topics(prefix, ["documents"], WRITE) + [IDEMPOTENT],
-        "router": _topics(prefix, ["documents"], READ) + _topics(prefix, ["routed_text", "routed_scans", "dead_letters"], WRITE)
+        "router": _topics(prefix, ["documents"], READ) + _topics(prefix, ["routed_text", "routed_scans", "dead_letters"], SINK)
         + _consumer(prefix, "router", True) + [IDEMPOTENT],
         "scoring": _topics(prefix, ["routed_text", "routed_scans", "predictions", "model_control"], READ)
-        + _topics(prefix, ["predictions", *dept_keys, "dead_letters", "model_events", "shadow_predictions"], WRITE)
+        + _topics(prefix, ["predictions", *dept_keys, "dead_letters", "model_events", "shadow_predictions"], SINK)
         + _consumer(prefix, "scoring", True) + [IDEMPOTENT],
         "accuracy": _topics(prefix, ["predictions", "ground_truth", "shadow_predictions"], READ)
-        + _topics(prefix, ["metrics", "alerts", "retraining_requests", "labelled_examples", "labelled_shadow_pairs", "dead_letters"], WRITE)
+        + _topics(prefix, ["metrics", "alerts", "retraining_requests", "labelled_examples", "labelled_shadow_pairs", "dead_letters"], SINK)
         + _consumer(prefix, "accuracy", True) + [IDEMPOTENT],
         "retrainer": _topics(prefix, ["labelled_examples", "retraining_requests", "labelled_shadow_pairs", "model_control",
                                       "model_decisions", "model_events", "shadow_predictions"], READ)

@@ -52,6 +52,18 @@ def _send_routed(settings, docs: list[dict]) -> None:
     prod.close()
 
 
+def _transactional_ids(settings, prefix: str) -> list[str]:
+    """Every transactional id the broker keeps that starts with `prefix` (it keeps each for 7 days)."""
+    from mailroom.kafkautil import admin
+
+    client = admin(settings)
+    try:
+        return [t.transactional_id for listings in client.list_transactions().values() for t in listings
+                if t.transactional_id.startswith(prefix)]
+    finally:
+        client.close()
+
+
 def test_documents_end_to_end_into_department_topics_exactly_once(pipeline_settings):
     settings = pipeline_settings
     docs = list(generate(400, seed=23))
@@ -91,6 +103,12 @@ def test_documents_end_to_end_into_department_topics_exactly_once(pipeline_setti
     assert all(p["latency_ms"] >= 0 for p in predictions)
     raw = read_topic(settings, topic_name(department_topic_key("invoice"), settings.topic_prefix), timeout_s=2)[:20]
     assert raw and all(_apache_read(m.value) == codec.decode(m.value).record for m in raw)  # a reader that is not ours
+
+    # each sink's subtask reused a few transactional ids over the run's checkpoints (every 500 ms), not one per checkpoint
+    for group, sinks in (("router", 3), ("scoring", 11)):
+        ids = _transactional_ids(settings, f"{settings.topic_prefix}{group}-")
+        offsets = [int(name.rsplit("-", 1)[1]) for name in ids]
+        assert ids and len(ids) <= 4 * sinks and max(offsets) < 4, sorted(ids)
 
 
 def test_sender_features_in_flink_state_and_in_redis(pipeline_settings):
