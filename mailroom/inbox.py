@@ -23,9 +23,12 @@ import argparse
 import difflib
 import json
 import re
+import signal
 import sys
 import tempfile
 import time
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -357,11 +360,23 @@ def _read_tail(consumer, topic: str, last: int | None, timeout_s: float = 30.0) 
     return read
 
 
-def _follow(consumer) -> Iterator[Documents]:
-    while True:
+def _follow(consumer, stop: threading.Event) -> Iterator[Documents]:
+    """New arrivals, a batch per poll that has any, until `stop` is set (checked between polls, at least every second)."""
+    while not stop.is_set():
         messages = [m for batch in consumer.poll(timeout_ms=1000, max_records=500).values() for m in batch]
         if messages:
             yield _decode(messages)
+
+
+@contextmanager
+def _ctrl_c_sets(stop: threading.Event) -> Iterator[None]:
+    """Ctrl-C (SIGINT) sets `stop` instead of raising KeyboardInterrupt wherever the main thread is: inside the Kafka
+    client's poll, an interrupt can leave the client's state half-changed, and closing it then could wait forever."""
+    previous = signal.signal(signal.SIGINT, lambda _signum, _frame: stop.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def read_department(settings: Settings, department: str, last: int | None = None) -> Documents:
@@ -415,13 +430,16 @@ def _list(args: argparse.Namespace, settings: Settings, department: str, topic: 
         if not args.follow:
             return 0
         console.print(f"following {topic} (Ctrl-C stops)", highlight=False)
-        for batch in _follow(consumer):
-            now = now_ms()
-            if batch.documents:
-                stamp = datetime.now().strftime("%H:%M:%S")
-                console.print(list_table([inbox_row(d, now) for d in batch.documents], f"{department}: new at {stamp}",
-                                         f"{batch.unreadable} record(s) skipped" if batch.unreadable else None))
-    except KeyboardInterrupt:
+        stop = threading.Event()
+        with _ctrl_c_sets(stop):
+            for batch in _follow(consumer, stop):
+                now = now_ms()
+                if batch.documents:
+                    stamp = datetime.now().strftime("%H:%M:%S")
+                    console.print(list_table([inbox_row(d, now) for d in batch.documents], f"{department}: new at {stamp}",
+                                             f"{batch.unreadable} record(s) skipped" if batch.unreadable else None))
+        return 0
+    except KeyboardInterrupt:  # Ctrl-C while the list was read
         return 0
     finally:
         consumer.close()

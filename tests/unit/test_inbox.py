@@ -229,3 +229,24 @@ def test_no_broker_is_said_at_once(capsys):
     args = cli.parse_args(["inbox", "hr"])
     assert args.func(args, Settings.from_env({}, kafka_port=1)) == 1
     assert "no Kafka broker at 127.0.0.1:1" in capsys.readouterr().err
+
+
+def test_ctrl_c_while_following_stops_the_loop_between_polls_instead_of_raising_inside_the_client():
+    import os
+    import signal
+    import threading
+
+    class QuietTopic:  # the consumer's poll as --follow calls it: nothing new
+        polls = 0
+
+        def poll(self, timeout_ms, max_records):
+            self.polls += 1
+            if self.polls == 2:
+                os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C arrives while the client polls
+            return {}
+
+    stop, topic = threading.Event(), QuietTopic()
+    before = signal.getsignal(signal.SIGINT)
+    with inbox._ctrl_c_sets(stop):
+        assert list(inbox._follow(topic, stop)) == []  # no KeyboardInterrupt: the loop ends after that poll
+    assert stop.is_set() and topic.polls == 2 and signal.getsignal(signal.SIGINT) is before
