@@ -161,6 +161,7 @@ def cluster_config(settings: Settings) -> dict[str, str]:
         "heartbeat.interval": "3000",
         "jobmanager.memory.process.size": "1024m",
         "taskmanager.memory.process.size": "2048m",
+        **({"env.java.opts.taskmanager": settings.taskmanager_jvm_opts} if settings.taskmanager_jvm_opts else {}),
     }
 
 

@@ -35,6 +35,7 @@ ENV_VARS = {
     "kafka_controller_port": "MAILROOM_KAFKA_CONTROLLER_PORT",
     "kafka_heap": "MAILROOM_KAFKA_HEAP",
     "embedded_jvm_opts": "MAILROOM_EMBEDDED_JVM_OPTS",
+    "taskmanager_jvm_opts": "MAILROOM_TASKMANAGER_JVM_OPTS",
     "kafka_retention_bytes": "MAILROOM_KAFKA_RETENTION_BYTES",
     "redis_port": "MAILROOM_REDIS_PORT",
     "redis_password": "MAILROOM_REDIS_PASSWORD",
@@ -75,6 +76,12 @@ class Settings:
     # machine (an initial heap of 1/64 of its memory, G1's remembered sets): a small start and the serial collector,
     # which grows the heap only as live data needs, keep each job's JVM to what it uses (`make run`: scoring job 1,383 -> 1,178 MB)
     embedded_jvm_opts: str = "-Xms64m -Xmx1g -XX:+UseSerialGC"  # MAILROOM_EMBEDDED_JVM_OPTS
+    # extra JVM options of the session cluster's TaskManagers (Flink's env.java.opts.taskmanager; Flink sizes their heap
+    # itself, from taskmanager.memory.process.size; "" (bench --taskmanager-jvm-opts ""): the JVM's choice, G1 here). The serial
+    # collector, as in the embedded jobs: two TaskManagers at p2 did 29 vs 24 and 20 vs 16 docs/s with it, 64 vs 74 and
+    # 85 vs 110 CPU ms per document, 450-530 MB less RSS (`mailroom bench --variants peer mailroom-cluster --parallelism 2
+    # --taskmanager-jvm-opts "" "-XX:+UseSerialGC "`, runs 20261203T165348Z and 20261203T165936Z, in both orders)
+    taskmanager_jvm_opts: str = "-XX:+UseSerialGC"  # MAILROOM_TASKMANAGER_JVM_OPTS
     # a partition keeps at most this much (besides its 7 days), in segments of an eighth of it: the broker's disk
     # is bounded by topics x partitions x (this + a segment)
     kafka_retention_bytes: int = 1 << 29  # MAILROOM_KAFKA_RETENTION_BYTES

@@ -138,13 +138,14 @@ def _cmd(args: argparse.Namespace, settings: Settings) -> int:
 
 def tunings(run: Run, args: argparse.Namespace) -> list[Run]:
     """The run at every combination of the swept knobs (--checkpoint-interval-ms, --buffer-timeout-ms,
-    --max-batch-delay-ms, --embedded-jvm-opts, --ocr-engines, --ocr-inverted-retry; a knob not given: the job's default), side
-    by side."""
+    --max-batch-delay-ms, --embedded-jvm-opts, --ocr-engines, --ocr-inverted-retry, --taskmanager-jvm-opts; a knob not given:
+    the job's default), side by side."""
     return [replace(run, checkpoint_interval_ms=ckpt, buffer_timeout_ms=buffer, max_batch_delay_ms=batch, embedded_jvm_opts=jvm, ocr_engines=engines,
-                    ocr_inverted_retry=inverted)
-            for ckpt, buffer, batch, jvm, engines, inverted in itertools.product(
+                    ocr_inverted_retry=inverted, taskmanager_jvm_opts=tm_jvm)
+            for ckpt, buffer, batch, jvm, engines, inverted, tm_jvm in itertools.product(
                 args.checkpoint_interval_ms or [None], args.buffer_timeout_ms or [None], args.max_batch_delay_ms or [None],
-                args.embedded_jvm_opts or [None], args.ocr_engines or [None], args.ocr_inverted_retry or [None])]
+                args.embedded_jvm_opts or [None], args.ocr_engines or [None], args.ocr_inverted_retry or [None],
+                args.taskmanager_jvm_opts or [None])]
 
 
 def _half_rate(results: list[Result], parallelism: int) -> float | None:
@@ -185,6 +186,10 @@ def register(sub) -> None:
     parser.add_argument("--ocr-inverted-retry", nargs="+", choices=["on", "off"], metavar="ON_OFF", help="whether the scoring "
                         "job's engines read a poorly read line again as white on black (default: the job's, on); both: a sweep, "
                         "--ocr-inverted-retry on off")
+    parser.add_argument("--taskmanager-jvm-opts", nargs="+", type=str.strip, metavar="OPTS", help="the JVM options of "
+                        "mailroom-cluster's TaskManagers (default: MAILROOM_TASKMANAGER_JVM_OPTS's; \"\": none, the JVM's own "
+                        "collector); several: a sweep, e.g. --taskmanager-jvm-opts \"\" \"-XX:+UseSerialGC \" (a single option "
+                        "needs a space in its quotes, or it is read as an option of mailroom bench)")
     parser.add_argument("--profile", action="store_true", help="instead: profile the scoring logic in plain Python (cProfile, no Kafka) "
                         "and print the top functions by cumulative time")
     parser.add_argument("--out", type=Path, default=PROJECT_DIR / "bench-results", help="results directory (default: %(default)s)")

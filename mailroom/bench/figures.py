@@ -93,11 +93,13 @@ class Result:
     embedded_jvm_opts: str | None = None  # the embedded jobs' JVM options, when the run set them (a sweep)
     ocr_engines: int | None = None  # the scoring job's Tesseract engines per scan reader, when the run set them (a sweep)
     ocr_inverted_retry: str | None = None  # the scoring job's --ocr-inverted-retry (on/off), when the run set it (a sweep)
+    taskmanager_jvm_opts: str | None = None  # mailroom-cluster: the TaskManagers' JVM options, when the run set them (a sweep)
+    scans_read: dict | None = None  # OCR status -> scans that arrived with it; a row whose scans were not read is not comparable
 
     @property
     def tuning(self) -> str:
         return tuning_label(self.checkpoint_interval_ms, self.buffer_timeout_ms, self.max_batch_delay_ms, self.embedded_jvm_opts,
-                            self.ocr_engines, self.ocr_inverted_retry)
+                            self.ocr_engines, self.ocr_inverted_retry, self.taskmanager_jvm_opts)
 
     @property
     def label(self) -> str:
@@ -106,7 +108,8 @@ class Result:
 
 
 def tuning_label(checkpoint_interval_ms: int | None, buffer_timeout_ms: int | None, max_batch_delay_ms: int | None,
-                 embedded_jvm_opts: str | None = None, ocr_engines: int | None = None, ocr_inverted_retry: str | None = None) -> str:
+                 embedded_jvm_opts: str | None = None, ocr_engines: int | None = None, ocr_inverted_retry: str | None = None,
+                 taskmanager_jvm_opts: str | None = None) -> str:
     """The scoring job's knobs a run set (None: not set).
 
     >>> tuning_label(500, None, 20)
@@ -117,6 +120,8 @@ def tuning_label(checkpoint_interval_ms: int | None, buffer_timeout_ms: int | No
     'batch 20 ms ocr engines 2'
     >>> tuning_label(None, None, None, None, None, "off")
     'inverted retry off'
+    >>> tuning_label(None, None, None, taskmanager_jvm_opts="-XX:+UseSerialGC")
+    'tm jvm (-XX:+UseSerialGC)'
     """
     knobs = (("ckpt", checkpoint_interval_ms), ("buffer", buffer_timeout_ms), ("batch", max_batch_delay_ms))
     parts = [f"{name} {ms} ms" for name, ms in knobs if ms is not None]
@@ -126,6 +131,8 @@ def tuning_label(checkpoint_interval_ms: int | None, buffer_timeout_ms: int | No
         parts.append(f"ocr engines {ocr_engines}")
     if ocr_inverted_retry is not None:
         parts.append(f"inverted retry {ocr_inverted_retry}")
+    if taskmanager_jvm_opts is not None:
+        parts.append(f"tm jvm ({taskmanager_jvm_opts or 'defaults'})")
     return " ".join(parts)
 
 
@@ -186,6 +193,23 @@ def _head_to_head(results: list[Result]) -> dict[int, tuple[float, float]]:
 def goal(results: list[Result]) -> dict[str, float]:
     """Mailroom's sustained throughput over the peer's, per parallelism both ran at."""
     return {f"p{p}": round(mailroom / peer, 2) for p, (mailroom, peer) in _head_to_head(results).items()}
+
+
+READ_STATUSES = ("READ", "NO_TEXT")  # the engine read the page (NO_TEXT: and found none); any other status: it did not
+
+
+def unread_scans(results: list[Result]) -> str:
+    """A warning naming each row with scans its engines did not read (over budget, failed, ...), "" if none: such a row
+    did less work per document than the others, and its throughput compares nothing.
+
+    >>> unread_scans([Result("mailroom", "mixed", 1, 10, 5.0, scans_read={"READ": 3}),
+    ...               Result("peer", "mixed", 1, 10, 5.0, scans_read={"READ": 1, "OVER_BUDGET": 2})])
+    'scans not read: peer mixed p1 (OVER_BUDGET 2 of 3)'
+    """
+    rows = [f"{r.label} ({', '.join(f'{status} {n}' for status, n in sorted(r.scans_read.items()) if status not in READ_STATUSES)} "
+            f"of {sum(r.scans_read.values())})" for r in results
+            if r.scans_read and any(status not in READ_STATUSES for status in r.scans_read)]
+    return f"scans not read: {'; '.join(rows)}" if rows else ""
 
 
 def goal_line(results: list[Result]) -> str:

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections import Counter
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -71,11 +72,12 @@ class Run:
     embedded_jvm_opts: str | None = None  # the embedded jobs' JVM options (None: Settings'; "": the JVM's defaults)
     ocr_engines: int | None = None  # the scoring job's Tesseract engines per scan reader (None: OcrConfig's)
     ocr_inverted_retry: str | None = None  # the scoring job's --ocr-inverted-retry, on or off (None: the job's)
+    taskmanager_jvm_opts: str | None = None  # the session cluster's TaskManager JVM options (None: Settings'; "": none)
 
     @property
     def tuning(self) -> str:
         return tuning_label(self.checkpoint_interval_ms, self.buffer_timeout_ms, self.max_batch_delay_ms, self.embedded_jvm_opts,
-                            self.ocr_engines, self.ocr_inverted_retry)
+                            self.ocr_engines, self.ocr_inverted_retry, self.taskmanager_jvm_opts)
 
     def job_args(self, variant: str) -> list[str]:
         """The latency knobs this run sets, as the variant's arguments (the peer takes only the batch wait)."""
@@ -112,6 +114,8 @@ def scratch(run: Run, name: str, own_registry: bool = False) -> Iterator[Setting
     settings = _free_ports(settings)
     if run.embedded_jvm_opts is not None:
         settings = replace(settings, embedded_jvm_opts=run.embedded_jvm_opts)
+    if run.taskmanager_jvm_opts is not None:
+        settings = replace(settings, taskmanager_jvm_opts=run.taskmanager_jvm_opts)
     if own_registry:
         shutil.copytree(run.settings.registry_dir, settings.run_dir / "registry", ignore=shutil.ignore_patterns(".lock"))
         settings = replace(settings, registry_dir=settings.run_dir / "registry")
@@ -366,10 +370,11 @@ def run_stream(run: Run, variant: str, parallelism: int) -> Result:
                                                    if (doc_id in paced_scans) == (kind == "scans")) for kind in ("text", "scans")}
     result.shadow = checked
     result.taskmanagers = taskmanagers
+    result.scans_read = dict(Counter(a.ocr_status for a in [*backlog, *paced] if a.ocr_status)) or None
     if variant != "peer":
         result.checkpoint_interval_ms, result.buffer_timeout_ms = run.checkpoint_interval_ms, run.buffer_timeout_ms
         result.embedded_jvm_opts, result.ocr_engines = run.embedded_jvm_opts, run.ocr_engines
-        result.ocr_inverted_retry = run.ocr_inverted_retry
+        result.ocr_inverted_retry, result.taskmanager_jvm_opts = run.ocr_inverted_retry, run.taskmanager_jvm_opts
     result.max_batch_delay_ms = run.max_batch_delay_ms
     return result
 
@@ -607,6 +612,7 @@ class Arrival(NamedTuple):
     received_ms: int
     scored_ms: int
     arrived_ms: int
+    ocr_status: str | None = None  # a scan's reading (READ, OVER_BUDGET, ...); None for a text document
 
 
 class TopicWatcher:
@@ -661,7 +667,8 @@ class OutputWatcher(TopicWatcher):
     def _take(self, value: bytes, arrived_ms: int) -> None:
         p = codec.decode(value, expected="department_document").record
         phase = "paced" if p["doc_id"].startswith(PACED_PREFIX) else "backlog"
-        self.arrivals[phase].setdefault(p["doc_id"], Arrival(p["received_ms"], p["decision"]["scored_ms"], arrived_ms))
+        self.arrivals[phase].setdefault(p["doc_id"], Arrival(p["received_ms"], p["decision"]["scored_ms"], arrived_ms,
+                                                             (p.get("ocr") or {}).get("status")))
 
 
 class EventWatcher(TopicWatcher):
@@ -683,7 +690,7 @@ class EventWatcher(TopicWatcher):
 def stage_profile(corpus: Corpus, config, limit: int = 600) -> StageProfile:
     """The scoring logic (as PeerScorer runs it) over the first `limit` routed documents in plain Python, nothing
     cached, each stage timed: where a document's time goes, text and scans apart."""
-    from collections import Counter, defaultdict
+    from collections import defaultdict
 
     from models.features import SenderHistory
     from udfs.dead_letters import SourceRecord

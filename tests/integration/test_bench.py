@@ -63,6 +63,9 @@ def test_the_bench_runs_the_scoring_job_on_two_taskmanagers(pipeline_settings, t
     (row,) = data["results"]
     assert (row["variant"], row["parallelism"], row["taskmanagers"]) == ("mailroom-cluster", 2, 2) and not data["errors"]
     assert row["docs"] == data["routed"] and row["docs_per_s"] > 0 and row["latency_ms"]["p99"] > 0
+    # each scan's reading counted (a row whose engines skipped some did less work, and would be named under the table)
+    assert sum(row["scans_read"].values()) >= data["scan_share"] * data["routed"] * 0.9 > 0
+    assert set(row["scans_read"]) <= {"READ", "NO_TEXT"}, row["scans_read"]
     at_p2 = next(t for t in data["targets"] if t["figure"].startswith("scoring job / peer at p2"))
     assert at_p2["measured"] is None and "two TaskManagers" in at_p2["detail"]  # no peer ran: nothing to compare with
     assert "figures to reach" in out.stdout

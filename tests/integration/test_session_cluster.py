@@ -83,6 +83,8 @@ def test_the_declared_shape_shows_in_status(two_taskmanagers, test_settings):
     taskmanagers = [rows["taskmanager 0"], rows["taskmanager 1"]]
     assert all(tm.running and "slots 1 (" in tm.detail and "process memory" in tm.detail and tm.rss_mb > 50 for tm in taskmanagers)
     assert len({tm.pid for tm in taskmanagers}) == 2  # two processes: two interpreters, two cores for thread-mode Python
+    for tm in taskmanagers:  # with the TaskManager JVM options of the settings (the serial collector by default)
+        assert set(test_settings.taskmanager_jvm_opts.split()) <= set(psutil.Process(tm.pid).cmdline())
     for index, tm in enumerate(taskmanagers):  # each TaskManager's reporter on its own port, loopback only
         port = metrics_port(test_settings, "taskmanager") + index
         listening = [c.laddr for c in psutil.Process(tm.pid).net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == port]

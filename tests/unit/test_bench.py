@@ -402,28 +402,32 @@ def test_stack_memory_counts_each_process_of_the_trees_once_and_keeps_the_peak(t
     assert read_record(settings)["peak_rss_mb"] == round(memory.peak_mb, 1) and read_record(settings)["run_id"] == "run1"
 
 
+def _knobs(**given) -> SimpleNamespace:
+    """`mailroom bench` arguments with the given sweeps, every other knob not given."""
+    return SimpleNamespace(**{**dict.fromkeys(("checkpoint_interval_ms", "buffer_timeout_ms", "max_batch_delay_ms", "embedded_jvm_opts",
+                                                "ocr_engines", "ocr_inverted_retry", "taskmanager_jvm_opts")), **given})
+
+
 def test_a_sweep_runs_every_combination_of_the_knobs_and_the_peer_takes_only_the_batch_wait(tmp_path):
     from mailroom.bench.cli import tunings
     from mailroom.bench.variants import Run
 
     run = Run(None, None, tmp_path, "r", (1,), 1.0, 10)
-    swept = tunings(run, SimpleNamespace(checkpoint_interval_ms=[1000, 500], buffer_timeout_ms=None, max_batch_delay_ms=[200, 20],
-                                         embedded_jvm_opts=None, ocr_engines=None, ocr_inverted_retry=None))
+    swept = tunings(run, _knobs(checkpoint_interval_ms=[1000, 500], max_batch_delay_ms=[200, 20]))
     assert [r.tuning for r in swept] == ["ckpt 1000 ms batch 200 ms", "ckpt 1000 ms batch 20 ms", "ckpt 500 ms batch 200 ms",
                                          "ckpt 500 ms batch 20 ms"]
     assert swept[3].job_args("mailroom") == ["--checkpoint-interval-ms", "500", "--max-batch-delay-ms", "20"]
     assert swept[3].job_args("peer") == ["--max-batch-delay-ms", "20"]
-    assert tunings(run, SimpleNamespace(checkpoint_interval_ms=None, buffer_timeout_ms=None, max_batch_delay_ms=None, embedded_jvm_opts=None,
-                                        ocr_engines=None, ocr_inverted_retry=None)) == [run]
-    jvms = tunings(run, SimpleNamespace(checkpoint_interval_ms=None, buffer_timeout_ms=None, max_batch_delay_ms=None,
-                                        embedded_jvm_opts=["", "-Xmx1g"], ocr_engines=None, ocr_inverted_retry=None))
+    assert tunings(run, _knobs()) == [run]
+    jvms = tunings(run, _knobs(embedded_jvm_opts=["", "-Xmx1g"]))
     assert [r.tuning for r in jvms] == ["jvm (defaults)", "jvm (-Xmx1g)"] and jvms[1].job_args("mailroom") == []  # the JVM's: not job arguments
-    engines = tunings(run, SimpleNamespace(checkpoint_interval_ms=None, buffer_timeout_ms=None, max_batch_delay_ms=None,
-                                           embedded_jvm_opts=None, ocr_engines=[1, 2], ocr_inverted_retry=None))
+    engines = tunings(run, _knobs(ocr_engines=[1, 2]))
     assert [r.tuning for r in engines] == ["ocr engines 1", "ocr engines 2"]
     assert engines[1].job_args("mailroom") == ["--ocr-engines", "2"] and engines[1].job_args("peer") == []  # the peer reads on one engine
-    inverted = tunings(run, SimpleNamespace(checkpoint_interval_ms=None, buffer_timeout_ms=None, max_batch_delay_ms=None,
-                                            embedded_jvm_opts=None, ocr_engines=None, ocr_inverted_retry=["on", "off"]))
+    inverted = tunings(run, _knobs(ocr_inverted_retry=["on", "off"]))
     assert [r.tuning for r in inverted] == ["inverted retry on", "inverted retry off"]
     assert inverted[1].job_args("mailroom") == ["--ocr-inverted-retry", "off"] and inverted[1].job_args("peer") == []
+    taskmanagers = tunings(run, _knobs(taskmanager_jvm_opts=["", "-XX:+UseSerialGC"]))
+    assert [r.slug for r in taskmanagers] == ["-tm-jvm-defaults", "-tm-jvm-XX-UseSerialGC"]  # each arm its own topics and cluster
+    assert taskmanagers[1].job_args("mailroom-cluster") == []  # the TaskManagers': not job arguments
     assert run.job_args("mailroom") == [] and Result("mailroom", "routed", 1, 10, 5.0, buffer_timeout_ms=10).label == "mailroom routed p1 buffer 10 ms"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -45,3 +46,11 @@ def test_the_cluster_config_carries_the_declared_slots_and_spreads_subtasks(tmp_
     conf = cluster_config(FlinkCluster(_settings(tmp_path), slots=2).s)
     assert conf["taskmanager.numberOfTaskSlots"] == "2" and conf["cluster.evenly-spread-out-slots"] == "true"
     assert conf["restart-strategy.type"] == "exponential-delay"  # a lost TaskManager or broker is weathered, more than 3 times
+
+
+def test_taskmanager_jvm_options_come_from_the_environment_beside_the_distributions(tmp_path):
+    assert cluster_config(_settings(tmp_path))["env.java.opts.taskmanager"] == "-XX:+UseSerialGC"  # the default: measured cheaper
+    assert "env.java.opts.taskmanager" not in cluster_config(replace(_settings(tmp_path), taskmanager_jvm_opts=""))  # the JVM chooses
+    conf = cluster_config(_settings(tmp_path, MAILROOM_TASKMANAGER_JVM_OPTS="-XX:+UseSerialGC -XX:TieredStopAtLevel=1"))
+    assert conf["env.java.opts.taskmanager"] == "-XX:+UseSerialGC -XX:TieredStopAtLevel=1"
+    assert "--add-opens=java.base/java.lang=ALL-UNNAMED" in conf["env.java.opts.all"]  # Java 17's flags stay
