@@ -32,6 +32,25 @@ def percentiles(values, points: tuple[int, ...] = (50, 95, 99)) -> dict[str, flo
     return {f"p{p}": round(float(v), 1) for p, v in zip(points, np.percentile(values, points))}
 
 
+def falling_behind(latencies_in_send_order: list[int], min_ms: int = 1000, factor: float = 3.0) -> bool:
+    """Whether a paced phase's latency grew while it ran: the median of its last quarter (in send order) more than
+    `factor` times the first quarter's and over `min_ms`. Then the row could not hold the half of its docs/s it was
+    offered, and the sustained window overstated its rate (e.g. subtasks that finished a backlog unevenly).
+
+    >>> falling_behind([300, 320, 310, 330, 290, 310, 305, 315])
+    False
+    >>> falling_behind([300, 600, 1200, 1800, 2600, 3400, 4300, 5200])
+    True
+    """
+    import numpy as np
+
+    quarter = len(latencies_in_send_order) // 4
+    if quarter < 2:
+        return False
+    first, last = np.median(latencies_in_send_order[:quarter]), np.median(latencies_in_send_order[-quarter:])
+    return bool(last > min_ms and last > factor * first)
+
+
 @dataclass(frozen=True)
 class Window:
     """The records processed between two processing timestamps (epoch ms)."""
@@ -95,6 +114,7 @@ class Result:
     ocr_inverted_retry: str | None = None  # the scoring job's --ocr-inverted-retry (on/off), when the run set it (a sweep)
     taskmanager_jvm_opts: str | None = None  # mailroom-cluster: the TaskManagers' JVM options, when the run set them (a sweep)
     scans_read: dict | None = None  # OCR status -> scans that arrived with it; a row whose scans were not read is not comparable
+    fell_behind: bool | None = None  # its latency grew through the paced phase: its docs/s overstates what it holds (falling_behind)
 
     @property
     def tuning(self) -> str:
@@ -210,6 +230,13 @@ def unread_scans(results: list[Result]) -> str:
             f"of {sum(r.scans_read.values())})" for r in results
             if r.scans_read and any(status not in READ_STATUSES for status in r.scans_read)]
     return f"scans not read: {'; '.join(rows)}" if rows else ""
+
+
+def fell_behind(results: list[Result]) -> str:
+    """A warning naming each row that fell behind at half its own rate, "" if none."""
+    rows = [r.label for r in results if r.fell_behind]
+    return (f"fell behind at half load (latency grew through the paced phase; its docs/s overstates what it holds): "
+            f"{'; '.join(rows)}") if rows else ""
 
 
 def goal_line(results: list[Result]) -> str:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from config.settings import Settings
 from mailroom.kafkautil import client_config
 from mailroom.bench.corpus import Corpus, pending_documents
-from mailroom.bench.figures import (AT_LEAST_ONCE, CLUSTER, NO_OCR, OCR_CLI, OCR_READER, SCANS, SHADOW, STAGES, DeployFigures, Result, StageProfile, Window, deploy_timing, first_serving, percentiles, shadow_check,
+from mailroom.bench.figures import (AT_LEAST_ONCE, CLUSTER, NO_OCR, OCR_CLI, OCR_READER, SCANS, SHADOW, STAGES, DeployFigures, Result, StageProfile, Window, deploy_timing, falling_behind, first_serving, percentiles, shadow_check,
                                     sustained_window, tuning_label)
 from mailroom.bench.output import console
 from mailroom.bench.peer import PeerScorer
@@ -371,6 +371,7 @@ def run_stream(run: Run, variant: str, parallelism: int) -> Result:
     result.shadow = checked
     result.taskmanagers = taskmanagers
     result.scans_read = dict(Counter(a.ocr_status for a in [*backlog, *paced] if a.ocr_status)) or None
+    result.fell_behind = falling_behind([a.arrived_ms - a.received_ms for a in sorted(paced, key=lambda a: a.received_ms)])
     if variant != "peer":
         result.checkpoint_interval_ms, result.buffer_timeout_ms = run.checkpoint_interval_ms, run.buffer_timeout_ms
         result.embedded_jvm_opts, result.ocr_engines = run.embedded_jvm_opts, run.ocr_engines

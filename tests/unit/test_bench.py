@@ -431,3 +431,12 @@ def test_a_sweep_runs_every_combination_of_the_knobs_and_the_peer_takes_only_the
     assert [r.slug for r in taskmanagers] == ["-tm-jvm-defaults", "-tm-jvm-XX-UseSerialGC"]  # each arm its own topics and cluster
     assert taskmanagers[1].job_args("mailroom-cluster") == []  # the TaskManagers': not job arguments
     assert run.job_args("mailroom") == [] and Result("mailroom", "routed", 1, 10, 5.0, buffer_timeout_ms=10).label == "mailroom routed p1 buffer 10 ms"
+
+
+def test_the_table_names_rows_whose_scans_went_unread_or_that_fell_behind_at_half_load():
+    fine = Result("mailroom", "mixed", 1, 900, 30.0, scans_read={"READ": 300, "NO_TEXT": 10}, fell_behind=False)
+    assert "scans not read" not in table([fine]).caption and "fell behind" not in table([fine]).caption
+    skipped = Result("mailroom-cluster", "mixed", 2, 900, 43.0, scans_read={"READ": 200, "OVER_BUDGET": 100}, fell_behind=True)
+    caption = table([fine, skipped]).caption
+    assert "scans not read: mailroom-cluster mixed p2 (OVER_BUDGET 100 of 300)" in caption
+    assert "fell behind at half load" in caption and caption.count("mailroom-cluster mixed p2") == 2
