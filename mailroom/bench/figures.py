@@ -9,6 +9,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Iterable
 
+from models.ocr import NO_TEXT, READ
+
 SHADOW = "mailroom-shadow"  # the scoring job with the champion also in the CHALLENGER slot, sample 1.0
 AT_LEAST_ONCE = "mailroom-at-least-once"  # the scoring job with --delivery at-least-once: output visible without waiting for a checkpoint
 NO_OCR = "mailroom-no-ocr"  # the scoring job with --no-ocr: the layout model decides every scan (the fallback-only path)
@@ -215,7 +217,7 @@ def goal(results: list[Result]) -> dict[str, float]:
     return {f"p{p}": round(mailroom / peer, 2) for p, (mailroom, peer) in _head_to_head(results).items()}
 
 
-READ_STATUSES = ("READ", "NO_TEXT")  # the engine read the page (NO_TEXT: and found none); any other status: it did not
+READ_STATUSES = (READ, NO_TEXT)  # the engine read the page (NO_TEXT: and found none); any other status: it did not
 
 
 def unread_scans(results: list[Result]) -> str:
@@ -232,7 +234,7 @@ def unread_scans(results: list[Result]) -> str:
     return f"scans not read: {'; '.join(rows)}" if rows else ""
 
 
-def fell_behind(results: list[Result]) -> str:
+def rows_that_fell_behind(results: list[Result]) -> str:
     """A warning naming each row that fell behind at half its own rate, "" if none."""
     rows = [r.label for r in results if r.fell_behind]
     return (f"fell behind at half load (latency grew through the paced phase; its docs/s overstates what it holds): "

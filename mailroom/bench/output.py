@@ -10,14 +10,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from mailroom.bench.figures import DeployFigures, Result, StageProfile, Target, fell_behind, goal_line, unread_scans
+from mailroom.bench.figures import DeployFigures, Result, StageProfile, Target, goal_line, rows_that_fell_behind, unread_scans
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 
 def table(results: list[Result]) -> Table:
-    warnings = "".join(f"\n[red]{escape(line)}[/red]" for line in (unread_scans(results), fell_behind(results)) if line)
+    warnings = "".join(f"\n[red]{escape(line)}[/red]" for line in (unread_scans(results), rows_that_fell_behind(results)) if line)
     out = Table(title="mailroom bench", caption=goal_line(results) + "\ncores own/all: the variant's processes / the whole machine "
                 "(2 cores); a gap well above the broker's and the bench's share means someone else was busy too."
                 + warnings, caption_justify="left")
