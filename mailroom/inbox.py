@@ -26,8 +26,8 @@ import re
 import signal
 import sys
 import tempfile
-import time
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone

@@ -44,13 +44,11 @@ def falling_behind(latencies_in_send_order: list[int], min_ms: int = 1000, facto
     >>> falling_behind([300, 600, 1200, 1800, 2600, 3400, 4300, 5200])
     True
     """
-    import numpy as np
-
     quarter = len(latencies_in_send_order) // 4
     if quarter < 2:
         return False
-    first, last = np.median(latencies_in_send_order[:quarter]), np.median(latencies_in_send_order[-quarter:])
-    return bool(last > min_ms and last > factor * first)
+    first, last = statistics.median(latencies_in_send_order[:quarter]), statistics.median(latencies_in_send_order[-quarter:])
+    return last > min_ms and last > factor * first
 
 
 @dataclass(frozen=True)
